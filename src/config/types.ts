@@ -1,0 +1,87 @@
+// The configuration marmot runs with: the original Marmot's TOML keys, parsed and validated.
+
+export type SnapshotStore = "nats" | "s3" | "webdav" | "sftp";
+
+export interface ReplicationLogConfig {
+  shards: number;
+  maxEntries: number;
+  replicas: number;
+  compress: boolean;
+  updateExisting: boolean;
+}
+
+export interface SnapshotConfig {
+  enabled: boolean;
+  /** milliseconds; 0 = never on a timer */
+  interval: number;
+  store: SnapshotStore;
+  nats: { replicas: number; bucket: string };
+  s3: { path: string; endpoint: string; accessKey: string; secret: string; sessionToken: string; bucket: string; useSsl: boolean };
+  webdav: { url: string };
+  sftp: { url: string };
+}
+
+export interface NatsConfig {
+  /** empty: start and supervise an embedded nats-server */
+  urls: string[];
+  subjectPrefix: string;
+  streamPrefix: string;
+  serverConfig: string;
+  seedFile: string;
+  userName: string;
+  userPassword: string;
+  caFile: string;
+  certFile: string;
+  keyFile: string;
+  /** client listen address of the embedded server, "host:port"; port -1 = any free port */
+  bindAddress: string;
+  connectRetries: number;
+  reconnectWaitSeconds: number;
+}
+
+export interface LoggingConfig {
+  verbose: boolean;
+  format: "console" | "json";
+}
+
+export interface PrometheusConfig {
+  enable: boolean;
+  bind: string;
+  namespace: string;
+  subsystem: string;
+}
+
+export interface Config {
+  /** absolute path of the file the config came from ("" when none) */
+  configFile: string;
+  dbPath: string;
+  /** decimal string: the original allows any uint64 */
+  nodeId: string;
+  seqMapPath: string;
+  publish: boolean;
+  replicate: boolean;
+  scanMaxChanges: number;
+  /** milliseconds */
+  cleanupInterval: number;
+  /** milliseconds; 0 = never */
+  sleepTimeout: number;
+  /** milliseconds; 0 = file watching only (plus a slow safety poll) */
+  pollingInterval: number;
+  replicationLog: ReplicationLogConfig;
+  snapshot: SnapshotConfig;
+  nats: NatsConfig;
+  logging: LoggingConfig;
+  prometheus: PrometheusConfig;
+}
+
+/** What the command line adds on top of the file. */
+export interface CliOptions {
+  configPath: string;
+  cleanup: boolean;
+  saveSnapshot: boolean;
+  clusterAddr: string;
+  clusterPeers: string[];
+  leafServers: string[];
+  help: boolean;
+  version: boolean;
+}
