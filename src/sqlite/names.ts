@@ -36,3 +36,41 @@ export function triggerName(table: string, op: "insert" | "update" | "delete"): 
 export function isInternalName(name: string): boolean {
   return name.startsWith(INTERNAL_PREFIX);
 }
+
+/** The tables marmot creates besides the change logs. */
+export const INTERNAL_TABLES: readonly string[] = [APPLYING_TABLE, APPLIED_TABLE, META_TABLE, PARKED_TABLE];
+
+const CHANGE_LOG_PREFIX = `${INTERNAL_PREFIX}__`;
+const CHANGE_LOG_SUFFIX = "_change_log";
+
+/** The user table whose change log is called `name`, or undefined when `name` is not a change-log name. */
+export function changeLogOwner(name: string): string | undefined {
+  if (name.length < CHANGE_LOG_PREFIX.length + CHANGE_LOG_SUFFIX.length) return undefined;
+  if (!name.startsWith(CHANGE_LOG_PREFIX) || !name.endsWith(CHANGE_LOG_SUFFIX)) return undefined;
+  return name.slice(CHANGE_LOG_PREFIX.length, name.length - CHANGE_LOG_SUFFIX.length);
+}
+
+/** True for the tables marmot itself creates: the internal tables and every change log. */
+export function isMarmotTable(name: string): boolean {
+  return INTERNAL_TABLES.includes(name) || changeLogOwner(name) !== undefined;
+}
+
+/** True for a name triggerName() produces (whatever the table). */
+export function isCaptureTriggerName(name: string): boolean {
+  return name.startsWith(CHANGE_LOG_PREFIX) && /_(insert|update|delete)$/.test(name);
+}
+
+/** META_TABLE key of the random id written at first install; it changes only after a cleanup. */
+export const META_EPOCH_KEY = "epoch";
+/** META_TABLE key recording whether sqlite_sequence existed before marmot's first install ("1"/"0"). */
+export const META_SEQUENCE_KEY = "sqlite_sequence_before_marmot";
+
+/** META_TABLE key of a captured table's signature (JSON of its columns and key). */
+export function captureSignatureKey(table: string): string {
+  return `capture:${table}`;
+}
+
+/** Values of LOG_OP_COLUMN: the row now has these values / the row with this key is gone. */
+export type ChangeOp = "upsert" | "delete";
+export const OP_UPSERT: ChangeOp = "upsert";
+export const OP_DELETE: ChangeOp = "delete";

@@ -1,0 +1,85 @@
+// Counters and gauges in Prometheus' text format, with the original Marmot's metric names.
+
+type Labels = Record<string, string | number>;
+
+interface Series {
+  labels: Labels;
+  value: number;
+}
+
+class Metric {
+  private readonly series = new Map<string, Series>();
+  constructor(
+    readonly name: string,
+    readonly help: string,
+    readonly type: "counter" | "gauge",
+  ) {}
+
+  private entry(labels: Labels): Series {
+    const key = JSON.stringify(labels);
+    let s = this.series.get(key);
+    if (!s) {
+      s = { labels, value: 0 };
+      this.series.set(key, s);
+    }
+    return s;
+  }
+
+  inc(by = 1, labels: Labels = {}): void {
+    this.entry(labels).value += by;
+  }
+
+  set(value: number, labels: Labels = {}): void {
+    this.entry(labels).value = value;
+  }
+
+  get(labels: Labels = {}): number {
+    return this.series.get(JSON.stringify(labels))?.value ?? 0;
+  }
+
+  render(): string {
+    const lines = [`# HELP ${this.name} ${this.help}`, `# TYPE ${this.name} ${this.type}`];
+    if (this.series.size === 0) lines.push(`${this.name} 0`);
+    for (const s of this.series.values()) {
+      const labels = Object.entries(s.labels)
+        .map(([k, v]) => `${k}="${String(v).replaceAll("\\", "\\\\").replaceAll('"', '\\"').replaceAll("\n", "\\n")}"`)
+        .join(",");
+      lines.push(`${this.name}${labels ? `{${labels}}` : ""} ${s.value}`);
+    }
+    return lines.join("\n");
+  }
+}
+
+export class Metrics {
+  /** changes JetStream acknowledged */
+  readonly published: Metric;
+  /** changes waiting in the change logs */
+  readonly pendingPublish: Metric;
+  /** changes read from the change logs */
+  readonly countChanges: Metric;
+  /** scans of the change logs */
+  readonly scanChanges: Metric;
+  /** replicated changes applied to this database */
+  readonly applied: Metric;
+  /** replicated changes set aside (unknown table/column, undecodable) */
+  readonly parked: Metric;
+  /** per shard: messages in the stream this node has not applied yet */
+  readonly shardLag: Metric;
+  private readonly all: Metric[];
+
+  constructor(namespace = "marmot", subsystem = "") {
+    const name = (n: string) => [namespace, subsystem, n].filter((p) => p !== "").join("_");
+    this.published = new Metric(name("published"), "Changes published to JetStream and acknowledged.", "counter");
+    this.pendingPublish = new Metric(name("pending_publish"), "Changes waiting in the change logs to be published.", "gauge");
+    this.countChanges = new Metric(name("count_changes"), "Changes read from the change logs.", "counter");
+    this.scanChanges = new Metric(name("scan_changes"), "Scans of the change logs.", "counter");
+    this.applied = new Metric(name("applied"), "Replicated changes applied to the local database.", "counter");
+    this.parked = new Metric(name("parked"), "Replicated changes set aside because this node cannot apply them yet.", "counter");
+    this.shardLag = new Metric(name("shard_lag"), "Messages in the shard's stream not yet applied by this node.", "gauge");
+    this.all = [this.published, this.pendingPublish, this.countChanges, this.scanChanges, this.applied, this.parked, this.shardLag];
+  }
+
+  render(): string {
+    return this.all.map((m) => m.render()).join("\n") + "\n";
+  }
+}

@@ -1,0 +1,257 @@
+// Wires one marmot node together: capture on the database, the embedded or external NATS, shipping and applying.
+
+import { mkdirSync } from "node:fs";
+import type { Server } from "node:http";
+import { dirname, join } from "node:path";
+import type Database from "better-sqlite3";
+import { jetstream, type JetStreamManager } from "@nats-io/jetstream";
+import type { NatsConnection } from "@nats-io/transport-node";
+import type { CliOptions, Config } from "./config/types.js";
+import { ServerError } from "./errors.js";
+import type { Logger } from "./log.js";
+import { Metrics } from "./metrics.js";
+import { startMetricsServer } from "./metrics-server.js";
+import { ChangeShipper, sleep } from "./shipper.js";
+import { Applier } from "./sqlite/applier.js";
+import { installCapture, schemaVersion } from "./sqlite/capture.js";
+import { ChangeLogReader } from "./sqlite/change-log.js";
+import { openDatabase } from "./sqlite/open.js";
+import type { TableInfo } from "./sqlite/table.js";
+import { DatabaseWatcher } from "./sqlite/watcher.js";
+import { connectNats } from "./stream/connect.js";
+import { ShardConsumer } from "./stream/consumer.js";
+import { EmbeddedServer } from "./stream/embedded-server.js";
+import { waitForJetStream } from "./stream/jetstream-ready.js";
+import { JetStreamPublisher } from "./stream/publisher.js";
+import { ensureStreams } from "./stream/streams.js";
+import { Wakeup } from "./wakeup.js";
+
+/** Where the embedded nats-server keeps its JetStream store: beside the database, one folder per node. */
+export function embeddedStoreDir(config: Config): string {
+  return join(dirname(config.dbPath), `marmot-nats-${config.nodeId}`);
+}
+
+export class MarmotNode {
+  readonly metrics: Metrics;
+  private readonly abort = new AbortController();
+  private readonly wakeup = new Wakeup();
+  private readonly tasks: Promise<void>[] = [];
+  private readonly db: Database.Database;
+  private readonly reader: ChangeLogReader;
+  private readonly applier: Applier;
+  private readonly watcher: DatabaseWatcher;
+  private epoch = "";
+  private knownSchemaVersion = -1;
+  private server: EmbeddedServer | undefined;
+  private nc: NatsConnection | undefined;
+  private metricsServer: Server | undefined;
+  private consumers: ShardConsumer[] = [];
+  private lastActivity = Date.now();
+  private stopping: Promise<void> | undefined;
+  private failure: ((err: Error) => void) | undefined;
+  /** Settles when the node stops: resolves after stop(), rejects when it cannot go on. */
+  readonly done: Promise<void>;
+  private resolveDone!: () => void;
+
+  private constructor(
+    private readonly config: Config,
+    private readonly cli: CliOptions,
+    private readonly logger: Logger,
+  ) {
+    this.metrics = new Metrics(config.prometheus.namespace, config.prometheus.subsystem);
+    this.done = new Promise<void>((resolve, reject) => {
+      this.resolveDone = resolve;
+      this.failure = reject;
+    });
+    this.done.catch(() => undefined);
+    this.db = openDatabase(config.dbPath, logger);
+    this.reader = new ChangeLogReader(this.db);
+    this.applier = new Applier(this.db, logger.child({ component: "applier" }));
+    this.refreshCapture();
+    this.watcher = new DatabaseWatcher(
+      { dbPath: config.dbPath, pollingInterval: config.pollingInterval, onChange: () => this.onDatabaseChange() },
+      logger,
+    );
+  }
+
+  /** Install capture, start NATS (or connect to it) and begin shipping and applying. */
+  static async start(config: Config, cli: CliOptions, logger: Logger): Promise<MarmotNode> {
+    const node = new MarmotNode(config, cli, logger);
+    try {
+      await node.startNetworking();
+    } catch (err) {
+      await node.stop();
+      throw err;
+    }
+    return node;
+  }
+
+  private refreshCapture(): void {
+    const { tables, epoch } = installCapture(this.db, this.logger);
+    this.epoch = epoch;
+    this.setTables(tables);
+    this.knownSchemaVersion = schemaVersion(this.db);
+  }
+
+  private setTables(tables: TableInfo[]): void {
+    this.reader.setTables(tables);
+    this.applier.setTables(tables);
+    this.logger.info("capturing changes", { tables: tables.length });
+  }
+
+  /** Called by the watcher: a new table or column is captured from now on, then the shipper looks for changes. */
+  private onDatabaseChange(): void {
+    try {
+      if (schemaVersion(this.db) !== this.knownSchemaVersion) {
+        this.logger.info("schema changed; updating capture");
+        this.refreshCapture();
+        if (this.applier.hasParked()) this.applier.retryParked();
+      }
+    } catch (err) {
+      this.logger.warn("could not update capture after a schema change; will try again", { reason: (err as Error).message });
+    }
+    this.wakeup.notify();
+  }
+
+  private async startNetworking(): Promise<void> {
+    const { config, logger } = this;
+    const signal = this.abort.signal;
+    const name = `marmot-node-${config.nodeId}`;
+    let servers = config.nats.urls;
+    if (servers.length === 0) {
+      const storeDir = embeddedStoreDir(config);
+      mkdirSync(storeDir, { recursive: true });
+      this.server = await EmbeddedServer.start(
+        {
+          serverName: name,
+          storeDir,
+          bindAddress: config.nats.bindAddress,
+          clusterAddr: this.cli.clusterAddr || undefined,
+          clusterPeers: this.cli.clusterPeers,
+          leafServers: this.cli.leafServers,
+          serverConfig: config.nats.serverConfig || undefined,
+        },
+        logger.child({ component: "nats-server" }),
+      );
+      this.server.onUnexpectedExit((exit) => {
+        this.fail(new ServerError(`the embedded nats-server (pid ${this.server?.pid}) exited unexpectedly (code ${exit.code}, signal ${exit.signal}); marmot stops`));
+      });
+      servers = [this.server.clientUrl];
+    }
+    if (config.prometheus.enable) {
+      this.metricsServer = await startMetricsServer(config.prometheus.bind, this.metrics, logger);
+    }
+    this.watcher.start();
+    if (!config.publish) this.tasks.push(this.discardLoop(signal));
+
+    this.nc = await connectNats({ servers, nats: config.nats, name, logger: logger.child({ component: "nats" }), signal });
+    const jsm = await waitForJetStream(this.nc, logger, signal);
+    const streams = await ensureStreams(jsm, config, logger, signal);
+    const js = jetstream(this.nc);
+
+    if (config.publish) {
+      const nc = this.nc;
+      const shipper = new ChangeShipper(
+        this.reader,
+        new JetStreamPublisher(js, streams),
+        {
+          origin: config.nodeId,
+          epoch: this.epoch,
+          shards: config.replicationLog.shards,
+          batchMaxChanges: config.scanMaxChanges,
+          maxPayload: () => nc.info?.max_payload ?? 1024 * 1024,
+          compress: config.replicationLog.compress,
+        },
+        logger.child({ component: "shipper" }),
+        this.metrics,
+      );
+      this.tasks.push(this.shipLoop(shipper, signal));
+    }
+    if (config.replicate) {
+      this.consumers = streams.map(
+        (s) => new ShardConsumer(js, jsm, s, this.applier, { durableName: name }, logger.child({ component: "consumer", shard: s.shard }), this.metrics),
+      );
+      for (const c of this.consumers) this.tasks.push(c.run(signal));
+    }
+    this.tasks.push(this.housekeeping(jsm, signal));
+    logger.info("marmot is running", {
+      node_id: config.nodeId,
+      db: config.dbPath,
+      nats: servers.join(","),
+      shards: config.replicationLog.shards,
+      publish: config.publish,
+      replicate: config.replicate,
+    });
+    this.wakeup.notify();
+  }
+
+  private async shipLoop(shipper: ChangeShipper, signal: AbortSignal): Promise<void> {
+    while (!signal.aborted) {
+      let shipped = 0;
+      try {
+        shipped = await shipper.shipRound(signal);
+      } catch (err) {
+        if (signal.aborted) break;
+        this.logger.error("shipping changes failed; they stay in the change log and are tried again", { reason: (err as Error).message });
+        await sleep(1000, signal).catch(() => undefined);
+        this.reader.rewind();
+      }
+      if (shipped > 0) this.lastActivity = Date.now();
+      else await this.wakeup.wait(signal);
+    }
+  }
+
+  private async discardLoop(signal: AbortSignal): Promise<void> {
+    while (!signal.aborted) {
+      const removed = this.reader.discardAll();
+      if (removed > 0) this.logger.debug("publish = false: dropped captured changes", { changes: removed });
+      await sleep(Math.max(this.config.cleanupInterval, 100), signal).catch(() => undefined);
+    }
+  }
+
+  /** Metrics that need a look at the database or the streams, and the idle exit of sleep_timeout. */
+  private async housekeeping(_jsm: JetStreamManager, signal: AbortSignal): Promise<void> {
+    let appliedBefore = this.metrics.applied.get();
+    while (!signal.aborted) {
+      await sleep(2000, signal).catch(() => undefined);
+      if (signal.aborted) break;
+      try {
+        this.metrics.pendingPublish.set(this.reader.pendingCount());
+        for (const c of this.consumers) await c.lag();
+      } catch (err) {
+        this.logger.debug("metrics refresh failed", { reason: (err as Error).message });
+      }
+      const appliedNow = this.metrics.applied.get();
+      if (appliedNow !== appliedBefore) this.lastActivity = Date.now();
+      appliedBefore = appliedNow;
+      if (this.config.sleepTimeout > 0 && Date.now() - this.lastActivity > this.config.sleepTimeout) {
+        this.logger.info("no changes for sleep_timeout; stopping", { sleep_timeout_ms: this.config.sleepTimeout });
+        void this.stop();
+      }
+    }
+  }
+
+  private fail(err: Error): void {
+    this.logger.error(err.message);
+    const reject = this.failure;
+    this.failure = undefined;
+    void this.stop().finally(() => reject?.(err));
+  }
+
+  /** Stop cleanly: in-flight publishes and applies finish, then NATS, the embedded server and the database close. */
+  stop(): Promise<void> {
+    this.stopping ??= (async () => {
+      this.logger.info("stopping");
+      this.abort.abort(new Error("marmot is stopping"));
+      this.watcher.stop();
+      await Promise.allSettled(this.tasks);
+      if (this.nc) await this.nc.drain().catch(() => undefined);
+      this.metricsServer?.close();
+      if (this.server) await this.server.stop();
+      if (this.db.open) this.db.close();
+      this.logger.info("stopped");
+      if (this.failure) this.resolveDone();
+    })();
+    return this.stopping;
+  }
+}

@@ -1,0 +1,213 @@
+// Moves changes from the change logs to JetStream in rounds: read, keep each row's last change, shard, batch,
+// publish them all at once, and remove them from the logs only after every batch of the round was acknowledged.
+//
+// Why rounds: a row appears in at most one batch of a round, and a round starts only after the previous one was
+// fully acknowledged, so a row's changes reach its stream in the order the app made them, even when batches of
+// one round are retried and land out of order.
+
+import { createHash } from "node:crypto";
+import type { Logger } from "./log.js";
+import type { Metrics } from "./metrics.js";
+import type { ChangeLogReader, PendingChange } from "./sqlite/change-log.js";
+import { encodeBatch } from "./stream/codec.js";
+import type { BatchPublisher } from "./stream/publisher.js";
+import { rowKeyBytes, shardOf } from "./stream/shard.js";
+
+export interface ShipperOptions {
+  /** this node's id */
+  origin: string;
+  /** changes from before a cleanup must not share message ids with changes after it */
+  epoch: string;
+  shards: number;
+  /** changes per message at most (scan_max_changes) */
+  batchMaxChanges: number;
+  /** the server's max_payload */
+  maxPayload: () => number;
+  compress: boolean;
+  /** messages of one round in flight at once */
+  maxInFlight?: number;
+  /** bytes of changes read in one round at most */
+  roundMaxBytes?: number;
+}
+
+interface Batch {
+  shard: number;
+  changes: PendingChange[];
+}
+
+/** Room left in a message for the header and the encoding's own bytes. */
+const PAYLOAD_MARGIN = 8 * 1024;
+
+export class ChangeShipper {
+  /** row key -> the change too large for one message that stays in the change log for that row */
+  private readonly oversize = new Map<string, { table: string; changeId: number }>();
+  private outageSince = 0;
+  private lastOutageLog = 0;
+
+  constructor(
+    private readonly reader: ChangeLogReader,
+    private readonly publisher: BatchPublisher,
+    private readonly options: ShipperOptions,
+    private readonly logger: Logger,
+    private readonly metrics?: Metrics,
+  ) {}
+
+  /**
+   * Ship one round. Returns the number of changes read (0: the logs are empty).
+   * Retries failed publishes until they succeed or `signal` aborts; on abort the round's changes stay in the logs.
+   */
+  async shipRound(signal: AbortSignal): Promise<number> {
+    const maxInFlight = this.options.maxInFlight ?? 64;
+    const changes = this.reader.read(this.options.batchMaxChanges * maxInFlight, this.options.roundMaxBytes ?? 64 * 1024 * 1024);
+    this.metrics?.scanChanges.inc();
+    if (changes.length === 0) return 0;
+    this.metrics?.countChanges.inc(changes.length);
+
+    const upTo = new Map<string, number>();
+    const latest = new Map<string, { change: PendingChange; shard: number; rowKey: string }>();
+    for (const change of changes) {
+      const keyBytes = rowKeyBytes(change.wireTable.name, change.key);
+      const rowKey = keyBytes.toString("latin1");
+      // Only the row's last change of the round travels: it carries the row's whole state.
+      latest.delete(rowKey);
+      latest.set(rowKey, { change, shard: shardOf(keyBytes, this.options.shards), rowKey });
+      upTo.set(change.wireTable.name, Math.max(upTo.get(change.wireTable.name) ?? 0, change.changeId));
+    }
+
+    const batches = this.cutBatches(latest.values());
+    await this.publishAll(batches, maxInFlight, signal);
+    this.reader.removeUpTo(upTo, this.keptIds());
+    this.metrics?.published.inc(changes.length);
+    return changes.length;
+  }
+
+  private keptIds(): Map<string, Set<number>> {
+    const kept = new Map<string, Set<number>>();
+    for (const { table, changeId } of this.oversize.values()) {
+      if (!kept.has(table)) kept.set(table, new Set());
+      kept.get(table)!.add(changeId);
+    }
+    return kept;
+  }
+
+  private cutBatches(entries: Iterable<{ change: PendingChange; shard: number; rowKey: string }>): Batch[] {
+    const limit = this.options.maxPayload() - PAYLOAD_MARGIN;
+    const open = new Map<number, { batch: Batch; bytes: number }>();
+    const batches: Batch[] = [];
+    for (const { change, shard, rowKey } of entries) {
+      // A later change of the row supersedes a change that was too large: that one may now leave the log.
+      const stale = this.oversize.get(rowKey);
+      if (stale && stale.changeId < change.changeId) this.oversize.delete(rowKey);
+      if (change.size > limit) {
+        this.keepOversize(change, rowKey, limit);
+        continue;
+      }
+      let current = open.get(shard);
+      if (current && (current.batch.changes.length >= this.options.batchMaxChanges || current.bytes + change.size > limit)) {
+        current = undefined;
+      }
+      if (!current) {
+        current = { batch: { shard, changes: [] }, bytes: 0 };
+        open.set(shard, current);
+        batches.push(current.batch);
+      }
+      current.batch.changes.push(change);
+      current.bytes += change.size;
+    }
+    return batches;
+  }
+
+  private keepOversize(change: PendingChange, rowKey: string, limit: number): void {
+    if (this.oversize.get(rowKey)?.changeId === change.changeId) return;
+    this.oversize.set(rowKey, { table: change.wireTable.name, changeId: change.changeId });
+    this.logger.error("a change is larger than one NATS message and stays in the change log, unsent", {
+      table: change.wireTable.name,
+      change_id: change.changeId,
+      bytes: change.size,
+      max_payload: limit + PAYLOAD_MARGIN,
+      fix: "raise max_payload in the nats-server config ([nats] server_config) on every server",
+    });
+  }
+
+  private encode(batch: Batch): { payload: Buffer; msgId: string } {
+    const payload = encodeBatch(
+      { origin: this.options.origin, changes: batch.changes.map((c) => ({ table: c.wireTable, op: c.op, changeId: c.changeId, values: c.values })) },
+      { compress: this.options.compress },
+    );
+    // The id names exactly which changes the message holds, so a retry of the same batch is dropped as a duplicate.
+    const hash = createHash("sha1");
+    for (const c of batch.changes) hash.update(`${c.wireTable.name}\u0000${c.changeId}\u0000`);
+    return { payload, msgId: `${this.options.origin}-${this.options.epoch}-${hash.digest("hex")}` };
+  }
+
+  private async publishAll(batches: Batch[], maxInFlight: number, signal: AbortSignal): Promise<void> {
+    let next = 0;
+    let failure: unknown;
+    const worker = async () => {
+      while (next < batches.length && failure === undefined) {
+        const batch = batches[next++]!;
+        try {
+          await this.publishWithRetry(batch, signal);
+        } catch (err) {
+          failure ??= err;
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(maxInFlight, batches.length) }, worker));
+    if (failure !== undefined) throw failure;
+  }
+
+  private async publishWithRetry(batch: Batch, signal: AbortSignal): Promise<void> {
+    const encoded = this.encode(batch);
+    if (encoded.payload.length > this.options.maxPayload()) {
+      // The size estimate was off; halve the batch rather than fail it.
+      const half = Math.ceil(batch.changes.length / 2);
+      await this.publishWithRetry({ shard: batch.shard, changes: batch.changes.slice(0, half) }, signal);
+      await this.publishWithRetry({ shard: batch.shard, changes: batch.changes.slice(half) }, signal);
+      return;
+    }
+    let attempt = 0;
+    for (;;) {
+      try {
+        await this.publisher.publish(batch.shard, encoded.payload, encoded.msgId);
+        if (this.outageSince !== 0) {
+          this.logger.info("JetStream accepts changes again", { after_seconds: Math.round((Date.now() - this.outageSince) / 1000) });
+          this.outageSince = 0;
+        }
+        return;
+      } catch (err) {
+        if (signal.aborted) throw signal.reason ?? err;
+        attempt++;
+        this.reportOutage(err, batch.shard);
+        await sleep(Math.min(100 * 2 ** Math.min(attempt, 6), 5000), signal);
+      }
+    }
+  }
+
+  private reportOutage(err: unknown, shard: number): void {
+    const now = Date.now();
+    if (this.outageSince === 0) this.outageSince = now;
+    if (now - this.lastOutageLog < 30_000) return;
+    this.lastOutageLog = now;
+    this.logger.warn("waiting for JetStream to accept changes; they stay in the change log meanwhile", {
+      shard,
+      reason: (err as Error).message ?? String(err),
+      pending: this.reader.pendingCount(),
+    });
+  }
+}
+
+export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) return reject(signal.reason);
+    const timer = setTimeout(() => {
+      signal?.removeEventListener("abort", onAbort);
+      resolve();
+    }, ms);
+    const onAbort = () => {
+      clearTimeout(timer);
+      reject(signal!.reason);
+    };
+    signal?.addEventListener("abort", onAbort, { once: true });
+  });
+}

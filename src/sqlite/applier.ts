@@ -1,0 +1,213 @@
+// Applies replicated batches to the local database: one transaction per message, its stream sequence recorded inside it.
+
+import type { Database, Statement } from "better-sqlite3";
+import { DecodeError } from "../errors.js";
+import type { Logger } from "../log.js";
+import { decodeBatch, encodeBatch, type ChangeBatch, type WireChange } from "../stream/codec.js";
+import { APPLIED_TABLE, APPLYING_TABLE, PARKED_TABLE, ROWID_KEY } from "./names.js";
+import { quoteIdent } from "./quote.js";
+import type { TableInfo } from "./table.js";
+
+export type ApplyOutcome = "applied" | "duplicate" | "parked" | "partly-parked";
+
+export interface ApplyResult {
+  outcome: ApplyOutcome;
+  applied: number;
+  parked: number;
+}
+
+interface ParkedChange {
+  change: WireChange;
+  reason: string;
+}
+
+/** Why a change cannot be applied here, or undefined when it can. Names come only from the local schema. */
+function mismatch(change: WireChange, local: TableInfo | undefined): string | undefined {
+  if (!local) return `table "${change.table.name}" does not exist on this node`;
+  const wireKey = change.table.keyColumns;
+  if (wireKey.length !== local.keyColumns.length || wireKey.some((k, i) => k !== local.keyColumns[i])) {
+    return `table "${local.name}" has key (${local.keyColumns.join(", ")}) here, the change has (${wireKey.join(", ")})`;
+  }
+  if (change.op === "upsert") {
+    const known = new Set(local.columns.map((c) => c.name));
+    if (local.rowidKeyed) known.add(ROWID_KEY);
+    const missing = change.table.columns.filter((c) => !known.has(c));
+    if (missing.length > 0) return `table "${local.name}" has no column ${missing.map((m) => `"${m}"`).join(", ")} on this node`;
+  }
+  return undefined;
+}
+
+/** The name that reaches a rowid-keyed table's real rowid even if the table has a column called "rowid". */
+function rowidAlias(table: TableInfo): string {
+  const names = new Set(table.columns.map((c) => c.name.toLowerCase()));
+  return ["rowid", "_rowid_", "oid"].find((a) => !names.has(a)) ?? "rowid";
+}
+
+export class Applier {
+  private tables = new Map<string, TableInfo>();
+  private readonly statements = new Map<string, Statement>();
+  private readonly applied = new Map<string, number>();
+  /** Tables with parked changes: later changes to them wait too, so their order is kept. */
+  private readonly parkedTables = new Set<string>();
+  private readonly reportedMissing = new Set<string>();
+  private readonly enterApply: Statement;
+  private readonly leaveApply: Statement;
+  private readonly recordApplied: Statement;
+  private readonly insertParked: Statement;
+
+  constructor(
+    private readonly db: Database,
+    private readonly logger: Logger,
+  ) {
+    this.enterApply = db.prepare(`INSERT INTO ${quoteIdent(APPLYING_TABLE)} VALUES (1)`);
+    this.leaveApply = db.prepare(`DELETE FROM ${quoteIdent(APPLYING_TABLE)}`);
+    this.recordApplied = db.prepare(
+      `INSERT INTO ${quoteIdent(APPLIED_TABLE)} (stream, seq) VALUES (?, ?) ON CONFLICT (stream) DO UPDATE SET seq = excluded.seq`,
+    );
+    this.insertParked = db.prepare(
+      `INSERT INTO ${quoteIdent(PARKED_TABLE)} (stream, seq, tbl, reason, payload, parked_at) VALUES (?, ?, ?, ?, ?, ?)`,
+    );
+    const rows = db.prepare(`SELECT stream, seq FROM ${quoteIdent(APPLIED_TABLE)}`).all() as { stream: string; seq: bigint }[];
+    for (const row of rows) this.applied.set(row.stream, Number(row.seq));
+    const parked = db.prepare(`SELECT DISTINCT tbl FROM ${quoteIdent(PARKED_TABLE)} WHERE tbl IS NOT NULL`).pluck(true).all() as string[];
+    for (const t of parked) this.parkedTables.add(t);
+  }
+
+  /** The schema to apply against: only these tables and columns are ever named in SQL. */
+  setTables(tables: readonly TableInfo[]): void {
+    this.tables = new Map(tables.map((t) => [t.name, t]));
+    this.statements.clear();
+  }
+
+  appliedSequence(stream: string): number {
+    return this.applied.get(stream) ?? 0;
+  }
+
+  hasParked(): boolean {
+    return this.parkedTables.size > 0;
+  }
+
+  /** Apply one stream message. Never throws for bad content: what cannot be applied is parked. */
+  applyMessage(stream: string, seq: number, data: Uint8Array): ApplyResult {
+    if (seq <= this.appliedSequence(stream)) return { outcome: "duplicate", applied: 0, parked: 0 };
+    let batch: ChangeBatch;
+    try {
+      batch = decodeBatch(data);
+    } catch (err) {
+      if (!(err instanceof DecodeError)) throw err;
+      this.logger.error("set aside a message that is not a valid marmot batch", { stream, seq, reason: err.message });
+      this.db.transaction(() => {
+        this.insertParked.run(stream, BigInt(seq), null, `undecodable: ${err.message}`, Buffer.from(data), BigInt(Date.now()));
+        this.recordApplied.run(stream, BigInt(seq));
+      }).immediate();
+      this.applied.set(stream, seq);
+      return { outcome: "parked", applied: 0, parked: 1 };
+    }
+    let appliedCount = 0;
+    const parked: ParkedChange[] = [];
+    this.db.transaction(() => {
+      this.enterApply.run();
+      for (const change of batch.changes) {
+        const reason = this.parkedTables.has(change.table.name)
+          ? `earlier changes to table "${change.table.name}" are waiting`
+          : this.applyChange(change);
+        if (reason === undefined) appliedCount++;
+        else parked.push({ change, reason });
+      }
+      this.park(stream, seq, batch.origin, parked);
+      this.leaveApply.run();
+      this.recordApplied.run(stream, BigInt(seq));
+    }).immediate();
+    this.applied.set(stream, seq);
+    const outcome: ApplyOutcome = parked.length === 0 ? "applied" : appliedCount === 0 ? "parked" : "partly-parked";
+    return { outcome, applied: appliedCount, parked: parked.length };
+  }
+
+  /**
+   * Try the parked changes again, oldest first (after the schema changed).
+   * Returns how many were applied; those that still cannot be applied stay parked.
+   */
+  retryParked(): number {
+    const rows = this.db
+      .prepare(`SELECT id, stream, seq, tbl, payload FROM ${quoteIdent(PARKED_TABLE)} WHERE tbl IS NOT NULL ORDER BY id`)
+      .all() as { id: bigint; stream: string; seq: bigint; tbl: string; payload: Buffer }[];
+    if (rows.length === 0) return 0;
+    let appliedCount = 0;
+    const stillWaiting = new Set<string>();
+    const remove = this.db.prepare(`DELETE FROM ${quoteIdent(PARKED_TABLE)} WHERE id = ?`);
+    this.db.transaction(() => {
+      this.enterApply.run();
+      for (const row of rows) {
+        // Keep each table's order: once one of its changes waits, the later ones wait behind it.
+        if (stillWaiting.has(row.tbl)) continue;
+        const batch = decodeBatch(row.payload);
+        const change = batch.changes[0]!;
+        if (this.applyChange(change) === undefined) {
+          remove.run(row.id);
+          appliedCount++;
+        } else {
+          stillWaiting.add(row.tbl);
+        }
+      }
+      this.leaveApply.run();
+    }).immediate();
+    this.parkedTables.clear();
+    for (const t of stillWaiting) this.parkedTables.add(t);
+    if (appliedCount > 0) this.logger.info("applied changes that were waiting for the schema", { changes: appliedCount });
+    return appliedCount;
+  }
+
+  private park(stream: string, seq: number, origin: string, parked: ParkedChange[]): void {
+    const now = BigInt(Date.now());
+    for (const { change, reason } of parked) {
+      const payload = encodeBatch({ origin, changes: [change] });
+      this.insertParked.run(stream, BigInt(seq), change.table.name, reason, payload, now);
+      if (!this.parkedTables.has(change.table.name) || !this.reportedMissing.has(change.table.name)) {
+        this.reportedMissing.add(change.table.name);
+        this.logger.warn("changes wait until this node's schema can take them", { table: change.table.name, reason, stream, seq });
+      }
+      this.parkedTables.add(change.table.name);
+    }
+  }
+
+  /** Apply one change; returns why it cannot be applied, or undefined when it was. */
+  private applyChange(change: WireChange): string | undefined {
+    const local = this.tables.get(change.table.name);
+    const reason = mismatch(change, local);
+    if (reason !== undefined) return reason;
+    const statement = this.statementFor(local!, change);
+    try {
+      statement.run(change.values);
+      return undefined;
+    } catch (err) {
+      const code = (err as { code?: string }).code ?? "";
+      if (code.startsWith("SQLITE_CONSTRAINT") || code === "SQLITE_MISMATCH" || code === "SQLITE_TOOBIG") {
+        return `${code}: ${(err as Error).message}`;
+      }
+      throw err;
+    }
+  }
+
+  private statementFor(table: TableInfo, change: WireChange): Statement {
+    const cacheKey = `${change.op}\u0000${table.name}\u0000${(change.op === "upsert" ? change.table.columns : change.table.keyColumns).join("\u0000")}`;
+    let statement = this.statements.get(cacheKey);
+    if (statement) return statement;
+    const rowid = table.rowidKeyed ? rowidAlias(table) : "";
+    const ident = (name: string) => (table.rowidKeyed && name === ROWID_KEY ? rowid : quoteIdent(name));
+    const target = quoteIdent(table.name);
+    const keys = table.keyColumns.map(ident);
+    if (change.op === "delete") {
+      statement = this.db.prepare(`DELETE FROM ${target} WHERE ${keys.map((k) => `${k} IS ?`).join(" AND ")}`);
+    } else {
+      const columns = change.table.columns.map(ident);
+      const keySet = new Set(keys);
+      const updates = columns.filter((c) => !keySet.has(c)).map((c) => `${c} = excluded.${c}`);
+      const onConflict = updates.length > 0 ? `DO UPDATE SET ${updates.join(", ")}` : "DO NOTHING";
+      statement = this.db.prepare(
+        `INSERT INTO ${target} (${columns.join(", ")}) VALUES (${columns.map(() => "?").join(", ")}) ON CONFLICT (${keys.join(", ")}) ${onConflict}`,
+      );
+    }
+    this.statements.set(cacheKey, statement);
+    return statement;
+  }
+}

@@ -1,0 +1,263 @@
+// Installs and keeps current marmot's capture: internal tables, one change log and three triggers per user table.
+
+import { randomBytes } from "node:crypto";
+import type Database from "better-sqlite3";
+import type { Logger, LogFields } from "../log.js";
+import {
+  APPLIED_TABLE,
+  APPLYING_TABLE,
+  captureSignatureKey,
+  changeLogOwner,
+  changeLogTable,
+  isCaptureTriggerName,
+  logValueColumn,
+  META_EPOCH_KEY,
+  META_SEQUENCE_KEY,
+  META_TABLE,
+  PARKED_TABLE,
+} from "./names.js";
+import { quoteIdent } from "./quote.js";
+import { foldCase, readSchema, type SkippedTable, type TableFilter } from "./schema.js";
+import type { TableInfo } from "./table.js";
+import { addChangeLogColumnSql, captureTriggers, changeLogColumns, createChangeLogSql } from "./trigger-sql.js";
+
+export type CaptureOptions = TableFilter;
+
+export interface CaptureResult {
+  /** the tables whose changes are now captured, sorted by name */
+  tables: TableInfo[];
+  /** random id of this installation, kept until a cleanup removes marmot from the file */
+  epoch: string;
+  skipped: SkippedTable[];
+}
+
+const INTERNAL_TABLES_SQL = [
+  `CREATE TABLE IF NOT EXISTS ${quoteIdent(APPLYING_TABLE)} (x INTEGER)`,
+  `CREATE TABLE IF NOT EXISTS ${quoteIdent(APPLIED_TABLE)} (stream TEXT PRIMARY KEY, seq INTEGER NOT NULL)`,
+  `CREATE TABLE IF NOT EXISTS ${quoteIdent(META_TABLE)} (key TEXT PRIMARY KEY, value)`,
+  `CREATE TABLE IF NOT EXISTS ${quoteIdent(PARKED_TABLE)} (id INTEGER PRIMARY KEY AUTOINCREMENT, stream TEXT NOT NULL, ` +
+    `seq INTEGER NOT NULL, tbl TEXT, reason TEXT NOT NULL, payload BLOB NOT NULL, parked_at INTEGER NOT NULL)`,
+];
+
+interface Note {
+  level: "debug" | "info" | "warn";
+  message: string;
+  fields?: LogFields;
+}
+
+interface TriggerRow {
+  name: string;
+  tbl_name: string;
+  sql: string | null;
+}
+
+/**
+ * Make the capture match the current schema, in one transaction: creates what is missing, extends change logs of
+ * tables that gained columns (pending rows are kept), recreates triggers whose text differs, and drops triggers and
+ * empty change logs of tables no longer captured. When nothing changed it writes nothing, so the schema version
+ * stays the same: call it at start and whenever `schemaVersion()` moves.
+ */
+export function installCapture(db: Database.Database, logger: Logger, options: CaptureOptions = {}): CaptureResult {
+  const notes: Note[] = [];
+  const install = db.transaction((): CaptureResult => {
+    const sequenceExisted = tableExists(db, "sqlite_sequence");
+    const schema = readSchema(db, options);
+    for (const sql of INTERNAL_TABLES_SQL) db.exec(sql);
+    const epoch = ensureEpoch(db, sequenceExisted, notes);
+
+    const triggers = new Map<string, TriggerRow>();
+    for (const row of db.prepare("SELECT name, tbl_name, sql FROM sqlite_master WHERE type = 'trigger'").all() as TriggerRow[]) {
+      triggers.set(row.name, row);
+    }
+    const wantedTriggers = new Set<string>();
+    for (const table of schema.tables) {
+      captureTable(db, table, triggers, notes);
+      for (const trigger of captureTriggers(table)) wantedTriggers.add(trigger.name);
+    }
+    dropStaleTriggers(db, triggers, wantedTriggers, notes);
+    dropStaleChangeLogs(db, new Set(schema.tables.map((table) => table.name)), notes);
+    return { tables: schema.tables, epoch, skipped: schema.skipped };
+  });
+  const result = install.immediate();
+
+  for (const skipped of result.skipped) logger.info(`not capturing table "${skipped.name}": ${skipped.reason}`);
+  const existing = new Set(result.tables.map((table) => foldCase(table.name)));
+  for (const skipped of result.skipped) existing.add(foldCase(skipped.name));
+  for (const name of options.include ?? []) {
+    if (!existing.has(foldCase(name))) logger.warn(`the include list names table "${name}", which does not exist`);
+  }
+  for (const note of notes) logger[note.level](note.message, note.fields);
+  return result;
+}
+
+function ensureEpoch(db: Database.Database, sequenceExisted: boolean, notes: Note[]): string {
+  const row = db.prepare(`SELECT value FROM ${quoteIdent(META_TABLE)} WHERE key = ?`).get(META_EPOCH_KEY) as
+    | { value: unknown }
+    | undefined;
+  if (row !== undefined) return String(row.value);
+  const epoch = randomBytes(8).toString("hex");
+  const insert = db.prepare(`INSERT INTO ${quoteIdent(META_TABLE)} (key, value) VALUES (?, ?)`);
+  insert.run(META_EPOCH_KEY, epoch);
+  // Cleanup removes sqlite_sequence only if marmot's AUTOINCREMENT tables were what created it.
+  insert.run(META_SEQUENCE_KEY, sequenceExisted ? "1" : "0");
+  notes.push({ level: "info", message: `installed marmot capture (epoch ${epoch})` });
+  return epoch;
+}
+
+function captureTable(db: Database.Database, table: TableInfo, triggers: Map<string, TriggerRow>, notes: Note[]): void {
+  const logName = changeLogTable(table.name);
+  const signature = signatureOf(table);
+  const storedSignature = metaValue(db, captureSignatureKey(table.name));
+  const logColumns = columnNames(db, logName);
+  let changed = false;
+  if (logColumns.length === 0) {
+    db.exec(createChangeLogSql(table));
+    changed = true;
+  } else if (storedSignature !== signature) {
+    changed = alterChangeLog(db, table, logColumns, storedSignature, notes) || changed;
+  }
+
+  for (const trigger of captureTriggers(table)) {
+    const current = triggers.get(trigger.name);
+    if (current !== undefined && current.sql === trigger.sql && current.tbl_name === table.name) continue;
+    db.exec(`DROP TRIGGER IF EXISTS ${quoteIdent(trigger.name)}`);
+    db.exec(trigger.sql);
+    changed = true;
+  }
+
+  if (storedSignature !== signature) {
+    db.prepare(`INSERT INTO ${quoteIdent(META_TABLE)} (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value`).run(
+      captureSignatureKey(table.name),
+      signature,
+    );
+  }
+  if (changed) {
+    const verb = storedSignature === undefined ? "capturing" : "updated capture of";
+    notes.push({ level: "info", message: `${verb} table "${table.name}"`, fields: { key: table.keyColumns } });
+  }
+}
+
+/**
+ * Bring an existing change log to the columns `table` needs. An empty log is simply rebuilt; a log with pending
+ * rows keeps them: renamed columns are renamed in the log too, new ones are added, and columns the table lost
+ * stay (their pending values are no longer read).
+ */
+function alterChangeLog(
+  db: Database.Database,
+  table: TableInfo,
+  logColumns: string[],
+  storedSignature: string | undefined,
+  notes: Note[],
+): boolean {
+  const logName = changeLogTable(table.name);
+  const wanted = changeLogColumns(table);
+  const have = new Set(logColumns.map(foldCase));
+  const wantedFolded = new Set(wanted.map(foldCase));
+  const missing = wanted.filter((column) => !have.has(foldCase(column)));
+  const extra = logColumns.filter((column) => !wantedFolded.has(foldCase(column)));
+  if (missing.length === 0 && extra.length === 0) return false;
+
+  if (!hasRows(db, logName)) {
+    db.exec(`DROP TABLE ${quoteIdent(logName)}`);
+    db.exec(createChangeLogSql(table));
+    return true;
+  }
+
+  // ALTER TABLE RENAME COLUMN keeps a column's position; a log column whose user column was renamed follows it.
+  const previous = parseSignature(storedSignature);
+  if (previous !== undefined) {
+    const length = Math.min(previous.columns.length, table.columns.length);
+    for (let i = 0; i < length; i += 1) {
+      const from = logValueColumn(previous.columns[i]!.name);
+      const to = logValueColumn(table.columns[i]!.name);
+      const fromIndex = extra.findIndex((column) => foldCase(column) === foldCase(from));
+      const toIndex = missing.findIndex((column) => foldCase(column) === foldCase(to));
+      if (fromIndex < 0 || toIndex < 0) continue;
+      db.exec(`ALTER TABLE ${quoteIdent(logName)} RENAME COLUMN ${quoteIdent(extra[fromIndex]!)} TO ${quoteIdent(to)}`);
+      extra.splice(fromIndex, 1);
+      missing.splice(toIndex, 1);
+    }
+  }
+  for (const column of missing) db.exec(addChangeLogColumnSql(table, column));
+  if (extra.length > 0) {
+    notes.push({
+      level: "warn",
+      message: `change log of table "${table.name}" keeps columns ${extra.join(", ")} that the table no longer has; pending changes in them are not replicated`,
+    });
+  }
+  return true;
+}
+
+function dropStaleTriggers(
+  db: Database.Database,
+  triggers: Map<string, TriggerRow>,
+  wanted: Set<string>,
+  notes: Note[],
+): void {
+  const guard = quoteIdent(APPLYING_TABLE);
+  for (const trigger of triggers.values()) {
+    if (wanted.has(trigger.name) || !isCaptureTriggerName(trigger.name) || !(trigger.sql ?? "").includes(guard)) continue;
+    db.exec(`DROP TRIGGER IF EXISTS ${quoteIdent(trigger.name)}`);
+    notes.push({ level: "info", message: `dropped capture trigger "${trigger.name}" of table "${trigger.tbl_name}", which is no longer captured` });
+  }
+}
+
+/** Change logs of tables that were dropped or excluded: dropped when empty, kept (and reported) while they hold changes. */
+function dropStaleChangeLogs(db: Database.Database, captured: Set<string>, notes: Note[]): void {
+  const tables = db.prepare("SELECT name FROM sqlite_master WHERE type = 'table'").all() as { name: string }[];
+  for (const { name } of tables) {
+    const owner = changeLogOwner(name);
+    if (owner === undefined || captured.has(owner)) continue;
+    const pending = Number((db.prepare(`SELECT count(*) AS n FROM ${quoteIdent(name)}`).get() as { n: bigint | number }).n);
+    if (pending === 0) {
+      db.exec(`DROP TABLE ${quoteIdent(name)}`);
+      db.prepare(`DELETE FROM ${quoteIdent(META_TABLE)} WHERE key = ?`).run(captureSignatureKey(owner));
+      notes.push({ level: "info", message: `dropped the empty change log of table "${owner}", which is no longer captured` });
+    } else {
+      notes.push({
+        level: "warn",
+        message: `table "${owner}" is no longer captured but its change log "${name}" still holds ${pending} unpublished changes; keeping it`,
+      });
+    }
+  }
+}
+
+interface Signature {
+  columns: { name: string }[];
+}
+
+function signatureOf(table: TableInfo): string {
+  return JSON.stringify({
+    columns: table.columns,
+    keyColumns: table.keyColumns,
+    rowidKeyed: table.rowidKeyed,
+    withoutRowid: table.withoutRowid,
+  });
+}
+
+function parseSignature(text: string | undefined): Signature | undefined {
+  if (text === undefined) return undefined;
+  try {
+    const parsed = JSON.parse(text) as Partial<Signature>;
+    return Array.isArray(parsed.columns) ? (parsed as Signature) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function metaValue(db: Database.Database, key: string): string | undefined {
+  const row = db.prepare(`SELECT value FROM ${quoteIdent(META_TABLE)} WHERE key = ?`).get(key) as { value: unknown } | undefined;
+  return row === undefined ? undefined : String(row.value);
+}
+
+function columnNames(db: Database.Database, table: string): string[] {
+  return (db.prepare("SELECT name FROM pragma_table_info(?, 'main')").all(table) as { name: string }[]).map((row) => row.name);
+}
+
+function hasRows(db: Database.Database, table: string): boolean {
+  return db.prepare(`SELECT 1 FROM ${quoteIdent(table)} LIMIT 1`).get() !== undefined;
+}
+
+export function tableExists(db: Database.Database, name: string): boolean {
+  return db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?").get(name) !== undefined;
+}

@@ -1,0 +1,113 @@
+// Generates the DDL of a captured table's change log and capture triggers; pure text, built only from the local schema.
+
+import {
+  APPLYING_TABLE,
+  changeLogTable,
+  LOG_ID_COLUMN,
+  LOG_OP_COLUMN,
+  LOG_ROWID_COLUMN,
+  logValueColumn,
+  OP_DELETE,
+  OP_UPSERT,
+  triggerName,
+} from "./names.js";
+import { quoteIdent, quoteLiteral } from "./quote.js";
+import { rowidAlias } from "./schema.js";
+import type { TableInfo } from "./table.js";
+
+export type TriggerOp = "insert" | "update" | "delete";
+
+export interface TriggerDefinition {
+  name: string;
+  op: TriggerOp;
+  /** the full CREATE TRIGGER statement, exactly as SQLite keeps it in sqlite_master */
+  sql: string;
+}
+
+/** The loop guard: marmot's apply transactions hold a row in APPLYING_TABLE, which no other connection ever sees. */
+const GUARD = `WHEN NOT EXISTS (SELECT 1 FROM ${quoteIdent(APPLYING_TABLE)})`;
+
+/** Every column of the table's change log, in order. */
+export function changeLogColumns(table: TableInfo): string[] {
+  const columns = [LOG_ID_COLUMN, LOG_OP_COLUMN];
+  if (table.rowidKeyed) columns.push(LOG_ROWID_COLUMN);
+  for (const column of table.columns) columns.push(logValueColumn(column.name));
+  return columns;
+}
+
+/**
+ * The change log: value columns have no declared type, so every value keeps its exact storage class
+ * (a REAL stays REAL, a 64-bit INTEGER stays exact, a BLOB stays a BLOB). AUTOINCREMENT keeps ids growing
+ * even after the rows with the highest ids were published and deleted.
+ */
+export function createChangeLogSql(table: TableInfo): string {
+  const definitions = [
+    `${quoteIdent(LOG_ID_COLUMN)} INTEGER PRIMARY KEY AUTOINCREMENT`,
+    `${quoteIdent(LOG_OP_COLUMN)} TEXT NOT NULL`,
+    ...changeLogColumns(table).slice(2).map(quoteIdent),
+  ];
+  return `CREATE TABLE ${quoteIdent(changeLogTable(table.name))} (${definitions.join(", ")})`;
+}
+
+/** The ALTER that gives an existing change log a column it lacks (value columns and the rowid column are untyped). */
+export function addChangeLogColumnSql(table: TableInfo, column: string): string {
+  return `ALTER TABLE ${quoteIdent(changeLogTable(table.name))} ADD COLUMN ${quoteIdent(column)}`;
+}
+
+/** The three AFTER triggers that copy each row change of `table` into its change log. */
+export function captureTriggers(table: TableInfo): TriggerDefinition[] {
+  return [
+    { name: triggerName(table.name, "insert"), op: "insert", sql: insertTriggerSql(table) },
+    { name: triggerName(table.name, "update"), op: "update", sql: updateTriggerSql(table) },
+    { name: triggerName(table.name, "delete"), op: "delete", sql: deleteTriggerSql(table) },
+  ];
+}
+
+function insertTriggerSql(table: TableInfo): string {
+  return triggerSql(table, "insert", [`${upsertStatement(table)};`]);
+}
+
+/** A key change is a delete of the old key followed by an upsert of the new row, so replicas drop the old row. */
+function updateTriggerSql(table: TableInfo): string {
+  const keyExpressions = keyReferences(table);
+  const keyChanged = keyExpressions.map((key) => `OLD.${key} IS NOT NEW.${key}`).join(" OR ");
+  const deleteOld =
+    `INSERT INTO ${quoteIdent(changeLogTable(table.name))} (${deleteColumns(table).join(", ")}) ` +
+    `SELECT ${[quoteLiteral(OP_DELETE), ...keyExpressions.map((key) => `OLD.${key}`)].join(", ")} WHERE ${keyChanged};`;
+  return triggerSql(table, "update", [deleteOld, `${upsertStatement(table)};`]);
+}
+
+function deleteTriggerSql(table: TableInfo): string {
+  const values = [quoteLiteral(OP_DELETE), ...keyReferences(table).map((key) => `OLD.${key}`)];
+  const statement =
+    `INSERT INTO ${quoteIdent(changeLogTable(table.name))} (${deleteColumns(table).join(", ")}) ` +
+    `VALUES (${values.join(", ")});`;
+  return triggerSql(table, "delete", [statement]);
+}
+
+function triggerSql(table: TableInfo, op: TriggerOp, statements: string[]): string {
+  return (
+    `CREATE TRIGGER ${quoteIdent(triggerName(table.name, op))} AFTER ${op.toUpperCase()} ON ${quoteIdent(table.name)} ` +
+    `FOR EACH ROW ${GUARD}\nBEGIN\n${statements.map((statement) => `  ${statement}\n`).join("")}END`
+  );
+}
+
+/** ('upsert', [NEW.rowid,] NEW.<every column>) */
+function upsertStatement(table: TableInfo): string {
+  const columns = changeLogColumns(table).slice(1).map(quoteIdent);
+  const values = [quoteLiteral(OP_UPSERT)];
+  if (table.rowidKeyed) values.push(`NEW.${quoteIdent(rowidAlias(table))}`);
+  for (const column of table.columns) values.push(`NEW.${quoteIdent(column.name)}`);
+  return `INSERT INTO ${quoteIdent(changeLogTable(table.name))} (${columns.join(", ")}) VALUES (${values.join(", ")})`;
+}
+
+/** The log columns a delete fills: the op and the key; every other value column stays NULL. */
+function deleteColumns(table: TableInfo): string[] {
+  const keyColumns = table.rowidKeyed ? [LOG_ROWID_COLUMN] : table.keyColumns.map(logValueColumn);
+  return [LOG_OP_COLUMN, ...keyColumns].map(quoteIdent);
+}
+
+/** The quoted names that reach the key of a row (to be prefixed with OLD. or NEW.). */
+function keyReferences(table: TableInfo): string[] {
+  return table.rowidKeyed ? [quoteIdent(rowidAlias(table))] : table.keyColumns.map(quoteIdent);
+}

@@ -1,0 +1,135 @@
+// Consumes one shard's stream with this node's durable consumer and hands every message, in order, to the applier.
+
+import { AckPolicy, DeliverPolicy, type JetStreamClient, type JetStreamManager, type JsMsg } from "@nats-io/jetstream";
+import { nanos } from "@nats-io/transport-node";
+import type { Logger } from "../log.js";
+import type { Metrics } from "../metrics.js";
+import type { ApplyResult } from "../sqlite/applier.js";
+import { sleep } from "../shipper.js";
+import type { ShardStream } from "./streams.js";
+
+/** A place to apply messages: records each applied stream sequence in the same transaction. */
+export interface MessageApplier {
+  appliedSequence(stream: string): number;
+  applyMessage(stream: string, seq: number, data: Uint8Array): ApplyResult;
+}
+
+export interface ShardConsumerOptions {
+  /** durable consumer name, the same for every shard of this node */
+  durableName: string;
+  /** messages fetched ahead of the applier */
+  prefetch?: number;
+}
+
+/**
+ * Why the durable is recreated at every start: the database, not the consumer, knows what was applied.
+ * A consumer left with unacknowledged messages by a crash would redeliver them after newer ones; starting it
+ * again right after the recorded sequence keeps the stream's order and skips nothing.
+ */
+export class ShardConsumer {
+  private lastLag = -1;
+
+  constructor(
+    private readonly js: JetStreamClient,
+    private readonly jsm: JetStreamManager,
+    private readonly shard: ShardStream,
+    private readonly applier: MessageApplier,
+    private readonly options: ShardConsumerOptions,
+    private readonly logger: Logger,
+    private readonly metrics?: Metrics,
+  ) {}
+
+  async run(signal: AbortSignal): Promise<void> {
+    let attempt = 0;
+    while (!signal.aborted) {
+      try {
+        await this.consumeOnce(signal);
+        attempt = 0;
+      } catch (err) {
+        if (signal.aborted) break;
+        attempt++;
+        const level = attempt === 1 ? "warn" : "debug";
+        this.logger[level]("consumer interrupted; starting it again after the last applied message", {
+          stream: this.shard.stream,
+          applied: this.applier.appliedSequence(this.shard.stream),
+          reason: (err as Error).message ?? String(err),
+        });
+      }
+      await sleep(Math.min(250 * 2 ** Math.min(attempt, 4), 5000), signal).catch(() => undefined);
+    }
+  }
+
+  /** Messages in the stream this node has not applied (for the lag metric and the status). */
+  async lag(): Promise<number> {
+    const info = await this.jsm.streams.info(this.shard.stream);
+    const lag = Math.max(0, info.state.last_seq - this.applier.appliedSequence(this.shard.stream));
+    this.metrics?.shardLag.set(lag, { shard: this.shard.shard, stream: this.shard.stream });
+    this.lastLag = lag;
+    return lag;
+  }
+
+  get lastKnownLag(): number {
+    return this.lastLag;
+  }
+
+  private async recreateDurable(startAfter: number): Promise<void> {
+    const { stream } = this.shard;
+    await this.jsm.consumers.delete(stream, this.options.durableName).catch(() => undefined);
+    await this.jsm.consumers.add(stream, {
+      durable_name: this.options.durableName,
+      ack_policy: AckPolicy.Explicit,
+      deliver_policy: DeliverPolicy.StartSequence,
+      opt_start_seq: startAfter + 1,
+      ack_wait: nanos(120_000),
+      max_ack_pending: 20_000,
+    });
+  }
+
+  private async consumeOnce(signal: AbortSignal): Promise<void> {
+    const { stream } = this.shard;
+    const startAfter = this.applier.appliedSequence(stream);
+    await this.recreateDurable(startAfter);
+    this.logger.info("consuming stream", { stream, after_seq: startAfter });
+    const consumer = await this.js.consumers.get(stream, this.options.durableName);
+    const messages = await consumer.consume({ max_messages: this.options.prefetch ?? 256 });
+    const onAbort = () => void messages.stop();
+    signal.addEventListener("abort", onAbort, { once: true });
+    try {
+      for await (const m of messages) {
+        if (!(await this.handle(m))) break;
+      }
+    } finally {
+      signal.removeEventListener("abort", onAbort);
+      messages.stop();
+    }
+    if (!signal.aborted) throw new Error("consumer stopped delivering");
+  }
+
+  /** Apply one message; false when the consumer must be started again to keep the order. */
+  private async handle(m: JsMsg): Promise<boolean> {
+    const { stream } = this.shard;
+    const applied = this.applier.appliedSequence(stream);
+    if (m.seq > applied + 1) {
+      const info = await this.jsm.streams.info(stream);
+      if (info.state.first_seq > applied + 1) {
+        this.logger.error("this node missed changes: the stream dropped them before they were applied here (max_entries)", {
+          stream,
+          missed_from: applied + 1,
+          missed_to: info.state.first_seq - 1,
+          fix: "restore this node from a snapshot, or raise [replication_log] max_entries",
+        });
+      } else {
+        this.logger.warn("message out of order; restarting the consumer after the last applied message", { stream, applied, got: m.seq });
+        return false;
+      }
+    }
+    const result = this.applier.applyMessage(stream, m.seq, m.data);
+    m.ack();
+    if (result.outcome !== "duplicate") {
+      this.metrics?.applied.inc(result.applied);
+      if (result.parked > 0) this.metrics?.parked.inc(result.parked);
+      this.logger.debug("applied message", { stream, seq: m.seq, outcome: result.outcome, changes: result.applied, parked: result.parked });
+    }
+    return true;
+  }
+}

@@ -1,0 +1,27 @@
+// Which shard a row belongs to: every change to one row goes to one stream, so its order there decides the last writer.
+
+import { ByteWriter } from "./codec.js";
+import type { SqlValue } from "../sqlite/value.js";
+
+/** FNV-1a, 32 bit: stable across nodes and releases (changing it would split a row's history over two streams). */
+function fnv1a32(bytes: Uint8Array): number {
+  let hash = 0x811c9dc5;
+  for (let i = 0; i < bytes.length; i++) {
+    hash ^= bytes[i]!;
+    hash = Math.imul(hash, 0x01000193) >>> 0;
+  }
+  return hash >>> 0;
+}
+
+/** The bytes that identify a row: table name and key values, encoded as on the wire. */
+export function rowKeyBytes(table: string, key: readonly SqlValue[]): Buffer {
+  const w = new ByteWriter(64 + table.length * 3);
+  w.str(table);
+  for (const v of key) w.value(v);
+  return w.finish();
+}
+
+/** Shard number, 1-based, for a row key. */
+export function shardOf(keyBytes: Uint8Array, shards: number): number {
+  return (fnv1a32(keyBytes) % shards) + 1;
+}

@@ -1,0 +1,103 @@
+// One JetStream stream per shard: names, subjects, and creating or updating them to match the config.
+
+import { DiscardPolicy, RetentionPolicy, StorageType, type JetStreamManager, type StreamConfig } from "@nats-io/jetstream";
+import type { Logger } from "../log.js";
+import type { Config } from "../config/types.js";
+
+export interface ShardStream {
+  shard: number;
+  stream: string;
+  subject: string;
+}
+
+/** The shard count is part of the names: a row hashes differently under another count, so its history must not mix. */
+export function shardStreams(config: Pick<Config, "nats" | "replicationLog">): ShardStream[] {
+  const { shards } = config.replicationLog;
+  const out: ShardStream[] = [];
+  for (let shard = 1; shard <= shards; shard++) {
+    out.push({
+      shard,
+      stream: `${config.nats.streamPrefix}-${shards}-${shard}`,
+      subject: `${config.nats.subjectPrefix}-${shards}-${shard}`,
+    });
+  }
+  return out;
+}
+
+function wantedConfig(s: ShardStream, config: Config): Partial<StreamConfig> & { name: string } {
+  return {
+    name: s.stream,
+    subjects: [s.subject],
+    retention: RetentionPolicy.Limits,
+    storage: StorageType.File,
+    discard: DiscardPolicy.Old,
+    max_msgs: config.replicationLog.maxEntries,
+    num_replicas: config.replicationLog.replicas,
+  };
+}
+
+function differences(current: StreamConfig, wanted: Partial<StreamConfig>): string[] {
+  const diffs: string[] = [];
+  if (current.max_msgs !== wanted.max_msgs) diffs.push(`max_msgs ${current.max_msgs} (config: ${wanted.max_msgs})`);
+  if (current.num_replicas !== wanted.num_replicas) diffs.push(`replicas ${current.num_replicas} (config: ${wanted.num_replicas})`);
+  if (JSON.stringify(current.subjects) !== JSON.stringify(wanted.subjects)) diffs.push(`subjects ${JSON.stringify(current.subjects)}`);
+  return diffs;
+}
+
+function isNotFound(err: unknown): boolean {
+  const e = err as { code?: number; name?: string; message?: string };
+  return e?.code === 10059 || e?.name === "StreamNotFoundError" || /stream not found/i.test(e?.message ?? "");
+}
+
+/**
+ * Create each shard's stream, or update it when `update_existing` is set; retries while the cluster cannot yet
+ * place it (an R3 stream needs three servers up), saying what it waits for.
+ */
+export async function ensureStreams(jsm: JetStreamManager, config: Config, logger: Logger, signal?: AbortSignal): Promise<ShardStream[]> {
+  const streams = shardStreams(config);
+  for (const s of streams) {
+    const wanted = wantedConfig(s, config);
+    let attempt = 0;
+    let lastLog = 0;
+    for (;;) {
+      try {
+        let info;
+        try {
+          info = await jsm.streams.info(s.stream);
+        } catch (err) {
+          if (!isNotFound(err)) throw err;
+        }
+        if (!info) {
+          await jsm.streams.add(wanted);
+          logger.info("created stream", { stream: s.stream, subject: s.subject, replicas: wanted.num_replicas, max_entries: wanted.max_msgs });
+        } else {
+          const diffs = differences(info.config, wanted);
+          if (diffs.length > 0 && config.replicationLog.updateExisting) {
+            await jsm.streams.update(s.stream, { ...info.config, ...wanted });
+            logger.info("updated stream to match the config", { stream: s.stream, changed: diffs.join("; ") });
+          } else if (diffs.length > 0) {
+            logger.warn("stream differs from the config; set [replication_log] update_existing = true to update it", {
+              stream: s.stream,
+              differences: diffs.join("; "),
+            });
+          }
+        }
+        break;
+      } catch (err) {
+        if (signal?.aborted) throw err;
+        attempt++;
+        const now = Date.now();
+        if (attempt === 1 || now - lastLog > 15_000) {
+          lastLog = now;
+          logger.warn("waiting for JetStream to place the stream (an R3 stream needs 3 servers up)", {
+            stream: s.stream,
+            replicas: wanted.num_replicas,
+            reason: (err as Error).message,
+          });
+        }
+        await new Promise((r) => setTimeout(r, Math.min(250 * attempt, 2000)));
+      }
+    }
+  }
+  return streams;
+}
