@@ -47,6 +47,7 @@ export class MarmotNode {
   private metricsServer: Server | undefined;
   private consumers: ShardConsumer[] = [];
   private lastActivity = Date.now();
+  private serverStopped = false;
   private stopping: Promise<void> | undefined;
   private failure: ((err: Error) => void) | undefined;
   /** Settles when the node stops: resolves after stop(), rejects when it cannot go on. */
@@ -65,9 +66,11 @@ export class MarmotNode {
     });
     this.done.catch(() => undefined);
     this.db = openDatabase(config.dbPath, logger);
+    // Capture first: it creates the internal tables the reader and the applier use.
+    const captured = installCapture(this.db, logger);
     this.reader = new ChangeLogReader(this.db);
     this.applier = new Applier(this.db, logger.child({ component: "applier" }));
-    this.refreshCapture();
+    this.useCapture(captured);
     this.watcher = new DatabaseWatcher(
       { dbPath: config.dbPath, pollingInterval: config.pollingInterval, onChange: () => this.onDatabaseChange() },
       logger,
@@ -86,17 +89,12 @@ export class MarmotNode {
     return node;
   }
 
-  private refreshCapture(): void {
-    const { tables, epoch } = installCapture(this.db, this.logger);
+  private useCapture({ tables, epoch }: { tables: TableInfo[]; epoch: string }): void {
     this.epoch = epoch;
-    this.setTables(tables);
-    this.knownSchemaVersion = schemaVersion(this.db);
-  }
-
-  private setTables(tables: TableInfo[]): void {
     this.reader.setTables(tables);
     this.applier.setTables(tables);
-    this.logger.info("capturing changes", { tables: tables.length });
+    this.knownSchemaVersion = schemaVersion(this.db);
+    this.logger.info("capturing changes", { tables: tables.map((t) => t.name).join(",") });
   }
 
   /** Called by the watcher: a new table or column is captured from now on, then the shipper looks for changes. */
@@ -104,7 +102,7 @@ export class MarmotNode {
     try {
       if (schemaVersion(this.db) !== this.knownSchemaVersion) {
         this.logger.info("schema changed; updating capture");
-        this.refreshCapture();
+        this.useCapture(installCapture(this.db, this.logger));
         if (this.applier.hasParked()) this.applier.retryParked();
       }
     } catch (err) {
@@ -137,6 +135,12 @@ export class MarmotNode {
         this.fail(new ServerError(`the embedded nats-server (pid ${this.server?.pid}) exited unexpectedly (code ${exit.code}, signal ${exit.signal}); marmot stops`));
       });
       servers = [this.server.clientUrl];
+      // If marmot dies on an uncaught error, its server must not outlive it.
+      const server = this.server;
+      process.once("exit", () => {
+        if (!this.serverStopped) this.killEmbeddedServer();
+      });
+      void server.exited.then(() => (this.serverStopped = true));
     }
     if (config.prometheus.enable) {
       this.metricsServer = await startMetricsServer(config.prometheus.bind, this.metrics, logger);
@@ -227,6 +231,17 @@ export class MarmotNode {
       if (this.config.sleepTimeout > 0 && Date.now() - this.lastActivity > this.config.sleepTimeout) {
         this.logger.info("no changes for sleep_timeout; stopping", { sleep_timeout_ms: this.config.sleepTimeout });
         void this.stop();
+      }
+    }
+  }
+
+  /** Last resort before a forced exit: never leave the embedded server running without its marmot. */
+  killEmbeddedServer(): void {
+    if (this.server) {
+      try {
+        process.kill(this.server.pid, "SIGKILL");
+      } catch {
+        // already gone
       }
     }
   }

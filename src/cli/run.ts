@@ -4,17 +4,25 @@ import type { CliOptions, Config } from "../config/types.js";
 import type { Logger } from "../log.js";
 import { MarmotNode } from "../node.js";
 
+const FORCE_AFTER_MS = 3000;
+
 export async function runCommand(config: Config, cli: CliOptions, logger: Logger): Promise<number> {
   const node = await MarmotNode.start(config, cli, logger);
-  let signals = 0;
+  let firstSignalAt = 0;
   const onSignal = (signal: NodeJS.Signals) => {
-    signals++;
-    if (signals > 1) {
-      logger.warn("second signal: exiting without waiting", { signal });
-      process.exit(130);
+    const now = Date.now();
+    if (firstSignalAt === 0) {
+      firstSignalAt = now;
+      logger.info("signal received; finishing in-flight work", { signal });
+      void node.stop();
+      return;
     }
-    logger.info("signal received; finishing in-flight work", { signal });
-    void node.stop();
+    // Ctrl-C reaches every process of the terminal's group and a wrapper script often sends its own signal
+    // right after: only a signal well after the first one means "do not wait".
+    if (now - firstSignalAt < FORCE_AFTER_MS) return;
+    logger.warn("signal received again: exiting without waiting", { signal });
+    node.killEmbeddedServer();
+    process.exit(130);
   };
   process.on("SIGINT", onSignal);
   process.on("SIGTERM", onSignal);

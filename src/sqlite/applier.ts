@@ -6,6 +6,7 @@ import type { Logger } from "../log.js";
 import { decodeBatch, encodeBatch, type ChangeBatch, type WireChange } from "../stream/codec.js";
 import { APPLIED_TABLE, APPLYING_TABLE, PARKED_TABLE, ROWID_KEY } from "./names.js";
 import { quoteIdent } from "./quote.js";
+import { rowidAlias } from "./schema.js";
 import type { TableInfo } from "./table.js";
 
 export type ApplyOutcome = "applied" | "duplicate" | "parked" | "partly-parked";
@@ -35,12 +36,6 @@ function mismatch(change: WireChange, local: TableInfo | undefined): string | un
     if (missing.length > 0) return `table "${local.name}" has no column ${missing.map((m) => `"${m}"`).join(", ")} on this node`;
   }
   return undefined;
-}
-
-/** The name that reaches a rowid-keyed table's real rowid even if the table has a column called "rowid". */
-function rowidAlias(table: TableInfo): string {
-  const names = new Set(table.columns.map((c) => c.name.toLowerCase()));
-  return ["rowid", "_rowid_", "oid"].find((a) => !names.has(a)) ?? "rowid";
 }
 
 export class Applier {

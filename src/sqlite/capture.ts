@@ -19,7 +19,15 @@ import {
 import { quoteIdent } from "./quote.js";
 import { foldCase, readSchema, type SkippedTable, type TableFilter } from "./schema.js";
 import type { TableInfo } from "./table.js";
-import { addChangeLogColumnSql, captureTriggers, changeLogColumns, createChangeLogSql } from "./trigger-sql.js";
+import {
+  addChangeLogColumnSql,
+  captureTriggers,
+  changeLogColumns,
+  createChangeLogSql,
+  relogPendingRowsSql,
+} from "./trigger-sql.js";
+
+export { schemaVersion } from "./schema.js";
 
 export type CaptureOptions = TableFilter;
 
@@ -60,10 +68,10 @@ interface TriggerRow {
 export function installCapture(db: Database.Database, logger: Logger, options: CaptureOptions = {}): CaptureResult {
   const notes: Note[] = [];
   const install = db.transaction((): CaptureResult => {
-    const sequenceExisted = tableExists(db, "sqlite_sequence");
+    const sequenceBefore = sequenceState(db);
     const schema = readSchema(db, options);
     for (const sql of INTERNAL_TABLES_SQL) db.exec(sql);
-    const epoch = ensureEpoch(db, sequenceExisted, notes);
+    const epoch = ensureEpoch(db, sequenceBefore, notes);
 
     const triggers = new Map<string, TriggerRow>();
     for (const row of db.prepare("SELECT name, tbl_name, sql FROM sqlite_master WHERE type = 'trigger'").all() as TriggerRow[]) {
@@ -90,7 +98,14 @@ export function installCapture(db: Database.Database, logger: Logger, options: C
   return result;
 }
 
-function ensureEpoch(db: Database.Database, sequenceExisted: boolean, notes: Note[]): string {
+/** "absent", or the highest rowid of sqlite_sequence ("0" when empty). */
+function sequenceState(db: Database.Database): string {
+  if (!tableExists(db, "sqlite_sequence")) return "absent";
+  const row = db.prepare("SELECT coalesce(max(rowid), 0) AS top FROM sqlite_sequence").get() as { top: bigint | number };
+  return String(row.top);
+}
+
+function ensureEpoch(db: Database.Database, sequenceBefore: string, notes: Note[]): string {
   const row = db.prepare(`SELECT value FROM ${quoteIdent(META_TABLE)} WHERE key = ?`).get(META_EPOCH_KEY) as
     | { value: unknown }
     | undefined;
@@ -98,8 +113,8 @@ function ensureEpoch(db: Database.Database, sequenceExisted: boolean, notes: Not
   const epoch = randomBytes(8).toString("hex");
   const insert = db.prepare(`INSERT INTO ${quoteIdent(META_TABLE)} (key, value) VALUES (?, ?)`);
   insert.run(META_EPOCH_KEY, epoch);
-  // Cleanup removes sqlite_sequence only if marmot's AUTOINCREMENT tables were what created it.
-  insert.run(META_SEQUENCE_KEY, sequenceExisted ? "1" : "0");
+  // Marmot's AUTOINCREMENT tables add rows to sqlite_sequence (and may create it): cleanup undoes that.
+  insert.run(META_SEQUENCE_KEY, sequenceBefore);
   notes.push({ level: "info", message: `installed marmot capture (epoch ${epoch})` });
   return epoch;
 }
@@ -140,7 +155,8 @@ function captureTable(db: Database.Database, table: TableInfo, triggers: Map<str
 /**
  * Bring an existing change log to the columns `table` needs. An empty log is simply rebuilt; a log with pending
  * rows keeps them: renamed columns are renamed in the log too, new ones are added, and columns the table lost
- * stay (their pending values are no longer read).
+ * stay (their pending values are no longer read). Pending rows logged without the new columns would make
+ * replicas set them NULL, so the current state of each such row is logged after them.
  */
 function alterChangeLog(
   db: Database.Database,
@@ -179,6 +195,13 @@ function alterChangeLog(
     }
   }
   for (const column of missing) db.exec(addChangeLogColumnSql(table, column));
+  if (missing.length > 0 || extra.length > 0) {
+    const relogged = db.prepare(relogPendingRowsSql(table)).run().changes;
+    notes.push({
+      level: "info",
+      message: `change log of table "${table.name}" now has the table's new columns; re-logged ${relogged} rows with pending changes`,
+    });
+  }
   if (extra.length > 0) {
     notes.push({
       level: "warn",

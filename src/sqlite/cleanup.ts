@@ -10,12 +10,14 @@ export interface CleanupResult {
   tables: string[];
   /** true when sqlite_sequence was dropped because only marmot's tables had needed it */
   droppedSequence: boolean;
+  /** sqlite_sequence rows of the app's tables whose rowid was put back to what it would be without marmot */
+  renumberedSequenceRows: number;
 }
 
 /** Drop marmot's triggers, change logs and internal tables in one transaction. Pending changes are discarded. */
 export function removeCapture(db: Database.Database, logger: Logger): CleanupResult {
   const remove = db.transaction((): CleanupResult => {
-    const sequenceOwnedByMarmot = metaValue(db, META_SEQUENCE_KEY) === "0";
+    const sequenceBefore = metaValue(db, META_SEQUENCE_KEY);
     const objects = db.prepare("SELECT type, name, sql FROM sqlite_master WHERE type IN ('table', 'trigger')").all() as {
       type: string;
       name: string;
@@ -28,14 +30,41 @@ export function removeCapture(db: Database.Database, logger: Logger): CleanupRes
     const tables = objects.filter((row) => row.type === "table" && isMarmotTable(row.name)).map((row) => row.name);
     for (const name of triggers) db.exec(`DROP TRIGGER IF EXISTS ${quoteIdent(name)}`);
     for (const name of tables) db.exec(`DROP TABLE IF EXISTS ${quoteIdent(name)}`);
-    const droppedSequence = sequenceOwnedByMarmot && dropUnusedSequenceTable(db);
-    return { triggers, tables, droppedSequence };
+    const renumberedSequenceRows = sequenceBefore === undefined ? 0 : renumberSequenceRows(db, sequenceBefore);
+    const droppedSequence = sequenceBefore === "absent" && dropUnusedSequenceTable(db);
+    return { triggers, tables, droppedSequence, renumberedSequenceRows };
   });
   const result = remove.immediate();
   logger.info(`removed marmot from the database: ${result.triggers.length} triggers and ${result.tables.length} tables dropped`, {
     tables: result.tables,
   });
   return result;
+}
+
+/**
+ * SQLite gives each AUTOINCREMENT table its sqlite_sequence row at the next free rowid, so rows the app's tables got
+ * while marmot's change logs had rows there sit at higher rowids than they would without marmot. Dropping marmot's
+ * tables removed marmot's rows; this closes the gaps they left above the rows that predate marmot, keeping order.
+ * (Exact unless the app also dropped AUTOINCREMENT tables while marmot was installed.)
+ */
+function renumberSequenceRows(db: Database.Database, sequenceBefore: string): number {
+  const exists = db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'sqlite_sequence'").get();
+  if (exists === undefined) return 0;
+  const highestBefore = sequenceBefore === "absent" ? 0n : BigInt(sequenceBefore);
+  const later = db
+    .prepare("SELECT rowid AS id FROM sqlite_sequence WHERE rowid > ? ORDER BY rowid")
+    .all(highestBefore) as { id: bigint | number }[];
+  const move = db.prepare("UPDATE sqlite_sequence SET rowid = ? WHERE rowid = ?");
+  let moved = 0;
+  let next = highestBefore + 1n;
+  for (const { id } of later) {
+    if (BigInt(id) !== next) {
+      move.run(next, BigInt(id));
+      moved += 1;
+    }
+    next += 1n;
+  }
+  return moved;
 }
 
 /**

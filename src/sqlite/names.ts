@@ -62,7 +62,10 @@ export function isCaptureTriggerName(name: string): boolean {
 
 /** META_TABLE key of the random id written at first install; it changes only after a cleanup. */
 export const META_EPOCH_KEY = "epoch";
-/** META_TABLE key recording whether sqlite_sequence existed before marmot's first install ("1"/"0"). */
+/**
+ * META_TABLE key recording sqlite_sequence as marmot's first install found it: "absent", or its highest rowid
+ * ("0" when it was empty), so cleanup can put it back as it would be without marmot.
+ */
 export const META_SEQUENCE_KEY = "sqlite_sequence_before_marmot";
 
 /** META_TABLE key of a captured table's signature (JSON of its columns and key). */

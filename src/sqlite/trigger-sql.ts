@@ -111,3 +111,25 @@ function deleteColumns(table: TableInfo): string[] {
 function keyReferences(table: TableInfo): string[] {
   return table.rowidKeyed ? [quoteIdent(rowidAlias(table))] : table.keyColumns.map(quoteIdent);
 }
+
+/**
+ * Append an upsert of the current state of every row that has changes pending in the log, in order of each row's
+ * first pending change. Used when the log's columns change under pending rows: those were logged without the new
+ * columns, and the re-logged state makes replicas end with the row as it is now.
+ */
+export function relogPendingRowsSql(table: TableInfo): string {
+  const log = quoteIdent(changeLogTable(table.name));
+  const logKeys = table.rowidKeyed ? [LOG_ROWID_COLUMN] : table.keyColumns.map(logValueColumn);
+  const tableKeys = keyReferences(table);
+  const columns = changeLogColumns(table).slice(1).map(quoteIdent);
+  const values = [quoteLiteral(OP_UPSERT)];
+  if (table.rowidKeyed) values.push(`t.${quoteIdent(rowidAlias(table))}`);
+  for (const column of table.columns) values.push(`t.${quoteIdent(column.name)}`);
+  const pendingKeys = logKeys.map(quoteIdent).join(", ");
+  const join = logKeys.map((key, i) => `t.${tableKeys[i]!} = p.${quoteIdent(key)}`).join(" AND ");
+  return (
+    `INSERT INTO ${log} (${columns.join(", ")}) SELECT ${values.join(", ")} ` +
+    `FROM (SELECT ${pendingKeys}, min(${quoteIdent(LOG_ID_COLUMN)}) AS first_change FROM ${log} GROUP BY ${pendingKeys}) AS p ` +
+    `JOIN ${quoteIdent(table.name)} AS t ON ${join} ORDER BY p.first_change`
+  );
+}

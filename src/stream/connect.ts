@@ -242,8 +242,10 @@ async function permanentProblem(
     return `${where} rejected the credentials (${err.message}): ${credentials}`;
   }
   const error = err instanceof Error ? err : new Error(String(err));
-  const code = (error as NodeJS.ErrnoException).code ?? "";
-  const message = error.message;
+  // The client wraps some socket and TLS errors (ConnectionError with a cause): look through the chain.
+  const chain = causeChain(error);
+  const code = chain.map((e) => (e as NodeJS.ErrnoException).code).find((c) => typeof c === "string" && c !== "") ?? "";
+  const message = chain.at(-1)!.message;
   if (/authorization violation|authentication/i.test(message)) {
     return `${where} rejected the credentials (${message}): ${credentials}`;
   }
@@ -280,6 +282,14 @@ async function permanentProblem(
     }
   }
   return undefined;
+}
+
+function causeChain(err: Error): Error[] {
+  const chain = [err];
+  for (let cause = err.cause; cause instanceof Error && chain.length < 5; cause = cause.cause) {
+    chain.push(cause);
+  }
+  return chain;
 }
 
 function describeTransient(err: unknown): string {

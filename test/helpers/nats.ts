@@ -10,7 +10,7 @@ import { connect } from "@nats-io/transport-node";
 import { readServerInfo } from "../../src/stream/connect.js";
 import { findNatsServer } from "../../src/stream/nats-binary.js";
 import { freePort, freePorts } from "./ports.js";
-import { isAlive, killPid, spawnTracked, trackPid, waitForExit } from "./processes.js";
+import { isAlive, killPid, spawnTracked } from "./processes.js";
 
 export type NatsAuth = { user: string; pass: string } | { token: string } | { nkeyPublic: string };
 
@@ -207,10 +207,6 @@ class ServerProcess implements TestNatsServer {
 
   async restart(): Promise<void> {
     await this.stop();
-    const oldPid = this.child?.pid;
-    if (oldPid !== undefined && !(await waitForExit(oldPid, 5000))) {
-      throw new Error(`nats-server pid ${oldPid} did not exit before restart`);
-    }
     await this.start();
   }
 
@@ -262,6 +258,3 @@ function renderConfig(options: NatsServerOptions, port: number, storeDir: string
   }
   return lines.join("\n") + "\n";
 }
-
-/** For tests that learn a pid indirectly, e.g. from an embedded server's pid file. */
-export { trackPid };

@@ -1,0 +1,514 @@
+// Capture on real files written by another process (the sqlite3 CLI, as an app would), and cleanup back to the original.
+
+import assert from "node:assert/strict";
+import { copyFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { after, describe, it } from "node:test";
+import type Database from "better-sqlite3";
+import { SchemaError } from "../../src/errors.js";
+import { silentLogger } from "../../src/log.js";
+import { installCapture, schemaVersion } from "../../src/sqlite/capture.js";
+import { removeCapture } from "../../src/sqlite/cleanup.js";
+import { APPLYING_TABLE, changeLogTable, LOG_ID_COLUMN } from "../../src/sqlite/names.js";
+import { openDatabase } from "../../src/sqlite/open.js";
+import { quoteIdent, quoteLiteral } from "../../src/sqlite/quote.js";
+import {
+  copyFixture,
+  createDb,
+  recordingLogger,
+  removeTempDirs,
+  sqldiff,
+  sqlite3,
+  sqlite3Async,
+  tempDir,
+} from "../helpers/sqlite.js";
+
+after(removeTempDirs);
+
+type Row = Record<string, unknown>;
+
+/** A database file created by the CLI with `schema`, and marmot's connection to it with capture installed. */
+function captured(schema: string): { path: string; db: Database.Database } {
+  const path = createDb(join(tempDir(), "app.sqlite"), schema);
+  const db = openDatabase(path, silentLogger);
+  installCapture(db, silentLogger);
+  return { path, db };
+}
+
+/** The change log of `table`, oldest first, without the id column. */
+function logOf(db: Database.Database, table: string): Row[] {
+  const rows = db.prepare(`SELECT * FROM ${quoteIdent(changeLogTable(table))} ORDER BY ${quoteIdent(LOG_ID_COLUMN)}`).all() as Row[];
+  for (const row of rows) delete row[LOG_ID_COLUMN];
+  return rows;
+}
+
+function objectsWithPrefix(path: string): string {
+  return sqlite3(path, "SELECT type || ' ' || name FROM sqlite_master WHERE name LIKE '\\_\\_marmot%' ESCAPE '\\'").trim();
+}
+
+function triggerSql(db: Database.Database): Row[] {
+  return db.prepare("SELECT name, tbl_name, sql FROM sqlite_master WHERE type = 'trigger' ORDER BY name").all() as Row[];
+}
+
+describe("capture of app writes", () => {
+  it("logs every storage class exactly: 64-bit integers, REAL (also 1.0 and -0.0), any text, BLOBs, NULL", () => {
+    const text = "it's \"quoted\"\nsecond line\ttab 😀 ünïcødé 中文 e\u0301";
+    const values: { literal: string; expected: unknown; storage: string }[] = [
+      { literal: "9223372036854775807", expected: 9223372036854775807n, storage: "integer" },
+      { literal: "-9223372036854775808", expected: -9223372036854775808n, storage: "integer" },
+      { literal: "9007199254740993", expected: 9007199254740993n, storage: "integer" },
+      { literal: "0", expected: 0n, storage: "integer" },
+      { literal: "0.1", expected: 0.1, storage: "real" },
+      { literal: "1.0", expected: 1, storage: "real" },
+      { literal: "-0.0", expected: -0, storage: "real" },
+      { literal: "1e308", expected: 1e308, storage: "real" },
+      { literal: "4.9406564584124654e-324", expected: 5e-324, storage: "real" },
+      { literal: quoteLiteral(text), expected: text, storage: "text" },
+      { literal: "''", expected: "", storage: "text" },
+      { literal: "X'00FF0000'", expected: Buffer.from([0, 255, 0, 0]), storage: "blob" },
+      { literal: "X''", expected: Buffer.alloc(0), storage: "blob" },
+      { literal: "NULL", expected: null, storage: "null" },
+    ];
+    const { path, db } = captured("CREATE TABLE vals (id INTEGER PRIMARY KEY, v)");
+    try {
+      sqlite3(path, values.map((value, i) => `INSERT INTO vals VALUES (${i + 1}, ${value.literal});`).join("\n"));
+      const logged = db
+        .prepare(`SELECT v_id, v_v, typeof(v_v) AS storage FROM ${quoteIdent(changeLogTable("vals"))} ORDER BY ${quoteIdent(LOG_ID_COLUMN)}`)
+        .all() as { v_id: bigint; v_v: unknown; storage: string }[];
+      assert.equal(logged.length, values.length);
+      values.forEach((value, i) => {
+        const row = logged[i]!;
+        assert.equal(row.v_id, BigInt(i + 1));
+        assert.deepEqual(row.v_v, value.expected, `value ${value.literal}`);
+        assert.equal(row.storage, value.storage, `storage class of ${value.literal}`);
+        const inTable = (db.prepare("SELECT v FROM vals WHERE id = ?").get(BigInt(i + 1)) as { v: unknown }).v;
+        assert.deepEqual(row.v_v, inTable, `the log holds what the table holds for ${value.literal}`);
+      });
+    } finally {
+      db.close();
+    }
+  });
+
+  it("logs what a typed column stored: REAL affinity keeps 1 as REAL 1.0, INTEGER affinity turns 2.0 into 2", () => {
+    const { path, db } = captured("CREATE TABLE typed (id INTEGER PRIMARY KEY, r REAL, i INTEGER, t TEXT)");
+    try {
+      sqlite3(path, "INSERT INTO typed VALUES (1, 1, 2.0, 42)");
+      const row = db
+        .prepare(`SELECT v_r, typeof(v_r) AS tr, v_i, typeof(v_i) AS ti, v_t, typeof(v_t) AS tt FROM ${quoteIdent(changeLogTable("typed"))}`)
+        .get();
+      assert.deepEqual(row, { v_r: 1, tr: "real", v_i: 2n, ti: "integer", v_t: "42", tt: "text" });
+    } finally {
+      db.close();
+    }
+  });
+
+  it("logs updates with the whole new row, deletes with the key only, and a key change as delete(old) + upsert(new)", () => {
+    const { path, db } = captured("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, qty INTEGER)");
+    try {
+      sqlite3(path, "INSERT INTO items VALUES (1, 'pen', 3), (2, 'ink', 9007199254740993);");
+      sqlite3(path, "UPDATE items SET qty = qty + 1 WHERE id = 1;");
+      sqlite3(path, "UPDATE items SET id = 100 WHERE id = 2;");
+      sqlite3(path, "DELETE FROM items WHERE id = 1;");
+      assert.deepEqual(logOf(db, "items"), [
+        { __marmot_op: "upsert", v_id: 1n, v_name: "pen", v_qty: 3n },
+        { __marmot_op: "upsert", v_id: 2n, v_name: "ink", v_qty: 9007199254740993n },
+        { __marmot_op: "upsert", v_id: 1n, v_name: "pen", v_qty: 4n },
+        { __marmot_op: "delete", v_id: 2n, v_name: null, v_qty: null },
+        { __marmot_op: "upsert", v_id: 100n, v_name: "ink", v_qty: 9007199254740993n },
+        { __marmot_op: "delete", v_id: 1n, v_name: null, v_qty: null },
+      ]);
+    } finally {
+      db.close();
+    }
+  });
+
+  it("captures a composite primary key in key order", () => {
+    const { path, db } = captured("CREATE TABLE pt (a TEXT, b INTEGER, x, PRIMARY KEY (b, a))");
+    try {
+      const info = installCapture(db, silentLogger).tables.find((t) => t.name === "pt");
+      assert.deepEqual(info?.keyColumns, ["b", "a"]);
+      sqlite3(path, "INSERT INTO pt VALUES ('k', 1, 'x1'); UPDATE pt SET x = 'x2'; UPDATE pt SET a = 'j'; DELETE FROM pt;");
+      assert.deepEqual(logOf(db, "pt"), [
+        { __marmot_op: "upsert", v_a: "k", v_b: 1n, v_x: "x1" },
+        { __marmot_op: "upsert", v_a: "k", v_b: 1n, v_x: "x2" },
+        { __marmot_op: "delete", v_a: "k", v_b: 1n, v_x: null },
+        { __marmot_op: "upsert", v_a: "j", v_b: 1n, v_x: "x2" },
+        { __marmot_op: "delete", v_a: "j", v_b: 1n, v_x: null },
+      ]);
+    } finally {
+      db.close();
+    }
+  });
+
+  it("captures a table without primary key by rowid, including a rowid change", () => {
+    const { path, db } = captured("CREATE TABLE plain (x, y)");
+    try {
+      sqlite3(path, "INSERT INTO plain VALUES ('a', 1); UPDATE plain SET rowid = 7; DELETE FROM plain;");
+      assert.deepEqual(logOf(db, "plain"), [
+        { __marmot_op: "upsert", __marmot_rowid: 1n, v_x: "a", v_y: 1n },
+        { __marmot_op: "delete", __marmot_rowid: 1n, v_x: null, v_y: null },
+        { __marmot_op: "upsert", __marmot_rowid: 7n, v_x: "a", v_y: 1n },
+        { __marmot_op: "delete", __marmot_rowid: 7n, v_x: null, v_y: null },
+      ]);
+    } finally {
+      db.close();
+    }
+  });
+
+  it("captures a WITHOUT ROWID table", () => {
+    const { path, db } = captured("CREATE TABLE kv (k TEXT PRIMARY KEY, v) WITHOUT ROWID");
+    try {
+      const info = installCapture(db, silentLogger).tables.find((t) => t.name === "kv");
+      assert.equal(info?.withoutRowid, true);
+      assert.equal(info?.rowidKeyed, false);
+      sqlite3(path, "INSERT INTO kv VALUES ('a', 1); UPDATE kv SET v = 2; DELETE FROM kv;");
+      assert.deepEqual(logOf(db, "kv"), [
+        { __marmot_op: "upsert", v_k: "a", v_v: 1n },
+        { __marmot_op: "upsert", v_k: "a", v_v: 2n },
+        { __marmot_op: "delete", v_k: "a", v_v: null },
+      ]);
+    } finally {
+      db.close();
+    }
+  });
+
+  it("logs the child rows an ON DELETE CASCADE removes", () => {
+    const { path, db } = captured(
+      "CREATE TABLE parent (id INTEGER PRIMARY KEY); " +
+        "CREATE TABLE child (id INTEGER PRIMARY KEY, parent_id INTEGER REFERENCES parent (id) ON DELETE CASCADE);",
+    );
+    try {
+      sqlite3(path, "INSERT INTO parent VALUES (1), (2); INSERT INTO child VALUES (10, 1), (11, 1), (12, 2);");
+      sqlite3(path, "PRAGMA foreign_keys = ON; DELETE FROM parent WHERE id = 1;");
+      assert.deepEqual(
+        logOf(db, "parent").filter((row) => row.__marmot_op === "delete"),
+        [{ __marmot_op: "delete", v_id: 1n }],
+      );
+      assert.deepEqual(
+        logOf(db, "child").filter((row) => row.__marmot_op === "delete"),
+        [
+          { __marmot_op: "delete", v_id: 10n, v_parent_id: null },
+          { __marmot_op: "delete", v_id: 11n, v_parent_id: null },
+        ],
+      );
+    } finally {
+      db.close();
+    }
+  });
+
+  for (const trusted of [0, 1]) {
+    it(`lets the app write with PRAGMA trusted_schema=${trusted} and logs those writes`, () => {
+      const { path, db } = captured("CREATE TABLE t (id INTEGER PRIMARY KEY, v)");
+      try {
+        sqlite3(path, `PRAGMA trusted_schema = ${trusted}; INSERT INTO t VALUES (1, 'a'); UPDATE t SET v = 'b'; DELETE FROM t;`);
+        assert.deepEqual(logOf(db, "t"), [
+          { __marmot_op: "upsert", v_id: 1n, v_v: "a" },
+          { __marmot_op: "upsert", v_id: 1n, v_v: "b" },
+          { __marmot_op: "delete", v_id: 1n, v_v: null },
+        ]);
+      } finally {
+        db.close();
+      }
+    });
+  }
+
+  it("does not log marmot's own writes made under the applying marker, but logs the app's writes around them", async () => {
+    const { path, db } = captured("CREATE TABLE t (id INTEGER PRIMARY KEY, v)");
+    try {
+      db.exec("BEGIN IMMEDIATE");
+      db.prepare(`INSERT INTO ${quoteIdent(APPLYING_TABLE)} VALUES (1)`).run();
+      db.prepare("INSERT INTO t VALUES (?, ?)").run(1n, "replicated");
+      db.prepare("UPDATE t SET v = ? WHERE id = ?").run("replicated again", 1n);
+      // Another connection never sees the marker: it reads the last committed state.
+      assert.equal(sqlite3(path, `SELECT count(*) FROM ${quoteIdent(APPLYING_TABLE)};`).trim(), "0");
+      // The app's write waits for marmot's transaction, then runs without the marker.
+      const appWrite = sqlite3Async(path, "INSERT INTO t VALUES (2, 'from the app');");
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      db.prepare(`DELETE FROM ${quoteIdent(APPLYING_TABLE)}`).run();
+      db.exec("COMMIT");
+      await appWrite;
+      assert.deepEqual(logOf(db, "t"), [{ __marmot_op: "upsert", v_id: 2n, v_v: "from the app" }]);
+      assert.equal(sqlite3(path, "SELECT group_concat(v, '|') FROM t;").trim(), "replicated again|from the app");
+    } finally {
+      if (db.inTransaction) db.exec("ROLLBACK");
+      db.close();
+    }
+  });
+});
+
+describe("what capture covers", () => {
+  it("skips an FTS5 table with its reason, captures the tables beside it, and the FTS table still works", () => {
+    const path = createDb(
+      join(tempDir(), "app.sqlite"),
+      "CREATE VIRTUAL TABLE docs USING fts5(body); CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT);",
+    );
+    const logger = recordingLogger();
+    const db = openDatabase(path, logger);
+    try {
+      const result = installCapture(db, logger);
+      assert.deepEqual(
+        result.tables.map((t) => t.name),
+        ["notes"],
+      );
+      assert.deepEqual(
+        result.skipped.find((s) => s.name === "docs"),
+        { name: "docs", reason: "virtual table (fts5)" },
+      );
+      assert.ok(result.skipped.some((s) => s.name === "docs_data" && /shadow/.test(s.reason)));
+      assert.ok(logger.lines.some((l) => l.level === "info" && l.message === 'not capturing table "docs": virtual table (fts5)'));
+
+      sqlite3(path, "INSERT INTO docs VALUES ('marmots whistle'); INSERT INTO notes VALUES (1, 'hello');");
+      assert.equal(sqlite3(path, "SELECT body FROM docs WHERE docs MATCH 'whistle';").trim(), "marmots whistle");
+      assert.deepEqual(logOf(db, "notes"), [{ __marmot_op: "upsert", v_id: 1n, v_body: "hello" }]);
+      assert.equal(objectsWithPrefix(path).includes("docs"), false, "nothing marmot-made on the FTS tables");
+    } finally {
+      db.close();
+    }
+  });
+
+  it("refuses a user table that uses the reserved prefix, naming it, and changes nothing", () => {
+    const path = createDb(join(tempDir(), "app.sqlite"), "CREATE TABLE __marmot_x (a); CREATE TABLE ok (a);");
+    const db = openDatabase(path, silentLogger);
+    try {
+      assert.throws(
+        () => installCapture(db, silentLogger),
+        (err: unknown) => err instanceof SchemaError && err.message.includes('"__marmot_x"') && /rename it/.test(err.message),
+      );
+      assert.equal(objectsWithPrefix(path), "table __marmot_x");
+    } finally {
+      db.close();
+    }
+  });
+
+  it("leaves excluded tables alone", () => {
+    const path = createDb(join(tempDir(), "app.sqlite"), "CREATE TABLE public (a); CREATE TABLE secret (a);");
+    const db = openDatabase(path, silentLogger);
+    try {
+      const result = installCapture(db, silentLogger, { exclude: ["SECRET"] });
+      assert.deepEqual(
+        result.tables.map((t) => t.name),
+        ["public"],
+      );
+      assert.deepEqual(result.skipped, [{ name: "secret", reason: "in the exclude list" }]);
+      sqlite3(path, "INSERT INTO secret VALUES (1); INSERT INTO public VALUES (2);");
+      assert.equal(logOf(db, "public").length, 1);
+      assert.equal(objectsWithPrefix(path).includes("secret"), false);
+    } finally {
+      db.close();
+    }
+  });
+});
+
+describe("opening the database", () => {
+  it("switches a rollback-journal database to WAL and says so", () => {
+    const path = createDb(join(tempDir(), "app.sqlite"), "CREATE TABLE t (a);");
+    assert.equal(sqlite3(path, "PRAGMA journal_mode;").trim(), "delete");
+    const logger = recordingLogger();
+    const db = openDatabase(path, logger);
+    db.close();
+    assert.equal(sqlite3(path, "PRAGMA journal_mode;").trim(), "wal");
+    assert.ok(logger.lines.some((l) => l.message === `switched ${path} to WAL journal mode (was delete)`));
+  });
+
+  it("refuses a file that is not a database", () => {
+    const path = join(tempDir(), "notes.txt");
+    writeFileSync(path, "this is not a database, just some text that is long enough to have a header".repeat(20));
+    assert.throws(() => openDatabase(path, silentLogger), (err: unknown) => err instanceof SchemaError && err.message.includes(path));
+  });
+
+  it("reads integers as bigint and leaves foreign key enforcement to the origin", () => {
+    const path = createDb(join(tempDir(), "app.sqlite"), "CREATE TABLE t (a INTEGER);");
+    const db = openDatabase(path, silentLogger);
+    try {
+      assert.deepEqual(db.prepare("SELECT 9007199254740993 AS v").get(), { v: 9007199254740993n });
+      assert.equal(db.pragma("foreign_keys", { simple: true }), 0n);
+    } finally {
+      db.close();
+    }
+  });
+});
+
+describe("keeping capture current", () => {
+  it("is a no-op when nothing changed: same triggers, same schema version", () => {
+    const { db } = captured("CREATE TABLE a (id INTEGER PRIMARY KEY, v); CREATE TABLE b (x, y);");
+    try {
+      const before = { triggers: triggerSql(db), version: schemaVersion(db), epoch: installCapture(db, silentLogger).epoch };
+      const again = installCapture(db, silentLogger);
+      assert.deepEqual(triggerSql(db), before.triggers);
+      assert.equal(schemaVersion(db), before.version);
+      assert.equal(again.epoch, before.epoch);
+      assert.match(again.epoch, /^[0-9a-f]{16}$/);
+      assert.equal(before.triggers.length, 6);
+    } finally {
+      db.close();
+    }
+  });
+
+  it("captures a column added later, keeps the changes logged before it, and re-logs those rows whole", () => {
+    const { path, db } = captured("CREATE TABLE t (id INTEGER PRIMARY KEY, v)");
+    try {
+      sqlite3(path, "INSERT INTO t VALUES (1, 'before');");
+      sqlite3(path, "ALTER TABLE t ADD COLUMN extra TEXT DEFAULT 'd';");
+      sqlite3(path, "INSERT INTO t (id, v, extra) VALUES (2, 'between', 'kept');");
+      installCapture(db, silentLogger);
+      sqlite3(path, "INSERT INTO t VALUES (3, 'after', 'e3');");
+      assert.deepEqual(logOf(db, "t"), [
+        { __marmot_op: "upsert", v_id: 1n, v_v: "before", v_extra: null },
+        // Written before marmot noticed the new column: its old triggers did not know it yet.
+        { __marmot_op: "upsert", v_id: 2n, v_v: "between", v_extra: null },
+        // So the rows with pending changes are logged again as they are now, new column included.
+        { __marmot_op: "upsert", v_id: 1n, v_v: "before", v_extra: "d" },
+        { __marmot_op: "upsert", v_id: 2n, v_v: "between", v_extra: "kept" },
+        { __marmot_op: "upsert", v_id: 3n, v_v: "after", v_extra: "e3" },
+      ]);
+    } finally {
+      db.close();
+    }
+  });
+
+  it("follows a renamed column without losing the values logged under its old name", () => {
+    const { path, db } = captured("CREATE TABLE t (id INTEGER PRIMARY KEY, old_name)");
+    try {
+      sqlite3(path, "INSERT INTO t VALUES (1, 'pending');");
+      sqlite3(path, "ALTER TABLE t RENAME COLUMN old_name TO new_name;");
+      installCapture(db, silentLogger);
+      sqlite3(path, "INSERT INTO t VALUES (2, 'after');");
+      assert.deepEqual(logOf(db, "t"), [
+        { __marmot_op: "upsert", v_id: 1n, v_new_name: "pending" },
+        { __marmot_op: "upsert", v_id: 2n, v_new_name: "after" },
+      ]);
+    } finally {
+      db.close();
+    }
+  });
+
+  it("captures a table created after install at the next install", () => {
+    const { path, db } = captured("CREATE TABLE first (a)");
+    try {
+      sqlite3(path, "CREATE TABLE later (id INTEGER PRIMARY KEY, v);");
+      const version = schemaVersion(db);
+      const result = installCapture(db, silentLogger);
+      assert.ok(schemaVersion(db) > version);
+      assert.deepEqual(
+        result.tables.map((t) => t.name),
+        ["first", "later"],
+      );
+      sqlite3(path, "INSERT INTO later VALUES (1, 'x');");
+      assert.deepEqual(logOf(db, "later"), [{ __marmot_op: "upsert", v_id: 1n, v_v: "x" }]);
+    } finally {
+      db.close();
+    }
+  });
+
+  it("drops the change log of a dropped table when it is empty, keeps it while it holds changes", () => {
+    const { path, db } = captured("CREATE TABLE empty_one (a); CREATE TABLE busy_one (a);");
+    try {
+      sqlite3(path, "INSERT INTO busy_one VALUES (1); DROP TABLE empty_one; DROP TABLE busy_one;");
+      const logger = recordingLogger();
+      const result = installCapture(db, logger);
+      assert.deepEqual(result.tables, []);
+      const objects = objectsWithPrefix(path);
+      assert.equal(objects.includes(changeLogTable("empty_one")), false);
+      assert.equal(objects.includes(changeLogTable("busy_one")), true);
+      assert.ok(logger.lines.some((l) => l.level === "warn" && l.message.includes('"busy_one"')));
+    } finally {
+      db.close();
+    }
+  });
+});
+
+describe("the chinook sample database", () => {
+  const writes = [
+    "INSERT INTO Artist (ArtistId, Name) VALUES (1000, 'Marmot Quartet');",
+    "INSERT INTO Album (AlbumId, Title, ArtistId) VALUES (1000, 'Burrows', 1000);",
+    "UPDATE Track SET UnitPrice = 1.29, Name = Name || ' (remastered)' WHERE TrackId = 1;",
+    "DELETE FROM PlaylistTrack WHERE PlaylistId = 1 AND TrackId = 3402;",
+    "UPDATE PlaylistTrack SET TrackId = 2819 WHERE PlaylistId = 8 AND TrackId = 1;",
+    "DELETE FROM InvoiceLine WHERE InvoiceLineId = 1;",
+  ].join("\n");
+
+  it("captures all 11 tables, PlaylistTrack by its composite key, and logs writes", () => {
+    const path = copyFixture("chinook");
+    const db = openDatabase(path, silentLogger);
+    try {
+      const result = installCapture(db, silentLogger);
+      assert.deepEqual(
+        result.tables.map((t) => t.name),
+        ["Album", "Artist", "Customer", "Employee", "Genre", "Invoice", "InvoiceLine", "MediaType", "Playlist", "PlaylistTrack", "Track"],
+      );
+      assert.deepEqual(result.tables.find((t) => t.name === "PlaylistTrack")?.keyColumns, ["PlaylistId", "TrackId"]);
+      assert.ok(result.tables.every((t) => !t.rowidKeyed));
+      sqlite3(path, writes);
+      assert.deepEqual(logOf(db, "Artist"), [{ __marmot_op: "upsert", v_ArtistId: 1000n, v_Name: "Marmot Quartet" }]);
+      const track = logOf(db, "Track");
+      assert.equal(track.length, 1);
+      assert.equal(track[0]!.v_UnitPrice, 1.29);
+      assert.equal(track[0]!.v_Name, "For Those About To Rock (We Salute You) (remastered)");
+      assert.deepEqual(logOf(db, "PlaylistTrack"), [
+        { __marmot_op: "delete", v_PlaylistId: 1n, v_TrackId: 3402n },
+        { __marmot_op: "delete", v_PlaylistId: 8n, v_TrackId: 1n },
+        { __marmot_op: "upsert", v_PlaylistId: 8n, v_TrackId: 2819n },
+      ]);
+      assert.equal(logOf(db, "InvoiceLine").length, 1);
+    } finally {
+      db.close();
+    }
+  });
+
+  it("removeCapture leaves a file identical (sqldiff) to one that never saw marmot", () => {
+    const dir = tempDir();
+    const path = copyFixture("chinook", dir);
+    const pristine = join(dir, "pristine.sqlite");
+    copyFileSync(path, pristine);
+
+    const db = openDatabase(path, silentLogger);
+    try {
+      installCapture(db, silentLogger);
+      sqlite3(path, writes);
+      // A parked message and an applied sequence, as a running node would leave them.
+      db.exec(
+        `INSERT INTO "__marmot__applied" VALUES ('shard-1', 42);` +
+          `INSERT INTO "__marmot__parked" (stream, seq, tbl, reason, payload, parked_at) VALUES ('shard-1', 7, 'Track', 'test', x'00', 0);`,
+      );
+      const result = removeCapture(db, silentLogger);
+      assert.equal(result.triggers.length, 33);
+    } finally {
+      db.close();
+    }
+    sqlite3(pristine, writes);
+    assert.equal(sqldiff(pristine, path), "");
+    assert.equal(objectsWithPrefix(path), "");
+    assert.equal(sqlite3(path, "SELECT count(*) FROM sqlite_master WHERE name = 'sqlite_sequence';").trim(), "0");
+    assert.equal(sqlite3(path, "PRAGMA integrity_check;").trim(), "ok");
+  });
+
+  it("removeCapture puts sqlite_sequence back as the app's own AUTOINCREMENT tables left it", () => {
+    const dir = tempDir();
+    const path = createDb(
+      join(dir, "app.sqlite"),
+      "CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, what TEXT); CREATE TABLE jobs (id INTEGER PRIMARY KEY AUTOINCREMENT);" +
+        "INSERT INTO jobs DEFAULT VALUES;",
+    );
+    const pristine = join(dir, "pristine.sqlite");
+    copyFileSync(path, pristine);
+    const beforeNewTable =
+      "INSERT INTO events (what) VALUES ('one'), ('two'); DELETE FROM events WHERE what = 'two'; INSERT INTO jobs DEFAULT VALUES;" +
+      "CREATE TABLE tags (id INTEGER PRIMARY KEY AUTOINCREMENT, tag TEXT);";
+    const afterNewTable = "INSERT INTO tags (tag) VALUES ('a'); INSERT INTO events (what) VALUES ('three');";
+
+    const db = openDatabase(path, silentLogger);
+    try {
+      installCapture(db, silentLogger);
+      sqlite3(path, beforeNewTable);
+      installCapture(db, silentLogger);
+      sqlite3(path, afterNewTable);
+      removeCapture(db, silentLogger);
+    } finally {
+      db.close();
+    }
+    sqlite3(pristine, beforeNewTable + afterNewTable);
+    assert.equal(sqldiff(pristine, path), "");
+    assert.equal(sqlite3(path, "SELECT group_concat(name || '=' || seq, ' ') FROM sqlite_sequence;").trim(), "jobs=2 events=3 tags=1");
+    assert.equal(sqlite3(path, "PRAGMA integrity_check;").trim(), "ok");
+  });
+});
