@@ -1,7 +1,8 @@
 // Opens the NATS connection: credentials and TLS from [nats], patient first connect, reconnect forever after.
 
 import { accessSync, constants, readFileSync } from "node:fs";
-import { createConnection } from "node:net";
+import { createConnection, isIP } from "node:net";
+import { connect as tlsConnect } from "node:tls";
 import {
   AuthorizationError,
   connect,
@@ -41,7 +42,7 @@ const HANDSHAKE_TIMEOUT_MS = 5000;
 export async function connectNats(options: ConnectNatsOptions): Promise<NatsConnection> {
   const { nats, logger, signal } = options;
   const servers = parseServers(options.servers);
-  const where = `NATS at ${servers.map((s) => s.display).join(", ")}`;
+  const where = `NATS at ${servers.map((s) => s.dial).join(", ")}`;
   const credentials = describeCredentials(nats, servers);
   const connectOptions = buildConnectOptions(options, servers, logger);
 
@@ -80,10 +81,8 @@ export async function connectNats(options: ConnectNatsOptions): Promise<NatsConn
 }
 
 interface ServerUrl {
-  /** what the client dials: credentials removed */
+  /** what the client dials and logs show: credentials removed */
   dial: string;
-  /** what logs show: same as dial */
-  display: string;
   host: string;
   port: number;
   tls: boolean;
@@ -115,7 +114,6 @@ function parseServers(urls: string[]): ServerUrl[] {
     const dial = `${scheme}://${url.host}${url.port === "" ? ":4222" : ""}`;
     return {
       dial,
-      display: dial,
       host: url.hostname.replace(/^\[|\]$/g, ""),
       port,
       tls: scheme === "tls",
@@ -237,6 +235,7 @@ async function permanentProblem(
   servers: ServerUrl[],
   nats: NatsConfig,
   credentials: string,
+  depth = 0,
 ): Promise<string | undefined> {
   if (err instanceof AuthorizationError || err instanceof UserAuthenticationExpiredError) {
     return `${where} rejected the credentials (${err.message}): ${credentials}`;
@@ -248,6 +247,12 @@ async function permanentProblem(
   const message = chain.at(-1)!.message;
   if (/authorization violation|authentication/i.test(message)) {
     return `${where} rejected the credentials (${message}): ${credentials}`;
+  }
+  if (/ALERT_CERTIFICATE_REQUIRED|ALERT_BAD_CERTIFICATE|ALERT_UNKNOWN_CA|ALERT_CERTIFICATE_UNKNOWN|ALERT_UNSUPPORTED_CERT/.test(code)) {
+    return nats.certFile === ""
+      ? `${where} requires a TLS client certificate and none is configured: set [nats] cert_file and key_file`
+      : `${where} refused this node's TLS client certificate [nats] cert_file ${nats.certFile} (${shortTlsMessage(message)}): ` +
+          "it must be signed by a CA in the server's tls ca_file and allow client authentication";
   }
   if (code === "ERR_TLS_CERT_ALTNAME_INVALID") {
     return (
@@ -274,14 +279,66 @@ async function permanentProblem(
   if (code === "ERR_INVALID_URL" || error.name === "InvalidArgumentError") {
     return `${where}: ${message}: check [nats] urls`;
   }
-  if (error.name === "TimeoutError" && nats.certFile === "") {
-    // A server that demands a client certificate lets a TLS 1.3 handshake without one hang until the timeout.
-    const infos = await Promise.all(servers.map((s) => readServerInfo(s.host, s.port, 2000).catch(() => undefined)));
-    if (infos.some((info) => info?.tls_verify === true)) {
-      return `${where} requires a TLS client certificate and none is configured: set [nats] cert_file and key_file`;
+  if (error.name === "TimeoutError" && depth === 0) {
+    // The client misses the alert a server sends when it refuses our client certificate after a TLS 1.3
+    // handshake, and waits out its timeout instead: repeat the handshake by hand to see the refusal.
+    const refusal = await clientCertificateRefusal(servers, nats);
+    if (refusal !== undefined) {
+      return (await permanentProblem(refusal, where, servers, nats, credentials, depth + 1)) ?? refusal.message;
     }
   }
   return undefined;
+}
+
+/** Handshakes by hand with each TLS server that verifies clients; returns the first refusal seen. */
+async function clientCertificateRefusal(servers: ServerUrl[], nats: NatsConfig): Promise<Error | undefined> {
+  const refusals = await Promise.all(
+    servers.map(async (server) => {
+      const info = await readServerInfo(server.host, server.port, 2000).catch(() => undefined);
+      if (info?.tls_verify !== true) {
+        return undefined;
+      }
+      return tlsRefusal(server, nats).catch(() => undefined);
+    }),
+  );
+  return refusals.find((r) => r !== undefined);
+}
+
+function tlsRefusal(server: ServerUrl, nats: NatsConfig): Promise<Error | undefined> {
+  return new Promise((resolveRefusal) => {
+    const socket = createConnection({ host: server.host, port: server.port });
+    let done = false;
+    const finish = (result: Error | undefined) => {
+      if (!done) {
+        done = true;
+        clearTimeout(deadline);
+        socket.destroy();
+        resolveRefusal(result);
+      }
+    };
+    // A server that says nothing for 3 s neither refused nor accepted: nothing to report.
+    const deadline = setTimeout(() => finish(undefined), 3000);
+    socket.on("error", () => finish(undefined));
+    socket.once("data", () => {
+      // The server's INFO has arrived: it now expects the TLS handshake. Its certificate is not in question here.
+      const secure = tlsConnect({
+        socket,
+        rejectUnauthorized: false,
+        ...(isIP(server.host) === 0 ? { servername: server.host } : {}),
+        ...(nats.certFile !== "" ? { cert: readFileSync(nats.certFile), key: readFileSync(nats.keyFile) } : {}),
+      });
+      secure.on("error", (err) => finish(err));
+      secure.on("close", () => finish(undefined));
+      // Accepted if no alert follows the handshake within a moment.
+      secure.on("secureConnect", () => setTimeout(() => finish(undefined), 1000));
+    });
+  });
+}
+
+/** OpenSSL messages carry source paths and numbers; keep the words a person can search for. */
+function shortTlsMessage(message: string): string {
+  const alert = /(sslv3|tlsv1[0-3]?) alert [a-z ]+/i.exec(message);
+  return alert !== null ? alert[0] : message;
 }
 
 function causeChain(err: Error): Error[] {

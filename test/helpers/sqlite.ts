@@ -1,6 +1,6 @@
 // Test helpers: temporary files, and the sqlite3/sqldiff CLIs standing in for an app that writes the database.
 
-import { execFile, execFileSync } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { copyFileSync, existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
@@ -39,13 +39,23 @@ export function sqlite3(path: string, sql: string): string {
   return execFileSync("sqlite3", cliArgs(path, sql), { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
 }
 
-/** Like sqlite3(), without blocking this process (for writes that must wait for marmot's transaction). */
+/**
+ * Like sqlite3(), without blocking this process (for writes that must wait for marmot's transaction).
+ * The SQL goes to the CLI on stdin, so a transaction of many rows is no problem for the argument list.
+ */
 export function sqlite3Async(path: string, sql: string): Promise<string> {
   return new Promise((resolve, reject) => {
-    execFile("sqlite3", cliArgs(path, sql), { encoding: "utf8" }, (error, stdout, stderr) => {
-      if (error) reject(new Error(`sqlite3 failed: ${stderr || error.message}`, { cause: error }));
-      else resolve(stdout);
+    const child = spawn("sqlite3", ["-batch", "-bail", "-cmd", ".timeout 10000", path], { stdio: ["pipe", "pipe", "pipe"] });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (c: Buffer) => (stdout += c.toString("utf8")));
+    child.stderr.on("data", (c: Buffer) => (stderr += c.toString("utf8")));
+    child.on("error", reject);
+    child.on("close", (code) => {
+      if (code === 0) resolve(stdout);
+      else reject(new Error(`sqlite3 ${path} failed (exit ${code}): ${stderr}`));
     });
+    child.stdin.end(sql);
   });
 }
 

@@ -207,6 +207,10 @@ describe("connectNats", { timeout: TEST_TIMEOUT }, () => {
     assert.match(error.message, /requires a TLS client certificate/);
     assert.match(error.message, /cert_file and key_file/);
 
+    // The server's own certificate lacks client-auth usage: the server refuses it.
+    const wrongCert = await refusal(open([server.url], { caFile: certs.caCert, certFile: certs.serverCert, keyFile: certs.serverKey }));
+    assert.match(wrongCert.error.message, /refused this node's TLS client certificate \[nats\] cert_file .*server\.pem/);
+
     const half = await refusal(open([server.url], { caFile: certs.caCert, certFile: certs.clientCert }));
     assert.match(half.error.message, /cert_file and key_file go together/);
   });
