@@ -15,6 +15,7 @@ import { ChangeShipper, sleep } from "./shipper.js";
 import { Applier } from "./sqlite/applier.js";
 import { installCapture, schemaVersion } from "./sqlite/capture.js";
 import { ChangeLogReader } from "./sqlite/change-log.js";
+import { logAllRowsSql } from "./sqlite/trigger-sql.js";
 import { openDatabase } from "./sqlite/open.js";
 import type { TableInfo } from "./sqlite/table.js";
 import { DatabaseWatcher } from "./sqlite/watcher.js";
@@ -48,6 +49,7 @@ export class MarmotNode {
   private consumers: ShardConsumer[] = [];
   private lastActivity = Date.now();
   private serverStopped = false;
+  private capturedTables: readonly TableInfo[] = [];
   private stopping: Promise<void> | undefined;
   private failure: ((err: Error) => void) | undefined;
   /** Settles when the node stops: resolves after stop(), rejects when it cannot go on. */
@@ -89,12 +91,24 @@ export class MarmotNode {
     return node;
   }
 
-  private useCapture({ tables, epoch }: { tables: TableInfo[]; epoch: string }): void {
+  private useCapture({ tables, epoch }: { tables: TableInfo[]; epoch: string }, previous?: readonly TableInfo[]): void {
+    if (previous) this.captureRowsOfNewTables(tables, previous);
     this.epoch = epoch;
+    this.capturedTables = tables;
     this.reader.setTables(tables);
     this.applier.setTables(tables);
     this.knownSchemaVersion = schemaVersion(this.db);
     this.logger.info("capturing changes", { tables: tables.map((t) => t.name).join(",") });
+  }
+
+  /** Rows the app wrote into a table created while marmot runs, before its triggers existed, travel as upserts. */
+  private captureRowsOfNewTables(tables: readonly TableInfo[], previous: readonly TableInfo[]): void {
+    const known = new Set(previous.map((t) => t.name));
+    for (const table of tables) {
+      if (known.has(table.name)) continue;
+      const logged = this.db.prepare(logAllRowsSql(table)).run().changes;
+      if (logged > 0) this.logger.info("captured the rows of a new table written before its triggers existed", { table: table.name, rows: logged });
+    }
   }
 
   /** Called by the watcher: a new table or column is captured from now on, then the shipper looks for changes. */
@@ -102,7 +116,7 @@ export class MarmotNode {
     try {
       if (schemaVersion(this.db) !== this.knownSchemaVersion) {
         this.logger.info("schema changed; updating capture");
-        this.useCapture(installCapture(this.db, this.logger));
+        this.useCapture(installCapture(this.db, this.logger), this.capturedTables);
         if (this.applier.hasParked()) this.applier.retryParked();
       }
     } catch (err) {

@@ -50,6 +50,8 @@ function valueSize(v: SqlValue): number {
 
 export class ChangeLogReader {
   private readers = new Map<string, LogReader>();
+  /** Which table a read starts with, turning each read, so one busy table cannot starve the others. */
+  private startAt = 0;
 
   constructor(private readonly db: Database) {}
 
@@ -87,7 +89,10 @@ export class ChangeLogReader {
   read(limit: number, maxBytes: number): PendingChange[] {
     const out: PendingChange[] = [];
     let bytes = 0;
-    for (const reader of this.readers.values()) {
+    const all = [...this.readers.values()];
+    this.startAt = all.length === 0 ? 0 : (this.startAt + 1) % all.length;
+    const ordered = [...all.slice(this.startAt), ...all.slice(0, this.startAt)];
+    for (const reader of ordered) {
       if (out.length >= limit || bytes >= maxBytes) break;
       const rows = reader.select.all(BigInt(reader.cursor), limit - out.length) as unknown[][];
       for (const row of rows) {

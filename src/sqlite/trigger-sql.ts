@@ -133,3 +133,16 @@ export function relogPendingRowsSql(table: TableInfo): string {
     `JOIN ${quoteIdent(table.name)} AS t ON ${join} ORDER BY p.first_change`
   );
 }
+
+/**
+ * Log every row of a table as an upsert: for a table that appeared while marmot runs, the rows the app wrote
+ * before its triggers existed are writes like any other and must travel too.
+ */
+export function logAllRowsSql(table: TableInfo): string {
+  const log = quoteIdent(changeLogTable(table.name));
+  const columns = changeLogColumns(table).slice(1).map(quoteIdent);
+  const values = [quoteLiteral(OP_UPSERT)];
+  if (table.rowidKeyed) values.push(quoteIdent(rowidAlias(table)));
+  for (const column of table.columns) values.push(quoteIdent(column.name));
+  return `INSERT INTO ${log} (${columns.join(", ")}) SELECT ${values.join(", ")} FROM ${quoteIdent(table.name)}`;
+}

@@ -1,0 +1,425 @@
+// The applier on real SQLite files: what reaches the database, what is parked, and what is never executed.
+
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { after, describe, it } from "node:test";
+import type Database from "better-sqlite3";
+import { installCapture } from "../../src/sqlite/capture.js";
+import { Applier } from "../../src/sqlite/applier.js";
+import { APPLIED_TABLE, changeLogTable, PARKED_TABLE } from "../../src/sqlite/names.js";
+import { openDatabase } from "../../src/sqlite/open.js";
+import { quoteIdent } from "../../src/sqlite/quote.js";
+import type { SqlValue } from "../../src/sqlite/value.js";
+import { encodeBatch, type ChangeOp, type WireTable } from "../../src/stream/codec.js";
+import { createDb, recordingLogger, removeTempDirs, sqlite3, sqlite3Async, tempDir, type RecordedLine } from "../helpers/sqlite.js";
+
+after(removeTempDirs);
+
+const STREAM = "marmot-changes-1-1";
+
+const SCHEMA = `
+CREATE TABLE Books (id INTEGER PRIMARY KEY, title TEXT NOT NULL, author TEXT);
+CREATE TABLE ratings (user TEXT NOT NULL, book INTEGER NOT NULL, stars REAL, PRIMARY KEY (user, book));
+CREATE TABLE notes (body TEXT, tag TEXT);
+CREATE TABLE vals (id INTEGER PRIMARY KEY, v);
+CREATE TABLE later (id INTEGER PRIMARY KEY, v TEXT);
+`;
+
+const BOOKS: WireTable = { name: "Books", columns: ["id", "title", "author"], keyColumns: ["id"] };
+const RATINGS: WireTable = { name: "ratings", columns: ["user", "book", "stars"], keyColumns: ["user", "book"] };
+const NOTES: WireTable = { name: "notes", columns: ["rowid", "body", "tag"], keyColumns: ["rowid"] };
+const VALS: WireTable = { name: "vals", columns: ["id", "v"], keyColumns: ["id"] };
+
+interface Node {
+  path: string;
+  db: Database.Database;
+  applier: Applier;
+  lines: RecordedLine[];
+  /** re-read the schema after the app changed it, as the node does when the schema version moves */
+  refreshSchema(): void;
+}
+
+/** A database the app created through the CLI, with capture installed and an applier on marmot's connection. */
+function node(schema = SCHEMA): Node {
+  const path = createDb(join(tempDir(), "app.sqlite"), schema);
+  const db = openDatabase(path, recordingLogger());
+  // Capture first: it creates the internal tables the applier reads.
+  const captured = installCapture(db, recordingLogger());
+  const logger = recordingLogger();
+  const applier = new Applier(db, logger);
+  applier.setTables(captured.tables);
+  return {
+    path,
+    db,
+    applier,
+    lines: logger.lines,
+    refreshSchema: () => applier.setTables(installCapture(db, recordingLogger()).tables),
+  };
+}
+
+function change(table: WireTable, op: ChangeOp, changeId: number, values: SqlValue[]) {
+  return { table, op, changeId, values };
+}
+
+function batch(...changes: ReturnType<typeof change>[]): Buffer {
+  return encodeBatch({ origin: "2", changes });
+}
+
+function upsertBook(id: number, title: string | null, author: string | null = "anon", changeId = id) {
+  return change(BOOKS, "upsert", changeId, [BigInt(id), title, author]);
+}
+
+function rows(path: string, sql: string): string {
+  return sqlite3(path, sql).trim();
+}
+
+function appliedSeq(path: string): string {
+  return rows(path, `SELECT seq FROM ${APPLIED_TABLE} WHERE stream = '${STREAM}'`);
+}
+
+function parked(db: Database.Database): { seq: bigint; tbl: string | null; reason: string }[] {
+  return db.prepare(`SELECT seq, tbl, reason FROM ${quoteIdent(PARKED_TABLE)} ORDER BY id`).all() as {
+    seq: bigint;
+    tbl: string | null;
+    reason: string;
+  }[];
+}
+
+function logCount(db: Database.Database, table: string): number {
+  return Number(db.prepare(`SELECT count(*) FROM ${quoteIdent(changeLogTable(table))}`).pluck().get());
+}
+
+describe("applying replicated batches", () => {
+  it("applies upserts and deletes and records the stream sequence", () => {
+    const n = node();
+    try {
+      const first = n.applier.applyMessage(STREAM, 1, batch(upsertBook(1, "Emma", "Austen"), upsertBook(2, "Dracula", "Stoker")));
+      assert.deepEqual(first, { outcome: "applied", applied: 2, parked: 0 });
+      const second = n.applier.applyMessage(STREAM, 2, batch(upsertBook(1, "Persuasion", "Austen", 3), change(BOOKS, "delete", 4, [2n])));
+      assert.deepEqual(second, { outcome: "applied", applied: 2, parked: 0 });
+      assert.equal(rows(n.path, "SELECT id, title, author FROM Books ORDER BY id"), "1|Persuasion|Austen");
+      assert.equal(appliedSeq(n.path), "2");
+      assert.equal(n.applier.appliedSequence(STREAM), 2);
+    } finally {
+      n.db.close();
+    }
+  });
+
+  it("records the sequence in the same transaction as the rows: a failure part-way leaves neither", () => {
+    const n = node();
+    try {
+      n.applier.applyMessage(STREAM, 1, batch(upsertBook(1, "Emma")));
+      // A function only marmot's connection knows, called by a trigger: it fails the apply mid-batch when armed.
+      let armed = false;
+      n.db.function("fail_when_armed", () => {
+        if (armed) throw new Error("disk on fire");
+        return 0;
+      });
+      n.db.exec("CREATE TRIGGER vals_guard AFTER INSERT ON vals BEGIN SELECT fail_when_armed(); END");
+      armed = true;
+      assert.throws(() => n.applier.applyMessage(STREAM, 2, batch(upsertBook(2, "Dracula"), change(VALS, "upsert", 5, [1n, "x"]))), /disk on fire/);
+      assert.equal(rows(n.path, "SELECT group_concat(id) FROM Books"), "1", "the batch's first change was rolled back");
+      assert.equal(rows(n.path, "SELECT count(*) FROM vals"), "0");
+      assert.equal(appliedSeq(n.path), "1", "the sequence did not advance");
+      assert.equal(n.applier.appliedSequence(STREAM), 1);
+      // The same message again, once the problem is gone, applies whole.
+      armed = false;
+      assert.equal(n.applier.applyMessage(STREAM, 2, batch(upsertBook(2, "Dracula"), change(VALS, "upsert", 5, [1n, "x"]))).outcome, "applied");
+      assert.equal(rows(n.path, "SELECT group_concat(id) FROM Books"), "1,2");
+      assert.equal(appliedSeq(n.path), "2");
+    } finally {
+      n.db.close();
+    }
+  });
+
+  it("treats a repeated or lower sequence as a duplicate that changes nothing, also after a restart", () => {
+    const n = node();
+    try {
+      n.applier.applyMessage(STREAM, 5, batch(upsertBook(1, "Emma")));
+      const before = rows(n.path, "SELECT * FROM Books");
+      assert.deepEqual(n.applier.applyMessage(STREAM, 5, batch(upsertBook(1, "Changed"))), { outcome: "duplicate", applied: 0, parked: 0 });
+      assert.deepEqual(n.applier.applyMessage(STREAM, 3, batch(upsertBook(9, "New"))), { outcome: "duplicate", applied: 0, parked: 0 });
+      assert.equal(rows(n.path, "SELECT * FROM Books"), before);
+      // A new applier (marmot restarted) knows the sequence from the database.
+      const restarted = new Applier(n.db, recordingLogger());
+      restarted.setTables(installCapture(n.db, recordingLogger()).tables);
+      assert.equal(restarted.applyMessage(STREAM, 5, batch(upsertBook(1, "Changed"))).outcome, "duplicate");
+      assert.equal(rows(n.path, "SELECT * FROM Books"), before);
+      // Other streams keep their own sequence.
+      assert.equal(restarted.applyMessage("marmot-changes-2-2", 1, batch(upsertBook(2, "Other shard"))).outcome, "applied");
+      assert.equal(appliedSeq(n.path), "5");
+    } finally {
+      n.db.close();
+    }
+  });
+
+  for (const trusted of [0, 1]) {
+    it(`does not capture what it applies while the app's writes at the same time are captured (trusted_schema=${trusted})`, async () => {
+      const n = node();
+      try {
+        const appRows = 300;
+        const statements = [`PRAGMA trusted_schema = ${trusted};`];
+        for (let i = 0; i < appRows; i++) statements.push(`INSERT INTO Books VALUES (${100_000 + i}, 'app ${i}', 'app');`);
+        const app = sqlite3Async(n.path, statements.join("\n"));
+        let appDone = false;
+        void app.finally(() => (appDone = true)).catch(() => undefined);
+        let seq = 0;
+        // Keep applying until the app has finished, so the two writers interleave.
+        while (!appDone || seq < 50) {
+          seq++;
+          const result = n.applier.applyMessage(STREAM, seq, batch(upsertBook(seq, `replicated ${seq}`, "remote"), upsertBook(seq, `again ${seq}`, "remote", seq + 1)));
+          assert.equal(result.outcome, "applied");
+          await new Promise((r) => setImmediate(r));
+        }
+        await app;
+        assert.equal(rows(n.path, "SELECT count(*) FROM Books WHERE author = 'remote'"), String(seq));
+        const logged = n.db
+          .prepare(`SELECT v_id FROM ${quoteIdent(changeLogTable("Books"))} ORDER BY __marmot_id`)
+          .pluck()
+          .all() as bigint[];
+        assert.equal(logged.length, appRows, "exactly the app's writes are in the change log");
+        assert.ok(logged.every((id) => id >= 100_000n), "no applied change is in the change log");
+        assert.equal(rows(n.path, "SELECT count(*) FROM __marmot__applying"), "0", "the marker is never left behind");
+      } finally {
+        n.db.close();
+      }
+    });
+  }
+});
+
+describe("parking what this node cannot apply", () => {
+  it("parks changes for a missing table, keeps later ones behind them, goes on with the shard, and applies them in order once the table exists", () => {
+    const n = node();
+    try {
+      const MISSING: WireTable = { name: "shelves", columns: ["id", "label"], keyColumns: ["id"] };
+      const first = n.applier.applyMessage(STREAM, 1, batch(change(MISSING, "upsert", 1, [1n, "first"]), upsertBook(1, "Emma")));
+      assert.deepEqual(first, { outcome: "partly-parked", applied: 1, parked: 1 });
+      const warning = n.lines.find((l) => l.level === "warn" && l.fields?.table === "shelves");
+      assert.ok(warning, `a warning names the table: ${JSON.stringify(n.lines)}`);
+      assert.match(String(warning.fields?.reason), /"shelves" does not exist/);
+
+      // Later changes to that table wait behind the first; the rest of the shard goes on.
+      const second = n.applier.applyMessage(
+        STREAM,
+        2,
+        batch(change(MISSING, "upsert", 2, [1n, "second"]), change(MISSING, "upsert", 3, [2n, "two"]), change(MISSING, "delete", 4, [3n]), upsertBook(2, "Dracula")),
+      );
+      assert.deepEqual(second, { outcome: "partly-parked", applied: 1, parked: 3 });
+      assert.equal(n.applier.applyMessage(STREAM, 3, batch(upsertBook(3, "Ulysses"))).outcome, "applied");
+      assert.equal(rows(n.path, "SELECT group_concat(id) FROM Books"), "1,2,3");
+      assert.equal(appliedSeq(n.path), "3");
+      const waiting = parked(n.db);
+      assert.deepEqual(
+        waiting.map((p) => [Number(p.seq), p.tbl]),
+        [
+          [1, "shelves"],
+          [2, "shelves"],
+          [2, "shelves"],
+          [2, "shelves"],
+        ],
+      );
+      assert.match(waiting[1]!.reason, /earlier changes to table "shelves" are waiting/);
+
+      // Nothing to retry into yet: everything stays parked.
+      assert.equal(n.applier.retryParked(), 0);
+      assert.equal(parked(n.db).length, 4);
+
+      // The app creates the table (with a row that the parked delete must remove), and the parked changes apply in order.
+      sqlite3(n.path, "CREATE TABLE shelves (id INTEGER PRIMARY KEY, label TEXT);");
+      n.refreshSchema();
+      sqlite3(n.path, "INSERT INTO shelves VALUES (3, 'local');");
+      assert.equal(n.applier.retryParked(), 4);
+      assert.equal(rows(n.path, "SELECT id, label FROM shelves ORDER BY id"), "1|second\n2|two");
+      assert.equal(parked(n.db).length, 0);
+      assert.equal(logCount(n.db, "shelves"), 1, "only the app's own insert is in the change log, not the retried changes");
+      assert.equal(n.applier.hasParked(), false);
+      // And the table takes new changes directly again.
+      assert.equal(n.applier.applyMessage(STREAM, 4, batch(change(MISSING, "upsert", 5, [4n, "direct"]))).outcome, "applied");
+    } finally {
+      n.db.close();
+    }
+  });
+
+  it("parks changes naming a column this node lacks until the app adds it, also across a restart", () => {
+    const n = node();
+    try {
+      const WIDER: WireTable = { name: "later", columns: ["id", "v", "extra"], keyColumns: ["id"] };
+      const NARROW: WireTable = { name: "later", columns: ["id", "v"], keyColumns: ["id"] };
+      assert.equal(n.applier.applyMessage(STREAM, 1, batch(change(WIDER, "upsert", 1, [1n, "one", "x1"]))).outcome, "parked");
+      const warning = n.lines.find((l) => l.level === "warn" && l.fields?.table === "later");
+      assert.ok(warning, "a warning names the table");
+      assert.match(String(warning.fields?.reason), /no column "extra"/);
+      // A later change to the same table that this node could apply still waits, so the row's order is kept.
+      assert.equal(n.applier.applyMessage(STREAM, 2, batch(change(NARROW, "upsert", 2, [1n, "newer"]))).outcome, "parked");
+      assert.equal(rows(n.path, "SELECT count(*) FROM later"), "0");
+
+      // marmot restarts: the new applier still knows the table has parked changes.
+      const restarted = new Applier(n.db, recordingLogger());
+      restarted.setTables(installCapture(n.db, recordingLogger()).tables);
+      assert.equal(restarted.hasParked(), true);
+      assert.equal(restarted.applyMessage(STREAM, 3, batch(change(NARROW, "upsert", 3, [2n, "two"]))).outcome, "parked");
+
+      sqlite3(n.path, "ALTER TABLE later ADD COLUMN extra TEXT;");
+      restarted.setTables(installCapture(n.db, recordingLogger()).tables);
+      assert.equal(restarted.retryParked(), 3);
+      assert.equal(rows(n.path, "SELECT id, v, quote(extra) FROM later ORDER BY id"), "1|newer|'x1'\n2|two|NULL");
+      assert.equal(parked(n.db).length, 0);
+    } finally {
+      n.db.close();
+    }
+  });
+
+  it("parks garbage and a truncated batch as undecodable and advances the sequence", () => {
+    const n = node();
+    try {
+      const garbage = Buffer.from("this is not a batch at all \u0000\u0001\u0002", "utf8");
+      assert.deepEqual(n.applier.applyMessage(STREAM, 1, garbage), { outcome: "parked", applied: 0, parked: 1 });
+      const whole = batch(upsertBook(1, "Emma"), upsertBook(2, "Dracula"));
+      const truncated = whole.subarray(0, whole.length - 5);
+      assert.deepEqual(n.applier.applyMessage(STREAM, 2, truncated), { outcome: "parked", applied: 0, parked: 1 });
+      assert.deepEqual(n.applier.applyMessage(STREAM, 3, Buffer.alloc(0)), { outcome: "parked", applied: 0, parked: 1 });
+      assert.equal(appliedSeq(n.path), "3");
+      assert.equal(rows(n.path, "SELECT count(*) FROM Books"), "0");
+
+      const set = parked(n.db);
+      assert.deepEqual(
+        set.map((p) => [Number(p.seq), p.tbl]),
+        [
+          [1, null],
+          [2, null],
+          [3, null],
+        ],
+      );
+      assert.match(set[0]!.reason, /^undecodable: .*bad magic/);
+      assert.match(set[1]!.reason, /^undecodable: truncated batch/);
+      const stored = n.db.prepare(`SELECT payload FROM ${quoteIdent(PARKED_TABLE)} WHERE seq = 2`).pluck().get() as Buffer;
+      assert.deepEqual(stored, truncated, "the bytes are kept for inspection");
+      const errors = n.lines.filter((l) => l.level === "error");
+      assert.equal(errors.length, 3);
+      assert.match(errors[1]!.message, /not a valid marmot batch/);
+      assert.equal(errors[1]!.fields?.seq, 2);
+
+      // The shard goes on, and undecodable messages do not make any table wait.
+      assert.equal(n.applier.applyMessage(STREAM, 4, whole).outcome, "applied");
+      assert.equal(rows(n.path, "SELECT count(*) FROM Books"), "2");
+      assert.equal(n.applier.retryParked(), 0, "undecodable messages are not retried");
+    } finally {
+      n.db.close();
+    }
+  });
+
+  it("parks a change that would violate NOT NULL with the constraint error instead of throwing", () => {
+    const n = node();
+    try {
+      const result = n.applier.applyMessage(STREAM, 1, batch(upsertBook(1, null), change(VALS, "upsert", 2, [1n, "fine"])));
+      assert.deepEqual(result, { outcome: "partly-parked", applied: 1, parked: 1 });
+      const [row] = parked(n.db);
+      assert.equal(row?.tbl, "Books");
+      assert.match(row!.reason, /SQLITE_CONSTRAINT_NOTNULL/);
+      assert.match(row!.reason, /Books\.title/);
+      assert.equal(rows(n.path, "SELECT count(*) FROM Books"), "0");
+      assert.equal(rows(n.path, "SELECT v FROM vals"), "fine");
+      assert.equal(appliedSeq(n.path), "1");
+    } finally {
+      n.db.close();
+    }
+  });
+
+  it("never executes names from a batch that exist nowhere locally: injection attempts are parked and the tables stay intact", () => {
+    const n = node();
+    try {
+      sqlite3(n.path, "INSERT INTO Books VALUES (1, 'Emma', 'Austen'), (2, 'Dracula', 'Stoker');");
+      const schemaBefore = rows(n.path, "SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE '__marmot%' ORDER BY name");
+      const hostileTables: WireTable[] = [
+        { name: 'x"; DROP TABLE Books; --', columns: ["id"], keyColumns: ["id"] },
+        { name: "Books; DELETE FROM Books", columns: ["id"], keyColumns: ["id"] },
+        { name: "Books\" (id) VALUES (1); DROP TABLE Books; --", columns: ["id"], keyColumns: ["id"] },
+        { name: "x'); DROP TABLE Books; --", columns: ["id"], keyColumns: ["id"] },
+      ];
+      let seq = 0;
+      for (const table of hostileTables) {
+        for (const op of ["upsert", "delete"] as const) {
+          const result = n.applier.applyMessage(STREAM, ++seq, batch(change(table, op, seq, [1n])));
+          assert.equal(result.outcome, "parked", `${op} on ${table.name}`);
+        }
+      }
+      // Hostile column and key names on a real table are refused before any SQL is built.
+      const hostileColumn: WireTable = { name: "vals", columns: ["id", 'v" = 1; DROP TABLE Books; --'], keyColumns: ["id"] };
+      assert.equal(n.applier.applyMessage(STREAM, ++seq, batch(change(hostileColumn, "upsert", seq, [1n, 2n]))).outcome, "parked");
+      const hostileKey: WireTable = { name: "ratings", columns: ["user", "book", "stars"], keyColumns: ["user", "book) OR 1=1; --"] };
+      assert.equal(n.applier.applyMessage(STREAM, ++seq, batch(change(hostileKey, "delete", seq, ["u", 1n]))).outcome, "parked");
+
+      assert.equal(rows(n.path, "SELECT id, title FROM Books ORDER BY id"), "1|Emma\n2|Dracula");
+      assert.equal(rows(n.path, "SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE '__marmot%' ORDER BY name"), schemaBefore);
+      const tables = parked(n.db).map((p) => p.tbl);
+      assert.ok(tables.includes('x"; DROP TABLE Books; --'), `parked under its name: ${JSON.stringify(tables)}`);
+      assert.ok(
+        n.lines.some((l) => l.level === "warn" && l.fields?.table === 'x"; DROP TABLE Books; --'),
+        "the warning names the table as given",
+      );
+      // The real tables keep working.
+      assert.equal(n.applier.applyMessage(STREAM, ++seq, batch(upsertBook(3, "Ulysses"))).outcome, "applied");
+      assert.equal(rows(n.path, "SELECT count(*) FROM Books"), "3");
+    } finally {
+      n.db.close();
+    }
+  });
+});
+
+describe("keys and values", () => {
+  it("upserts and deletes a table without a primary key by its rowid", () => {
+    const n = node();
+    try {
+      sqlite3(n.path, "INSERT INTO notes (rowid, body, tag) VALUES (7, 'local', 'l');");
+      n.applier.applyMessage(STREAM, 1, batch(change(NOTES, "upsert", 1, [42n, "remote", "r"])));
+      n.applier.applyMessage(STREAM, 2, batch(change(NOTES, "upsert", 2, [42n, "remote, edited", "r2"])));
+      assert.equal(rows(n.path, "SELECT rowid, body, tag FROM notes ORDER BY rowid"), "7|local|l\n42|remote, edited|r2");
+      n.applier.applyMessage(STREAM, 3, batch(change(NOTES, "delete", 3, [7n])));
+      assert.equal(rows(n.path, "SELECT rowid, body FROM notes ORDER BY rowid"), "42|remote, edited");
+    } finally {
+      n.db.close();
+    }
+  });
+
+  it("deletes by a composite key, touching only that row", () => {
+    const n = node();
+    try {
+      sqlite3(n.path, "INSERT INTO ratings VALUES ('ann', 1, 4.5), ('ann', 2, 3.0), ('bob', 2, 5.0);");
+      n.applier.applyMessage(STREAM, 1, batch(change(RATINGS, "delete", 1, ["ann", 2n])));
+      assert.equal(rows(n.path, "SELECT user, book FROM ratings ORDER BY user, book"), "ann|1\nbob|2");
+      n.applier.applyMessage(STREAM, 2, batch(change(RATINGS, "upsert", 2, ["bob", 2n, 1.5])));
+      assert.equal(rows(n.path, "SELECT user, book, stars FROM ratings ORDER BY user, book"), "ann|1|4.5\nbob|2|1.5");
+    } finally {
+      n.db.close();
+    }
+  });
+
+  it("keeps int64 extremes, integers beyond 2^53 and REAL 1.0 exact", () => {
+    const n = node();
+    try {
+      const values: SqlValue[] = [9223372036854775807n, -9223372036854775808n, 9007199254740993n, -9007199254740993n, 1.0, -0.0, 0.1, null, "1", Buffer.from([0, 255])];
+      n.applier.applyMessage(STREAM, 1, batch(...values.map((v, i) => change(VALS, "upsert", i + 1, [BigInt(i + 1), v]))));
+      assert.equal(
+        rows(n.path, "SELECT id, typeof(v), quote(v) FROM vals ORDER BY id"),
+        [
+          "1|integer|9223372036854775807",
+          "2|integer|-9223372036854775808",
+          "3|integer|9007199254740993",
+          "4|integer|-9007199254740993",
+          "5|real|1.0",
+          "6|real|0.0",
+          "7|real|0.1",
+          "8|null|NULL",
+          "9|text|'1'",
+          "10|blob|X'00FF'",
+        ].join("\n"),
+      );
+      // The key itself may be a 64-bit extreme too.
+      n.applier.applyMessage(STREAM, 2, batch(change(VALS, "upsert", 20, [9223372036854775807n, "max"]), change(VALS, "delete", 21, [1n])));
+      assert.equal(rows(n.path, "SELECT v FROM vals WHERE id = 9223372036854775807"), "max");
+      assert.equal(rows(n.path, "SELECT count(*) FROM vals WHERE id = 1"), "0");
+    } finally {
+      n.db.close();
+    }
+  });
+});

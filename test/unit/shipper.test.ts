@@ -1,0 +1,314 @@
+// The shipper on real SQLite files with a fake publisher: what leaves the change log, when, and in which messages.
+
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { after, describe, it } from "node:test";
+import type Database from "better-sqlite3";
+import { ChangeShipper, type ShipperOptions } from "../../src/shipper.js";
+import { installCapture } from "../../src/sqlite/capture.js";
+import { ChangeLogReader } from "../../src/sqlite/change-log.js";
+import { openDatabase } from "../../src/sqlite/open.js";
+import type { SqlValue } from "../../src/sqlite/value.js";
+import { decodeBatch, type WireChange } from "../../src/stream/codec.js";
+import type { BatchPublisher } from "../../src/stream/publisher.js";
+import { rowKeyBytes, shardOf } from "../../src/stream/shard.js";
+import { createDb, recordingLogger, removeTempDirs, sqlite3, tempDir, type RecordedLine } from "../helpers/sqlite.js";
+
+after(removeTempDirs);
+
+const SCHEMA = `
+CREATE TABLE Books (id INTEGER PRIMARY KEY, title TEXT NOT NULL, author TEXT);
+CREATE TABLE ratings (user TEXT NOT NULL, book INTEGER NOT NULL, stars REAL, PRIMARY KEY (user, book));
+CREATE TABLE notes (body TEXT, tag TEXT);
+CREATE TABLE files (name TEXT PRIMARY KEY, content BLOB);
+`;
+const TABLES = ["Books", "ratings", "notes", "files"];
+
+interface Attempt {
+  shard: number;
+  payload: Buffer;
+  msgId: string;
+  ok: boolean;
+}
+
+/** Records every publish; `decide` may fail an attempt by throwing. */
+class FakePublisher implements BatchPublisher {
+  readonly attempts: Attempt[] = [];
+  constructor(private readonly decide: (attempt: Omit<Attempt, "ok">, publisher: FakePublisher) => void | Promise<void> = () => {}) {}
+
+  async publish(shard: number, payload: Uint8Array, msgId: string): Promise<void> {
+    const attempt = { shard, payload: Buffer.from(payload), msgId };
+    try {
+      await this.decide(attempt, this);
+    } catch (err) {
+      this.attempts.push({ ...attempt, ok: false });
+      throw err;
+    }
+    this.attempts.push({ ...attempt, ok: true });
+  }
+
+  get acknowledged(): Attempt[] {
+    return this.attempts.filter((a) => a.ok);
+  }
+
+  /** Every change JetStream would now hold, with the shard its message went to. */
+  changes(): { shard: number; change: WireChange }[] {
+    return this.acknowledged.flatMap((a) => decodeBatch(a.payload).changes.map((change) => ({ shard: a.shard, change })));
+  }
+}
+
+interface Setup {
+  path: string;
+  db: Database.Database;
+  reader: ChangeLogReader;
+  lines: RecordedLine[];
+  shipper(publisher: BatchPublisher, options?: Partial<ShipperOptions>): ChangeShipper;
+}
+
+function setup(): Setup {
+  const path = createDb(join(tempDir(), "app.sqlite"), SCHEMA);
+  const db = openDatabase(path, recordingLogger());
+  const reader = new ChangeLogReader(db);
+  reader.setTables(installCapture(db, recordingLogger()).tables);
+  const logger = recordingLogger();
+  return {
+    path,
+    db,
+    reader,
+    lines: logger.lines,
+    shipper: (publisher, options = {}) =>
+      new ChangeShipper(
+        reader,
+        publisher,
+        { origin: "1", epoch: "e1", shards: 1, batchMaxChanges: 512, maxPayload: () => 1024 * 1024, compress: false, ...options },
+        logger,
+      ),
+  };
+}
+
+/** Rows waiting in all change logs, counted by another process as an operator would. */
+function pendingInFile(path: string): number {
+  const sql = TABLES.map((t) => `(SELECT count(*) FROM "__marmot__${t}_change_log")`).join(" + ");
+  return Number(sqlite3(path, `SELECT ${sql};`).trim());
+}
+
+function insertBooks(path: string, from: number, count: number, title = (i: number) => `title ${i}`): void {
+  const values: string[] = [];
+  for (let i = from; i < from + count; i++) values.push(`(${i}, '${title(i)}', 'author ${i}')`);
+  sqlite3(path, `INSERT INTO Books VALUES ${values.join(", ")};`);
+}
+
+function keyOf(change: WireChange): SqlValue[] {
+  if (change.op === "delete") return change.values;
+  return change.table.keyColumns.map((k) => change.values[change.table.columns.indexOf(k)]!);
+}
+
+describe("shipping the change log", () => {
+  it("ships what the app wrote through the CLI and empties the log once acknowledged", async () => {
+    const s = setup();
+    try {
+      insertBooks(s.path, 1, 10);
+      sqlite3(s.path, "INSERT INTO ratings VALUES ('ann', 1, 4.5); INSERT INTO notes VALUES ('hello', 't'); DELETE FROM Books WHERE id = 10;");
+      const fake = new FakePublisher();
+      const shipper = s.shipper(fake);
+      assert.equal(await shipper.shipRound(new AbortController().signal), 13);
+      const shipped = fake.changes().map(({ change }) => `${change.table.name}:${change.op}:${change.values.map(String).join(",")}`);
+      assert.deepEqual(shipped.sort(), [
+        ...Array.from({ length: 9 }, (_, i) => `Books:upsert:${i + 1},title ${i + 1},author ${i + 1}`),
+        "Books:delete:10",
+        "notes:upsert:1,hello,t",
+        "ratings:upsert:ann,1,4.5",
+      ].sort());
+      assert.equal(pendingInFile(s.path), 0);
+      assert.equal(await shipper.shipRound(new AbortController().signal), 0, "nothing is sent twice");
+      assert.equal(fake.acknowledged.length, 1);
+    } finally {
+      s.db.close();
+    }
+  });
+
+  it("sends a row updated many times in one round once, with its last state", async () => {
+    const s = setup();
+    try {
+      const updates = Array.from({ length: 50 }, (_, i) => `UPDATE Books SET title = 'v${i + 1}' WHERE id = 1;`).join("\n");
+      sqlite3(s.path, `INSERT INTO Books VALUES (1, 'v0', 'a'), (2, 'other', 'b');\n${updates}`);
+      const fake = new FakePublisher();
+      assert.equal(await s.shipper(fake).shipRound(new AbortController().signal), 52);
+      const changes = fake.changes().map(({ change }) => change);
+      const ofRowOne = changes.filter((c) => c.values[0] === 1n);
+      assert.equal(ofRowOne.length, 1);
+      assert.deepEqual(ofRowOne[0]!.values, [1n, "v50", "a"]);
+      assert.equal(changes.length, 2);
+      assert.equal(pendingInFile(s.path), 0);
+    } finally {
+      s.db.close();
+    }
+  });
+
+  it("empties the log only after every batch of the round was acknowledged, retrying with the same message id", async () => {
+    const s = setup();
+    try {
+      insertBooks(s.path, 1, 40);
+      let failuresLeft = 3;
+      const pendingDuringFailures: number[] = [];
+      let doomedMsgId: string | undefined;
+      const fake = new FakePublisher(async (attempt, publisher) => {
+        const ids = decodeBatch(attempt.payload).changes.map((c) => c.values[0]);
+        // The batch holding row 25 fails its first three attempts.
+        if (ids.includes(25n) && failuresLeft > 0) {
+          failuresLeft--;
+          doomedMsgId ??= attempt.msgId;
+          // Let the other batches finish first, then look at the file from another process.
+          await new Promise((r) => setTimeout(r, 20));
+          pendingDuringFailures.push(pendingInFile(s.path));
+          if (failuresLeft === 0) assert.ok(publisher.acknowledged.length >= 3, "the other batches were acknowledged meanwhile");
+          throw new Error("nats: timeout");
+        }
+      });
+      const shipped = await s.shipper(fake, { batchMaxChanges: 10 }).shipRound(new AbortController().signal);
+      assert.equal(shipped, 40);
+      assert.deepEqual(pendingDuringFailures, [40, 40, 40], "every row stays in the log while one batch is unacknowledged");
+      assert.equal(pendingInFile(s.path), 0);
+
+      const tries = fake.attempts.filter((a) => decodeBatch(a.payload).changes.some((c) => c.values[0] === 25n));
+      assert.equal(tries.length, 4);
+      assert.deepEqual(
+        tries.map((t) => t.ok),
+        [false, false, false, true],
+      );
+      assert.ok(tries.every((t) => t.msgId === doomedMsgId), "every retry carries the same message id");
+      assert.ok(tries.every((t) => t.payload.equals(tries[0]!.payload)), "and the same bytes");
+      const otherIds = new Set(fake.acknowledged.map((a) => a.msgId));
+      assert.equal(otherIds.size, 4, "distinct batches have distinct message ids");
+      assert.ok(s.lines.some((l) => l.level === "warn" && /waiting for JetStream/.test(l.message)), "the wait is logged");
+    } finally {
+      s.db.close();
+    }
+  });
+
+  it("keeps batches within scan_max_changes and the maximum payload", async () => {
+    const s = setup();
+    try {
+      insertBooks(s.path, 1, 95);
+      const fake = new FakePublisher();
+      await s.shipper(fake, { batchMaxChanges: 10 }).shipRound(new AbortController().signal);
+      assert.deepEqual(
+        fake.acknowledged.map((a) => decodeBatch(a.payload).changes.length),
+        [10, 10, 10, 10, 10, 10, 10, 10, 10, 5],
+      );
+
+      // Rows of about 1.5 KiB under a 16 KiB max_payload: the size, not the count, cuts these batches.
+      const big = "x".repeat(1500);
+      insertBooks(s.path, 1000, 60, () => big);
+      const sized = new FakePublisher();
+      const maxPayload = 16 * 1024;
+      await s.shipper(sized, { batchMaxChanges: 512, maxPayload: () => maxPayload }).shipRound(new AbortController().signal);
+      const counts = sized.acknowledged.map((a) => decodeBatch(a.payload).changes.length);
+      assert.equal(counts.reduce((a, b) => a + b, 0), 60);
+      assert.ok(counts.length > 1, `more than one message: ${counts.join(",")}`);
+      for (const a of sized.acknowledged) assert.ok(a.payload.length <= maxPayload, `payload of ${a.payload.length} bytes fits`);
+      assert.equal(pendingInFile(s.path), 0);
+    } finally {
+      s.db.close();
+    }
+  });
+
+  it("leaves a change larger than one message in the log with an error, ships the rest, and lets a later change of the row replace it", async () => {
+    const s = setup();
+    try {
+      const maxPayload = 64 * 1024;
+      const fake = new FakePublisher();
+      const shipper = s.shipper(fake, { maxPayload: () => maxPayload });
+      sqlite3(s.path, "INSERT INTO files VALUES ('small-1', x'01'), ('huge', zeroblob(200000)), ('small-2', x'02');");
+      assert.equal(await shipper.shipRound(new AbortController().signal), 3);
+      assert.deepEqual(
+        fake.changes().map(({ change }) => change.values[0]).sort(),
+        ["small-1", "small-2"],
+      );
+      const errors = s.lines.filter((l) => l.level === "error");
+      assert.equal(errors.length, 1);
+      assert.match(errors[0]!.message, /larger than one NATS message/);
+      assert.equal(errors[0]!.fields?.table, "files");
+      assert.match(String(errors[0]!.fields?.fix), /max_payload/);
+      assert.equal(sqlite3(s.path, "SELECT v_name, length(v_content) FROM __marmot__files_change_log;").trim(), "huge|200000");
+
+      // It does not block rows written after it, and it is not reported again.
+      sqlite3(s.path, "INSERT INTO files VALUES ('small-3', x'03'); INSERT INTO Books VALUES (1, 't', 'a');");
+      assert.equal(await shipper.shipRound(new AbortController().signal), 2);
+      assert.equal(fake.changes().length, 4);
+      assert.equal(sqlite3(s.path, "SELECT v_name FROM __marmot__files_change_log;").trim(), "huge");
+      assert.equal(s.lines.filter((l) => l.level === "error").length, 1);
+
+      // A later, smaller change of the same row supersedes it: that one travels and the log empties.
+      sqlite3(s.path, "UPDATE files SET content = x'ff' WHERE name = 'huge';");
+      assert.equal(await shipper.shipRound(new AbortController().signal), 1);
+      const last = fake.changes().at(-1)!.change;
+      assert.deepEqual(last.values, ["huge", Buffer.from([0xff])]);
+      assert.equal(pendingInFile(s.path), 0);
+    } finally {
+      s.db.close();
+    }
+  });
+
+  it("leaves everything in the log when the signal aborts during retries", async () => {
+    const s = setup();
+    try {
+      insertBooks(s.path, 1, 30);
+      const controller = new AbortController();
+      const fake = new FakePublisher((attempt, publisher) => {
+        const failed = publisher.attempts.filter((a) => !a.ok).length;
+        if (decodeBatch(attempt.payload).changes.some((c) => c.values[0] === 30n)) {
+          if (failed >= 2) controller.abort(new Error("marmot is stopping"));
+          throw new Error("no responders");
+        }
+      });
+      await assert.rejects(s.shipper(fake, { batchMaxChanges: 10 }).shipRound(controller.signal), /marmot is stopping|no responders/);
+      assert.ok(fake.acknowledged.length >= 1, "some batches of the round were acknowledged");
+      assert.equal(pendingInFile(s.path), 30, "yet every change of the round stays in the log");
+
+      // The next process ships them all (a repeat of an acknowledged batch carries the same id, so JetStream drops it).
+      const idsBefore = new Set(fake.acknowledged.map((a) => a.msgId));
+      s.reader.rewind();
+      const again = new FakePublisher();
+      assert.equal(await s.shipper(again, { batchMaxChanges: 10 }).shipRound(new AbortController().signal), 30);
+      for (const id of idsBefore) assert.ok(again.acknowledged.some((a) => a.msgId === id), "the same batches get the same ids");
+      assert.equal(pendingInFile(s.path), 0);
+    } finally {
+      s.db.close();
+    }
+  });
+
+  it("sends decodable batches, each to the shard of every row it holds", async () => {
+    const s = setup();
+    try {
+      insertBooks(s.path, 1, 100);
+      const values: string[] = [];
+      for (let i = 0; i < 40; i++) values.push(`('user ${i % 7} ✓', ${i}, ${i}.5)`);
+      sqlite3(
+        s.path,
+        `INSERT INTO ratings VALUES ${values.join(", ")};
+         INSERT INTO notes (body, tag) VALUES ('a', 'x'), ('b', 'y'), ('c', 'z');
+         INSERT INTO files VALUES ('name with "quotes"', x'00'), ('9223372036854775807', NULL);
+         DELETE FROM Books WHERE id <= 10;
+         UPDATE Books SET id = id + 1000 WHERE id BETWEEN 11 AND 15;`,
+      );
+      const shards = 4;
+      const fake = new FakePublisher();
+      await s.shipper(fake, { shards, batchMaxChanges: 16 }).shipRound(new AbortController().signal);
+      const seenShards = new Set<number>();
+      let total = 0;
+      for (const { shard, change } of fake.changes()) {
+        const expected = shardOf(rowKeyBytes(change.table.name, keyOf(change)), shards);
+        assert.equal(shard, expected, `${change.table.name} ${keyOf(change).map(String).join(",")}`);
+        seenShards.add(shard);
+        total++;
+      }
+      assert.equal(seenShards.size, shards, "the rows spread over every shard");
+      // 100 books (10 deleted, 5 re-keyed: old keys deleted, new keys upserted) + 40 ratings + 3 notes + 2 files
+      assert.equal(total, 100 + 5 + 40 + 3 + 2);
+      for (const a of fake.acknowledged) assert.ok(decodeBatch(a.payload).changes.length <= 16);
+    } finally {
+      s.db.close();
+    }
+  });
+});
