@@ -69,7 +69,7 @@ export class MarmotNode {
     this.done.catch(() => undefined);
     this.db = openDatabase(config.dbPath, logger);
     // Capture first: it creates the internal tables the reader and the applier use.
-    const captured = installCapture(this.db, logger);
+    const captured = installCapture(this.db, logger, config.tables);
     this.reader = new ChangeLogReader(this.db);
     this.applier = new Applier(this.db, logger.child({ component: "applier" }));
     this.useCapture(captured);
@@ -116,7 +116,7 @@ export class MarmotNode {
     try {
       if (schemaVersion(this.db) !== this.knownSchemaVersion) {
         this.logger.info("schema changed; updating capture");
-        this.useCapture(installCapture(this.db, this.logger), this.capturedTables);
+        this.useCapture(installCapture(this.db, this.logger, this.config.tables), this.capturedTables);
         if (this.applier.hasParked()) this.applier.retryParked();
       }
     } catch (err) {

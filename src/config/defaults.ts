@@ -64,6 +64,7 @@ export function defaultConfig(): Config {
       connectRetries: 5,
       reconnectWaitSeconds: 2,
     },
+    tables: { include: [], exclude: [] },
     logging: { verbose: false, format: "console" },
     prometheus: { enable: false, bind: ":3010", namespace: "marmot", subsystem: "" },
   };

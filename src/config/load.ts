@@ -81,6 +81,7 @@ function readConfig(root: TableReader, problems: Problems, file: string): Config
   const snapNats = snap.section("nats");
   const s3 = snap.section("s3");
   const nats = root.section("nats");
+  const tables = root.section("tables");
   const logging = root.section("logging");
   const prometheus = root.section("prometheus");
   const ms = "milliseconds";
@@ -143,6 +144,10 @@ function readConfig(root: TableReader, problems: Problems, file: string): Config
         Math.floor(MAX_TIMER_MS / 1000),
         "seconds",
       ),
+    },
+    tables: {
+      include: tables.stringList("include", d.tables.include),
+      exclude: tables.stringList("exclude", d.tables.exclude),
     },
     logging: {
       verbose: logging.boolean("verbose", d.logging.verbose),

@@ -39,6 +39,14 @@ export interface NatsConfig {
   reconnectWaitSeconds: number;
 }
 
+/** Which tables marmot captures (marmot's own extension; the original captured every table). */
+export interface TablesConfig {
+  /** when not empty, only these tables */
+  include: string[];
+  /** never these tables */
+  exclude: string[];
+}
+
 export interface LoggingConfig {
   verbose: boolean;
   format: "console" | "json";
@@ -70,6 +78,7 @@ export interface Config {
   replicationLog: ReplicationLogConfig;
   snapshot: SnapshotConfig;
   nats: NatsConfig;
+  tables: TablesConfig;
   logging: LoggingConfig;
   prometheus: PrometheusConfig;
 }

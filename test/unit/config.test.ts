@@ -205,6 +205,7 @@ subsystem = "replication"
         connectRetries: 10,
         reconnectWaitSeconds: 7,
       },
+      tables: { include: [], exclude: [] },
       logging: { verbose: true, format: "json" },
       prometheus: { enable: true, bind: "0.0.0.0:9090", namespace: "app", subsystem: "replication" },
     });
@@ -399,4 +400,19 @@ describe("checkDatabaseFile", () => {
     writeFileSync(path, "");
     assert.doesNotThrow(() => checkDatabaseFile(path));
   });
+});
+
+test("[tables] include and exclude name the tables to capture", () => {
+  const dir = mkdtempSync(join(tmpdir(), "marmot-tables-"));
+  try {
+    const file = join(dir, "c.toml");
+    writeFileSync(file, '[tables]\ninclude = ["Books", "authors"]\nexclude = ["sessions"]\n');
+    const { config, warnings } = loadConfig(file);
+    assert.deepEqual(config.tables, { include: ["Books", "authors"], exclude: ["sessions"] });
+    assert.deepEqual(warnings, []);
+    writeFileSync(file, "[tables]\nexclude = 3\n");
+    assert.throws(() => loadConfig(file), /tables\.exclude/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });

@@ -1,0 +1,47 @@
+// Randomized convergence: three marmot nodes, three apps hammering the same hot rows at once; afterwards every node
+// holds the same rows, only values some app wrote, and every committed journal row.
+//
+// MARMOT_TEST_SEED=N replays one seed (the operations, not their interleaving); MARMOT_TEST_PROFILE=long runs
+// ten seeds with more operations.
+
+import assert from "node:assert/strict";
+import { after, describe, test } from "node:test";
+import { TestCluster } from "../helpers/marmot.js";
+import { useProcessCleanup } from "../helpers/processes.js";
+import { longProfile, Random, startWriters, testSeeds, verifyWorkload, WorkloadRecord, WORKLOAD_SCHEMA } from "../helpers/workload.js";
+
+useProcessCleanup();
+
+const long = longProfile();
+const seeds = testSeeds(long ? 10 : 1);
+const batchesPerWriter = long ? 400 : 120;
+
+describe("random concurrent writes on three nodes converge", () => {
+  const clusters: TestCluster[] = [];
+  after(async () => {
+    await Promise.allSettled(clusters.map((c) => c.stopAll()));
+  });
+
+  for (const seed of seeds) {
+    test(`seed ${seed}`, async (t) => {
+      const shards = new Random(seed).between(2, 4);
+      t.diagnostic(`seed ${seed} (replay with MARMOT_TEST_SEED=${seed}); ${shards} shards, ${batchesPerWriter} batches per writer`);
+      console.log(`random-convergence: seed ${seed}, ${shards} shards`);
+      const cluster = await TestCluster.create({ schema: WORKLOAD_SCHEMA, replicas: 3, shards });
+      clusters.push(cluster);
+      await cluster.startAll();
+
+      const record = new WorkloadRecord();
+      const writers = startWriters(cluster, seed, record, { batches: batchesPerWriter });
+      await writers.done;
+      assert.deepEqual(record.failures, [], "an app's write failed");
+
+      const summary = await verifyWorkload(cluster, record);
+      t.diagnostic(summary);
+      console.log(`random-convergence: seed ${seed}: ${summary}`);
+
+      const codes = await Promise.all(cluster.nodes.map((n) => n.stop()));
+      assert.deepEqual(codes, [0, 0, 0]);
+    });
+  }
+});
