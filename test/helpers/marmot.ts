@@ -113,7 +113,10 @@ export class MarmotProcess {
     this.learnNatsPid();
     const pid = this.pid;
     if (this.running) this.child.kill("SIGTERM");
-    const exited = await Promise.race([this.exitCode, sleep(timeoutMs).then(() => "timeout" as const)]);
+    let timer: NodeJS.Timeout | undefined;
+    const timedOut = new Promise<"timeout">((resolveTimeout) => (timer = setTimeout(() => resolveTimeout("timeout"), timeoutMs)));
+    // The timer is cleared so that a stopped cluster does not keep the test process alive for timeoutMs.
+    const exited = await Promise.race([this.exitCode, timedOut]).finally(() => clearTimeout(timer));
     if (exited === "timeout") {
       await killPid(pid, 0);
       throw new Error(`marmot ${this.spec.id} (pid ${pid}) did not stop within ${timeoutMs} ms of SIGTERM:\n${this.tail()}`);
@@ -154,6 +157,10 @@ export interface ClusterOptions {
   toml?: string;
   /** external NATS: nodes get [nats] urls instead of embedded servers */
   natsUrls?: string[];
+  /** top-level TOML keys for one node (publish, replicate, ...) */
+  nodeToml?: (id: number) => string;
+  /** [replication_log] max_entries (default 100000) */
+  maxEntries?: number;
 }
 
 /** N marmot nodes on loopback, each with its own database and (by default) its own embedded nats-server. */
@@ -176,11 +183,12 @@ export class TestCluster {
         [
           `db_path = ${JSON.stringify(dbPath)}`,
           `node_id = ${id}`,
+          options.nodeToml?.(id) ?? "",
           "",
           "[replication_log]",
           `shards = ${options.shards ?? 1}`,
           `replicas = ${options.replicas ?? 1}`,
-          "max_entries = 100000",
+          `max_entries = ${options.maxEntries ?? 100_000}`,
           "",
           "[nats]",
           'bind_address = "127.0.0.1:-1"',
