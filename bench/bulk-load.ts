@@ -13,4 +13,5 @@ db.transaction(() => {
 })();
 const committedNs = nowNs();
 db.close();
-report({ startNs, committedNs });
+const cpu = process.cpuUsage();
+report({ startNs, committedNs, cpuSeconds: (cpu.user + cpu.system) / 1e6 });

@@ -44,4 +44,5 @@ for (let i = 0; ; i++) {
 }
 const endNs = nowNs();
 db.close();
-report({ node, inserts, updates, busyErrors, startNs, endNs });
+const cpu = process.cpuUsage();
+report({ node, inserts, updates, busyErrors, startNs, endNs, cpuSeconds: (cpu.user + cpu.system) / 1e6 });

@@ -44,8 +44,8 @@ export interface PublishRate {
 export async function measureJetStream(
   url: string,
   messages: MarmotMessages,
-  options: { replicas: number; durationMs: number; inFlight: number },
-): Promise<{ pipelined: PublishRate; oneAwaitedPerRow: PublishRate }> {
+  options: { replicas: number; durationMs: number; inFlight: number[] },
+): Promise<{ pipelined: PublishRate[]; oneAwaitedPerRow: PublishRate }> {
   const nc = await connect({ servers: url, name: "marmot-bench-ceiling" });
   const stream = "BENCH_CEILING";
   const subject = "bench-ceiling";
@@ -60,16 +60,20 @@ export async function measureJetStream(
     // warm-up: the stream leader and the client's buffers
     await Promise.all(messages.payloads.slice(0, 8).map(publish));
 
-    const pipelined = await timed(options.durationMs, options.inFlight, async (k) => {
-      const index = k % messages.payloads.length;
-      await publish(messages.payloads[index]!);
-      return { rows: messages.rowsPerMessage[index]!, bytes: messages.payloads[index]!.length };
-    });
+    const pipelined: PublishRate[] = [];
+    for (const inFlight of options.inFlight) {
+      const rate = await timed(options.durationMs, inFlight, async (k) => {
+        const index = k % messages.payloads.length;
+        await publish(messages.payloads[index]!);
+        return { rows: messages.rowsPerMessage[index]!, bytes: messages.payloads[index]!.length };
+      });
+      pipelined.push({ ...rate, inFlight });
+    }
     const oneAwaitedPerRow = await timed(options.durationMs, 1, async () => {
       await publish(messages.singleRow);
       return { rows: 1, bytes: messages.singleRow.length };
     });
-    return { pipelined: { ...pipelined, inFlight: options.inFlight }, oneAwaitedPerRow: { ...oneAwaitedPerRow, inFlight: 1 } };
+    return { pipelined, oneAwaitedPerRow: { ...oneAwaitedPerRow, inFlight: 1 } };
   } finally {
     await jsm.streams.delete(stream).catch(() => undefined);
     await nc.close();

@@ -1,8 +1,8 @@
 // The benchmark: starts a real three-node cluster through bin/marmot, runs T1 T2 L1 O1 M1 C1, prints and saves the figures.
 //
-//   npm run bench              full run (about 3 minutes)
-//   npm run bench -- --quick   smaller workloads (about a minute)
-//   options: --reps N (T1 repetitions), --t1-rows N, --t2-seconds N, --l1-seconds N
+//   npm run bench              full run (about 1.5 minutes)
+//   npm run bench -- --quick   smaller workloads (about 35 seconds)
+//   options: --reps N (T1 repetitions), --t1-rows N, --t2-seconds N, --l1-seconds N, --only T1,T2,L1,O1,C1
 
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -14,8 +14,8 @@ import { tempDir } from "../test/helpers/sqlite.js";
 import { measureJetStream, marmotMessages, type PublishRate } from "./ceilings.js";
 import { startApp } from "./child.js";
 import { describeMachine } from "./machine.js";
-import { MemorySampler, type MemoryFigures } from "./memory.js";
 import { measureOverhead, type OverheadRun } from "./overhead.js";
+import { ProcessSampler, type CpuFigures, type MemoryFigures, type WatchedProcess } from "./sampler.js";
 import { fixed, int, median, percentile, table } from "./stats.js";
 import { bulkTableSql, latencyTableSql, mixedTableSql, nowNs } from "./workload.js";
 
@@ -31,10 +31,13 @@ interface Settings {
   o1AutocommitRows: number;
   o1Runs: number;
   c1Seconds: number;
-  /** marmot's defaults: scan_max_changes, compress, 64 publishes in flight */
+  /** marmot's defaults: scan_max_changes, compress, publishes in flight; and the most in flight the ceiling tries */
   changesPerMessage: number;
   compress: boolean;
   inFlight: number;
+  ceilingInFlight: number;
+  /** workloads to run (--only T1,L1); all by default */
+  only: Set<string>;
 }
 
 function parseSettings(argv: string[]): Settings {
@@ -60,7 +63,9 @@ function parseSettings(argv: string[]): Settings {
     c1Seconds: quick ? 1.5 : 3,
     changesPerMessage: 512,
     compress: true,
-    inFlight: 64,
+    inFlight: 16,
+    ceilingInFlight: 64,
+    only: new Set((argv.includes("--only") ? argv[argv.indexOf("--only") + 1] ?? "" : "C1,O1,T1,T2,L1").toUpperCase().split(",")),
   };
 }
 
@@ -73,6 +78,7 @@ function sleep(ms: number): Promise<void> {
 }
 
 const seconds = (fromNs: bigint, toNs: bigint) => Number(toNs - fromNs) / 1e9;
+const cpuOf = (usage: NodeJS.CpuUsage) => (usage.user + usage.system) / 1e6;
 
 // ---------------------------------------------------------------- T1
 
@@ -84,14 +90,25 @@ interface BulkRun {
   shippedS: number;
   appliedS: number[];
   identical: boolean;
+  /** CPU seconds of the app that loaded the rows and of the benchmark's own polling */
+  appCpuS: number;
+  pollCpuS: number;
 }
 
 async function runBulkLoad(cluster: TestCluster, table: string, rows: number): Promise<BulkRun> {
   const readers = cluster.nodes.map((n) => new Database(n.spec.dbPath, { fileMustExist: true, timeout: 10_000 }));
+  const ownCpu = process.cpuUsage();
   try {
-    const counts = readers.map((db) => db.prepare(`SELECT count(*) FROM "${table}"`).pluck(true));
-    const pending = readers[0]!.prepare(`SELECT count(*) FROM "${changeLogTable(table)}"`).pluck(true);
-    const app = startApp<{ startNs: string; committedNs: string }>("bulk-load.js", { dbPath: cluster.node(1).spec.dbPath, table, rows });
+    // Cheap probes while rows arrive (a full count of 100,000 rows costs about a millisecond of CPU that marmot
+    // needs too): the highest id first, the count only once the highest id is there.
+    const counts = readers.map((db) => {
+      const highest = db.prepare(`SELECT max(id) FROM "${table}"`).pluck(true);
+      const count = db.prepare(`SELECT count(*) FROM "${table}"`).pluck(true);
+      return { get: () => ((highest.get() as number | null) === rows ? (count.get() as number) : 0) };
+    });
+    const pendingRow = readers[0]!.prepare(`SELECT 1 FROM "${changeLogTable(table)}" LIMIT 1`).pluck(true);
+    const pending = { get: () => (pendingRow.get() === undefined ? 0 : 1) };
+    const app = startApp<{ startNs: string; committedNs: string; cpuSeconds: number }>("bulk-load.js", { dbPath: cluster.node(1).spec.dbPath, table, rows });
     let failed: unknown;
     app.result.catch((err) => (failed = err));
     const appliedNs: (bigint | undefined)[] = readers.map(() => undefined);
@@ -104,11 +121,11 @@ async function runBulkLoad(cluster: TestCluster, table: string, rows: number): P
         if (appliedNs[i] === undefined && (counts[i]!.get() as number) >= rows) appliedNs[i] = nowNs();
       }
       if (shippedNs === undefined && appliedNs[0] !== undefined && (pending.get() as number) === 0) shippedNs = nowNs();
-      await sleep(5);
+      await sleep(10);
     }
     while (shippedNs === undefined) {
       if ((pending.get() as number) === 0) shippedNs = nowNs();
-      else await sleep(5);
+      else await sleep(10);
     }
     const load = await app.result;
     const start = BigInt(load.startNs);
@@ -121,6 +138,8 @@ async function runBulkLoad(cluster: TestCluster, table: string, rows: number): P
       shippedS: seconds(start, shippedNs),
       appliedS: applied,
       identical,
+      appCpuS: load.cpuSeconds,
+      pollCpuS: cpuOf(process.cpuUsage(ownCpu)),
     };
   } finally {
     for (const db of readers) db.close();
@@ -140,12 +159,13 @@ interface MixedRun {
   /** seconds after the writers stopped until every node had every inserted row, and until sqldiff found nothing */
   allRowsAfterStopS: number;
   identicalAfterStopS: number;
+  appCpuS: number;
 }
 
 async function runMixedWriters(cluster: TestCluster, s: Settings): Promise<MixedRun> {
   const startAtNs = nowNs() + 2_000_000_000n;
   const writers = cluster.nodes.map((n) =>
-    startApp<{ inserts: number; updates: number; busyErrors: number; startNs: string; endNs: string }>("busy-writer.js", {
+    startApp<{ inserts: number; updates: number; busyErrors: number; startNs: string; endNs: string; cpuSeconds: number }>("busy-writer.js", {
       dbPath: n.spec.dbPath,
       table: T2_TABLE,
       node: n.spec.id,
@@ -191,6 +211,7 @@ async function runMixedWriters(cluster: TestCluster, s: Settings): Promise<Mixed
     replicatedRowsPerSec: writes / seconds(start, allRowsNs),
     allRowsAfterStopS: Math.max(0, seconds(end, allRowsNs)),
     identicalAfterStopS: Math.max(0, seconds(end, identicalNs)),
+    appCpuS: results.reduce((a, r) => a + r.cpuSeconds, 0),
   };
 }
 
@@ -250,12 +271,14 @@ interface Results {
   date: string;
   machine: ReturnType<typeof describeMachine>;
   settings: Settings;
-  C1?: { sqliteBulkRowsPerSec: number; jetstreamPipelined: PublishRate; jetstreamOneAwaitedPerRow: PublishRate };
+  C1?: { sqliteBulkRowsPerSec: number; jetstreamPipelined: PublishRate; jetstreamAtMarmotInFlight: PublishRate; jetstreamOneAwaitedPerRow: PublishRate };
   O1?: { runs: OverheadRun[]; bulkRatio: number; autocommitRatio: number };
   T1?: { runs: BulkRun[]; medianRowsPerSec: number };
   T2?: MixedRun;
   L1?: LatencyRun;
-  M1?: { phases: Record<string, Record<string, MemoryFigures>>; highWaterMb: Record<string, number | undefined> };
+  M1?: { phases: Record<string, Record<string, MemoryFigures>>; highWaterMb: Record<string, number | undefined>; processes: WatchedProcess[] };
+  /** CPU seconds of each marmot and nats-server process per phase, and the phase's wall time */
+  cpu?: Record<string, { wallS: number; processes: Record<string, CpuFigures> }>;
   errors: string[];
 }
 
@@ -274,17 +297,32 @@ async function main(): Promise<void> {
 
   const dir = tempDir("marmot-bench-");
   // O1 and the SQLite ceiling first, on a quiet machine.
-  console.log("O1/C1: insert rates with and without capture ...");
-  const overhead = measureOverhead(dir, settings.o1BulkRows, settings.o1AutocommitRows, settings.o1Runs);
-  results.O1 = {
-    runs: overhead,
-    bulkRatio: median(overhead.map((r) => r.captured.bulkRowsPerSec / r.plain.bulkRowsPerSec)),
-    autocommitRatio: median(overhead.map((r) => r.captured.autocommitRowsPerSec / r.plain.autocommitRowsPerSec)),
-  };
-  const sqliteBulkRowsPerSec = median(overhead.map((r) => r.plain.bulkRowsPerSec));
+  const run = (workload: string) => settings.only.has(workload);
+  let sqliteBulkRowsPerSec = NaN;
+  if (run("O1") || run("C1")) {
+    console.log("O1/C1: insert rates with and without capture ...");
+    const overhead = measureOverhead(dir, settings.o1BulkRows, settings.o1AutocommitRows, settings.o1Runs);
+    results.O1 = {
+      runs: overhead,
+      bulkRatio: median(overhead.map((r) => r.captured.bulkRowsPerSec / r.plain.bulkRowsPerSec)),
+      autocommitRatio: median(overhead.map((r) => r.captured.autocommitRowsPerSec / r.plain.autocommitRowsPerSec)),
+    };
+    sqliteBulkRowsPerSec = median(overhead.map((r) => r.plain.bulkRowsPerSec));
+  }
 
   let cluster: TestCluster | undefined;
-  let sampler: MemorySampler | undefined;
+  let sampler: ProcessSampler | undefined;
+  const phaseWall: Record<string, number> = {};
+  const phase = async <T>(name: string, work: () => Promise<T>): Promise<T> => {
+    sampler!.enter(name);
+    const start = nowNs();
+    try {
+      return await work();
+    } finally {
+      phaseWall[name] = seconds(start, nowNs());
+      sampler!.enter("idle");
+    }
+  };
   try {
     const schema = [
       ...Array.from({ length: settings.t1Reps }, (_, i) => bulkTableSql(t1Table(i + 1))),
@@ -294,7 +332,7 @@ async function main(): Promise<void> {
     console.log("starting 3 marmot nodes (embedded NATS cluster, R3 streams) ...");
     cluster = await TestCluster.create({ schema, replicas: 3, shards: 1 });
     await cluster.startAll();
-    sampler = new MemorySampler(
+    sampler = new ProcessSampler(
       cluster.nodes.flatMap((n) => [
         { label: `marmot-${n.spec.id}`, pid: n.pid },
         ...(n.natsPid !== undefined ? [{ label: `nats-${n.spec.id}`, pid: n.natsPid }] : []),
@@ -302,47 +340,60 @@ async function main(): Promise<void> {
     );
     sampler.start();
 
-    console.log("C1: JetStream ceilings on the same cluster ...");
-    const messages = marmotMessages(t1Table(1), settings.t1Rows, settings.changesPerMessage, settings.compress);
-    const js = await measureJetStream(natsUrlOf(cluster.node(1).output), messages, {
-      replicas: 3,
-      durationMs: settings.c1Seconds * 1000,
-      inFlight: settings.inFlight,
-    });
-    results.C1 = { sqliteBulkRowsPerSec, jetstreamPipelined: js.pipelined, jetstreamOneAwaitedPerRow: js.oneAwaitedPerRow };
-
-    const bulkRuns: BulkRun[] = [];
-    for (let rep = 1; rep <= settings.t1Reps; rep++) {
-      console.log(`T1: ${int(settings.t1Rows)} rows in one transaction on node 1, run ${rep} of ${settings.t1Reps} ...`);
-      await sleep(1000);
-      sampler.enter(`T1#${rep}`);
-      bulkRuns.push(await runBulkLoad(cluster, t1Table(rep), settings.t1Rows));
-      sampler.enter("idle");
+    if (run("C1")) {
+      console.log("C1: JetStream ceilings on the same cluster ...");
+      const messages = marmotMessages(t1Table(1), settings.t1Rows, settings.changesPerMessage, settings.compress);
+      const js = await measureJetStream(natsUrlOf(cluster.node(1).output), messages, {
+        replicas: 3,
+        durationMs: settings.c1Seconds * 1000,
+        inFlight: [settings.ceilingInFlight, settings.inFlight],
+      });
+      results.C1 = {
+        sqliteBulkRowsPerSec,
+        jetstreamPipelined: js.pipelined[0]!,
+        jetstreamAtMarmotInFlight: js.pipelined[1]!,
+        jetstreamOneAwaitedPerRow: js.oneAwaitedPerRow,
+      };
     }
-    results.T1 = { runs: bulkRuns, medianRowsPerSec: median(bulkRuns.map((r) => r.rowsPerSec)) };
 
-    console.log(`T2: three writers for ${settings.t2Seconds} s ...`);
-    await sleep(1000);
-    sampler.enter("T2");
-    results.T2 = await runMixedWriters(cluster, settings);
-    sampler.enter("idle");
+    if (run("T1")) {
+      const bulkRuns: BulkRun[] = [];
+      for (let rep = 1; rep <= settings.t1Reps; rep++) {
+        console.log(`T1: ${int(settings.t1Rows)} rows in one transaction on node 1, run ${rep} of ${settings.t1Reps} ...`);
+        await sleep(1000);
+        bulkRuns.push(await phase(`T1#${rep}`, () => runBulkLoad(cluster!, t1Table(rep), settings.t1Rows)));
+      }
+      results.T1 = { runs: bulkRuns, medianRowsPerSec: median(bulkRuns.map((r) => r.rowsPerSec)) };
+    }
 
-    console.log(`L1: ${settings.l1PerSecond} writes/s for ${settings.l1Seconds} s on node 1, read on node 2 ...`);
-    await sleep(1000);
-    sampler.enter("L1");
-    results.L1 = await runLatency(cluster, settings);
-    sampler.enter("idle");
+    if (run("T2")) {
+      console.log(`T2: three writers for ${settings.t2Seconds} s ...`);
+      await sleep(1000);
+      results.T2 = await phase("T2", () => runMixedWriters(cluster!, settings));
+    }
+
+    if (run("L1")) {
+      console.log(`L1: ${settings.l1PerSecond} writes/s for ${settings.l1Seconds} s on node 1, read on node 2 ...`);
+      await sleep(1000);
+      results.L1 = await phase("L1", () => runLatency(cluster!, settings));
+    }
   } catch (err) {
     results.errors.push((err as Error).stack ?? String(err));
     console.error(`benchmark failed: ${(err as Error).message}`);
   } finally {
     if (sampler) {
       sampler.stop();
-      const phases = ["T1#1", "T1#2", "T1#3", "T1#4", "T1#5", "T2", "L1"].slice(0);
+      const phases = [...Array.from({ length: settings.t1Reps }, (_, i) => `T1#${i + 1}`), "T2", "L1"];
       results.M1 = {
-        phases: Object.fromEntries(phases.map((p) => [p, sampler!.figures(p)]).filter(([, f]) => Object.keys(f as object).length > 0)),
+        phases: Object.fromEntries(phases.map((p) => [p, sampler!.memory(p)]).filter(([, f]) => Object.keys(f as object).length > 0)),
         highWaterMb: sampler.highWaterMb(),
+        processes: sampler.processes,
       };
+      results.cpu = {};
+      for (const p of phases) {
+        const used = sampler.cpuIn(p);
+        if (used && phaseWall[p] !== undefined) results.cpu[p] = { wallS: phaseWall[p]!, processes: used };
+      }
     }
     if (cluster) await cluster.stopAll().catch((err) => results.errors.push(`stopping the cluster: ${(err as Error).message}`));
     await killAll();
@@ -353,9 +404,28 @@ async function main(): Promise<void> {
   const outDir = join(repoRoot, "bench", "results");
   mkdirSync(outDir, { recursive: true });
   const file = join(outDir, `${results.date.replace(/[:.]/g, "-")}.json`);
-  writeFileSync(file, JSON.stringify(results, null, 2) + "\n");
+  writeFileSync(file, JSON.stringify({ ...results, settings: { ...settings, only: [...settings.only] } }, null, 2) + "\n");
   console.log(`\nresults written to ${file}`);
   if (results.errors.length > 0) process.exitCode = 1;
+}
+
+/** "marmot 2.9/1.8/1.8, nats 0.5/0.4/0.4, app 0.8 of 8.6 (4.3 s x 2 cores)" */
+function cpuLine(cpu: { wallS: number; processes: Record<string, CpuFigures> }, cores: number, extra: Record<string, number>): string {
+  const of = (kind: string) => [1, 2, 3].map((n) => fixed(cpu.processes[`${kind}-${n}`]?.cpuS ?? NaN, 1)).join("/");
+  const total = Object.values(cpu.processes).reduce((a, b) => a + b.cpuS, 0) + Object.values(extra).reduce((a, b) => a + b, 0);
+  const others = Object.entries(extra).map(([k, v]) => `${k} ${fixed(v, 1)}`).join(", ");
+  return `marmot ${of("marmot")}, nats-server ${of("nats")}, ${others}: ${fixed(total, 1)} of ${fixed(cpu.wallS * cores, 1)} (${fixed(cpu.wallS, 1)} s x ${cores} cores)`;
+}
+
+/** Each marmot's main thread: running, waiting for a CPU, and the rest (waiting for the network, a lock or the disk). */
+function mainThreadLine(cpu: { wallS: number; processes: Record<string, CpuFigures> }): string {
+  return [1, 2, 3]
+    .map((n) => {
+      const f = cpu.processes[`marmot-${n}`];
+      if (!f) return `marmot-${n} n/a`;
+      return `marmot-${n} run ${fixed(f.mainCpuS, 1)} / wait-cpu ${fixed(f.mainWaitS, 1)} / other ${fixed(Math.max(0, cpu.wallS - f.mainCpuS - f.mainWaitS), 1)} s`;
+    })
+    .join(", ");
 }
 
 function verdict(ok: boolean | undefined): string {
@@ -364,22 +434,24 @@ function verdict(ok: boolean | undefined): string {
 
 function render(r: Results): string {
   const rows: string[][] = [];
-  const jsRate = r.C1?.jetstreamPipelined.rowsPerSec ?? NaN;
+  const notes: string[] = [];
+  const jsRate = r.C1 ? Math.max(r.C1.jetstreamPipelined.rowsPerSec, r.C1.jetstreamAtMarmotInFlight.rowsPerSec) : NaN;
   const sqliteRate = r.C1?.sqliteBulkRowsPerSec ?? NaN;
   const awaitedRate = r.C1?.jetstreamOneAwaitedPerRow.rowsPerSec ?? NaN;
   const ofCeilings = (rate: number) => `${fixed(rate / jsRate)} of JS, ${fixed(rate / sqliteRate)} of SQLite, ${fixed(rate / awaitedRate, 1)}x awaited`;
   if (r.C1) {
-    const p = r.C1.jetstreamPipelined;
     const a = r.C1.jetstreamOneAwaitedPerRow;
     rows.push(["C1", "raw better-sqlite3 insert, one transaction", `${int(sqliteRate)} rows/s`, "", "", ""]);
-    rows.push([
-      "C1",
-      `raw JetStream R3 publish, ${p.inFlight} in flight`,
-      `${int(p.rowsPerSec)} rows/s`,
-      "",
-      `${int(p.messagesPerSec)} msg/s of ${int(p.meanMessageBytes)} B, ${fixed(p.megabytesPerSec, 1)} MB/s`,
-      "",
-    ]);
+    for (const p of [r.C1.jetstreamPipelined, r.C1.jetstreamAtMarmotInFlight]) {
+      rows.push([
+        "C1",
+        `raw JetStream R3 publish, ${p.inFlight} in flight${p.inFlight === r.settings.inFlight ? " (as marmot)" : ""}`,
+        `${int(p.rowsPerSec)} rows/s`,
+        "",
+        `${int(p.messagesPerSec)} msg/s of ${int(p.meanMessageBytes)} B (${r.settings.changesPerMessage} rows), ${fixed(p.megabytesPerSec, 1)} MB/s`,
+        "",
+      ]);
+    }
     rows.push(["C1", "one awaited publish per row (R3)", `${int(a.rowsPerSec)} rows/s`, "", `${int(a.meanMessageBytes)} B messages`, ""]);
   }
   if (r.T1) {
@@ -395,6 +467,11 @@ function render(r: Results): string {
         run.identical ? "sqldiff: identical" : "sqldiff: DIFFERENT",
         "",
       ]);
+      const cpu = r.cpu?.[`T1#${i + 1}`];
+      if (cpu) {
+        notes.push(`T1 run ${i + 1} CPU seconds: ${cpuLine(cpu, r.machine.cores, { app: run.appCpuS, bench: run.pollCpuS })}`);
+        notes.push(`T1 run ${i + 1} main threads: ${mainThreadLine(cpu)}`);
+      }
     }
   }
   if (r.T2) {
@@ -402,6 +479,8 @@ function render(r: Results): string {
     rows.push(["T2", `3 writers ${fixed(t.seconds, 1)} s: app writes (${int(t.inserts)} ins, ${int(t.updates)} upd)`, `${int(t.appWritesPerSec)} rows/s`, "", t.busyErrors > 0 ? `${t.busyErrors} SQLITE_BUSY` : "", ""]);
     rows.push(["T2", "replicated to all nodes", `${int(t.replicatedRowsPerSec)} rows/s`, "", ofCeilings(t.replicatedRowsPerSec), ""]);
     rows.push(["T2", "after the writers stop: every row on every node / identical by sqldiff", `${fixed(t.allRowsAfterStopS)} s / ${fixed(t.identicalAfterStopS)} s`, "", "", ""]);
+    const cpu = r.cpu?.["T2"];
+    if (cpu) notes.push(`T2 CPU seconds: ${cpuLine(cpu, r.machine.cores, { apps: t.appCpuS })}`);
   }
   if (r.L1) {
     const l = r.L1;
@@ -431,7 +510,9 @@ function render(r: Results): string {
       const peaks = phases.map((p) => labels.map((l) => r.M1!.phases[p]![l]?.peakMb ?? NaN));
       const overall = Math.max(...peaks.flat().filter(Number.isFinite));
       const t1Peaks = phases.filter((p) => p.startsWith("T1")).map((p) => Math.max(...labels.map((l) => r.M1!.phases[p]![l]?.peakMb ?? 0)));
-      const flat = t1Peaks.length < 2 || Math.max(...t1Peaks.slice(1)) <= t1Peaks[0]! * 1.25;
+      // Flat: the last T1 run peaks no more than 20% above the second (the first also warms a fresh process up).
+      const reference = t1Peaks.length >= 3 ? t1Peaks[1]! : t1Peaks[0]!;
+      const flat = t1Peaks.length < 2 || t1Peaks[t1Peaks.length - 1]! <= reference * 1.2;
       rows.push([
         "M1",
         `peak RSS ${kind === "marmot" ? "marmot" : "nats-server"} n1/n2/n3 per phase (${phases.join(", ")})`,
@@ -444,6 +525,7 @@ function render(r: Results): string {
   }
   const header = ["", "measure", "value", "target", "detail / ratio to the ceilings", ""];
   let out = table(header, rows);
+  if (notes.length > 0) out += `\n\n${notes.join("\n")}`;
   out += `\nmachine: ${r.machine.cores} cores ${r.machine.cpuModel}, ${r.machine.memoryGb} GB; Node ${r.machine.node}; ${r.machine.natsServer}; SQLite ${r.machine.sqlite}`;
   out += `\ncommand: ${r.command}`;
   if (r.errors.length > 0) out += `\nERRORS:\n${r.errors.join("\n")}`;

@@ -1,9 +1,10 @@
-// Applies replicated batches to the local database: one transaction per message, its stream sequence recorded inside it.
+// Applies replicated batches to the local database: one transaction per message (or per run of messages already
+// delivered), the stream sequence of the last one recorded inside it.
 
 import type { Database, Statement } from "better-sqlite3";
 import { DecodeError } from "../errors.js";
 import type { Logger } from "../log.js";
-import { decodeBatch, encodeBatch, type ChangeBatch, type WireChange } from "../stream/codec.js";
+import { decodeBatch, encodeBatch, type ChangeBatch, type WireChange, type WireTable } from "../stream/codec.js";
 import { APPLIED_TABLE, APPLYING_TABLE, PARKED_TABLE, ROWID_KEY } from "./names.js";
 import { quoteIdent } from "./quote.js";
 import { rowidAlias } from "./schema.js";
@@ -22,6 +23,22 @@ interface ParkedChange {
   reason: string;
 }
 
+export interface StreamMessage {
+  seq: number;
+  data: Uint8Array;
+}
+
+/** How one wire table's changes of one op are applied here: a statement, or why they cannot be. */
+type Plan = { statement: Statement; reason?: undefined } | { statement?: undefined; reason: string };
+
+/**
+ * Plans of one apply call, by the decoded table object its changes share: the checks and the statement lookup run
+ * once per table of a message, not once per row.
+ */
+type Plans = Map<WireTable, { upsert?: Plan; delete?: Plan }>;
+
+const duplicate = (): ApplyResult => ({ outcome: "duplicate", applied: 0, parked: 0 });
+
 /** Why a change cannot be applied here, or undefined when it can. Names come only from the local schema. */
 function mismatch(change: WireChange, local: TableInfo | undefined): string | undefined {
   if (!local) return `table "${change.table.name}" does not exist on this node`;
@@ -30,6 +47,14 @@ function mismatch(change: WireChange, local: TableInfo | undefined): string | un
     return `table "${local.name}" has key (${local.keyColumns.join(", ")}) here, the change has (${wireKey.join(", ")})`;
   }
   if (change.op === "upsert") {
+    // Without its key an upsert would insert a made-up row; a repeated column could exceed SQLite's limits and throw.
+    const named = new Set<string>();
+    for (const c of change.table.columns) {
+      if (named.has(c)) return `the change names column "${c}" of table "${local.name}" twice`;
+      named.add(c);
+    }
+    const keyless = local.keyColumns.filter((k) => !named.has(k));
+    if (keyless.length > 0) return `the change to table "${local.name}" lacks key column ${keyless.map((k) => `"${k}"`).join(", ")}`;
     const known = new Set(local.columns.map((c) => c.name));
     if (local.rowidKeyed) known.add(ROWID_KEY);
     const missing = change.table.columns.filter((c) => !known.has(c));
@@ -84,36 +109,71 @@ export class Applier {
 
   /** Apply one stream message. Never throws for bad content: what cannot be applied is parked. */
   applyMessage(stream: string, seq: number, data: Uint8Array): ApplyResult {
-    if (seq <= this.appliedSequence(stream)) return { outcome: "duplicate", applied: 0, parked: 0 };
+    return this.applyMessages(stream, [{ seq, data }])[0]!;
+  }
+
+  /**
+   * Apply messages of one stream in their order, all in one transaction that records the last sequence: when the
+   * stream runs ahead, messages already delivered share one commit. Those at or below the applied sequence are
+   * duplicates and change nothing. Throws (and applies none of them) only when the database fails.
+   */
+  applyMessages(stream: string, messages: readonly StreamMessage[]): ApplyResult[] {
+    const before = this.appliedSequence(stream);
+    if (messages.every((m) => m.seq <= before)) return messages.map(duplicate);
+    let last = before;
+    const results: ApplyResult[] = [];
+    const plans: Plans = new Map();
+    const parkedTablesBefore = new Set(this.parkedTables);
+    try {
+      this.db.transaction(() => {
+        this.enterApply.run();
+        for (const { seq, data } of messages) {
+          if (seq <= last) {
+            results.push(duplicate());
+            continue;
+          }
+          results.push(this.applyOne(stream, seq, data, plans));
+          last = seq;
+        }
+        this.leaveApply.run();
+        this.recordApplied.run(stream, BigInt(last));
+      }).immediate();
+    } catch (err) {
+      // Rolled back: tables parked by these messages are not parked after all.
+      this.parkedTables.clear();
+      for (const t of parkedTablesBefore) this.parkedTables.add(t);
+      throw err;
+    }
+    this.applied.set(stream, last);
+    return results;
+  }
+
+  /** One message, inside the caller's transaction. */
+  private applyOne(stream: string, seq: number, data: Uint8Array, plans: Plans): ApplyResult {
     let batch: ChangeBatch;
     try {
       batch = decodeBatch(data);
     } catch (err) {
       if (!(err instanceof DecodeError)) throw err;
       this.logger.error("set aside a message that is not a valid marmot batch", { stream, seq, reason: err.message });
-      this.db.transaction(() => {
-        this.insertParked.run(stream, BigInt(seq), null, `undecodable: ${err.message}`, Buffer.from(data), BigInt(Date.now()));
-        this.recordApplied.run(stream, BigInt(seq));
-      }).immediate();
-      this.applied.set(stream, seq);
+      this.insertParked.run(stream, BigInt(seq), null, `undecodable: ${err.message}`, Buffer.from(data), BigInt(Date.now()));
       return { outcome: "parked", applied: 0, parked: 1 };
     }
     let appliedCount = 0;
     const parked: ParkedChange[] = [];
-    this.db.transaction(() => {
-      this.enterApply.run();
-      for (const change of batch.changes) {
-        const reason = this.parkedTables.has(change.table.name)
-          ? `earlier changes to table "${change.table.name}" are waiting`
-          : this.applyChange(change);
-        if (reason === undefined) appliedCount++;
-        else parked.push({ change, reason });
+    // Tables with a change parked earlier in this message: their later changes wait behind it, as across messages.
+    const waitingHere = new Set<string>();
+    for (const change of batch.changes) {
+      const name = change.table.name;
+      const reason =
+        this.parkedTables.has(name) || waitingHere.has(name) ? `earlier changes to table "${name}" are waiting` : this.applyChange(change, plans);
+      if (reason === undefined) appliedCount++;
+      else {
+        parked.push({ change, reason });
+        waitingHere.add(name);
       }
-      this.park(stream, seq, batch.origin, parked);
-      this.leaveApply.run();
-      this.recordApplied.run(stream, BigInt(seq));
-    }).immediate();
-    this.applied.set(stream, seq);
+    }
+    this.park(stream, seq, batch.origin, parked);
     const outcome: ApplyOutcome = parked.length === 0 ? "applied" : appliedCount === 0 ? "parked" : "partly-parked";
     return { outcome, applied: appliedCount, parked: parked.length };
   }
@@ -166,13 +226,19 @@ export class Applier {
   }
 
   /** Apply one change; returns why it cannot be applied, or undefined when it was. */
-  private applyChange(change: WireChange): string | undefined {
-    const local = this.tables.get(change.table.name);
-    const reason = mismatch(change, local);
-    if (reason !== undefined) return reason;
-    const statement = this.statementFor(local!, change);
+  private applyChange(change: WireChange, plans: Plans = new Map()): string | undefined {
+    let byOp = plans.get(change.table);
+    if (!byOp) plans.set(change.table, (byOp = {}));
+    let plan = byOp[change.op];
+    if (!plan) {
+      const local = this.tables.get(change.table.name);
+      const reason = mismatch(change, local);
+      plan = reason !== undefined ? { reason } : { statement: this.statementFor(local!, change) };
+      byOp[change.op] = plan;
+    }
+    if (plan.reason !== undefined) return plan.reason;
     try {
-      statement.run(change.values);
+      plan.statement.run(change.values);
       return undefined;
     } catch (err) {
       const code = (err as { code?: string }).code ?? "";

@@ -4,7 +4,7 @@ import { AckPolicy, DeliverPolicy, type JetStreamClient, type JetStreamManager, 
 import { nanos } from "@nats-io/transport-node";
 import type { Logger } from "../log.js";
 import type { Metrics } from "../metrics.js";
-import type { ApplyResult } from "../sqlite/applier.js";
+import type { ApplyResult, StreamMessage } from "../sqlite/applier.js";
 import { sleep } from "../shipper.js";
 import type { ShardStream } from "./streams.js";
 
@@ -12,7 +12,13 @@ import type { ShardStream } from "./streams.js";
 export interface MessageApplier {
   appliedSequence(stream: string): number;
   applyMessage(stream: string, seq: number, data: Uint8Array): ApplyResult;
+  /** Several messages in one transaction that records the last sequence (optional: else one at a time). */
+  applyMessages?(stream: string, messages: readonly StreamMessage[]): ApplyResult[];
 }
+
+/** Messages already delivered that are applied together at most: bounds how long one transaction holds the write lock. */
+const MAX_BATCH_MESSAGES = 64;
+const MAX_BATCH_BYTES = 256 * 1024;
 
 export interface ShardConsumerOptions {
   /** durable consumer name, the same for every shard of this node */
@@ -95,14 +101,59 @@ export class ShardConsumer {
     const onAbort = () => void messages.stop();
     signal.addEventListener("abort", onAbort, { once: true });
     try {
+      let batch: JsMsg[] = [];
+      let batchBytes = 0;
       for await (const m of messages) {
-        if (!(await this.handle(m))) break;
+        batch.push(m);
+        batchBytes += m.data.length;
+        // More messages are already here: take them into the same transaction rather than commit each one.
+        // Nothing waits for a message that has not arrived. Counted as received minus yielded: getPending() also
+        // counts the client's queued pull requests, so it can stay above 0 with no message left and stall the batch.
+        const queued = messages.getReceived() - messages.getProcessed();
+        if (queued > 0 && batch.length < MAX_BATCH_MESSAGES && batchBytes < MAX_BATCH_BYTES) continue;
+        const goOn = await this.handleBatch(batch);
+        batch = [];
+        batchBytes = 0;
+        if (!goOn) break;
       }
     } finally {
       signal.removeEventListener("abort", onAbort);
       messages.stop();
     }
     if (!signal.aborted) throw new Error("consumer stopped delivering");
+  }
+
+  /**
+   * Apply messages that continue the stream in one transaction, then ack them all; anything unusual (a gap, or an
+   * applier without batches) takes the one-at-a-time path. False when the consumer must be started again.
+   */
+  private async handleBatch(batch: JsMsg[]): Promise<boolean> {
+    const { stream } = this.shard;
+    let expected = this.applier.appliedSequence(stream) + 1;
+    const contiguous = batch.every((m) => {
+      const ok = m.seq <= expected;
+      expected = Math.max(expected, m.seq + 1);
+      return ok;
+    });
+    if (batch.length === 1 || !contiguous || !this.applier.applyMessages) {
+      for (const m of batch) if (!(await this.handle(m))) return false;
+      return true;
+    }
+    const results = this.applier.applyMessages(
+      stream,
+      batch.map((m) => ({ seq: m.seq, data: m.data })),
+    );
+    // Acked only now: the transaction that applied them and recorded the last sequence has committed.
+    for (const m of batch) m.ack();
+    for (const [i, result] of results.entries()) this.record(batch[i]!, result);
+    return true;
+  }
+
+  private record(m: JsMsg, result: ApplyResult): void {
+    if (result.outcome === "duplicate") return;
+    this.metrics?.applied.inc(result.applied);
+    if (result.parked > 0) this.metrics?.parked.inc(result.parked);
+    this.logger.debug("applied message", { stream: this.shard.stream, seq: m.seq, outcome: result.outcome, changes: result.applied, parked: result.parked });
   }
 
   /** Apply one message; false when the consumer must be started again to keep the order. */
@@ -125,11 +176,7 @@ export class ShardConsumer {
     }
     const result = this.applier.applyMessage(stream, m.seq, m.data);
     m.ack();
-    if (result.outcome !== "duplicate") {
-      this.metrics?.applied.inc(result.applied);
-      if (result.parked > 0) this.metrics?.parked.inc(result.parked);
-      this.logger.debug("applied message", { stream, seq: m.seq, outcome: result.outcome, changes: result.applied, parked: result.parked });
-    }
+    this.record(m, result);
     return true;
   }
 }
