@@ -29,7 +29,9 @@ export interface StreamMessage {
 }
 
 /** How one wire table's changes of one op are applied here: a statement, or why they cannot be. */
-type Plan = { statement: Statement; reason?: undefined } | { statement?: undefined; reason: string };
+type Plan =
+  | { statement: Statement; local: TableInfo; reason?: undefined }
+  | { statement?: undefined; local?: undefined; reason: string };
 
 /**
  * Plans of one apply call, by the decoded table object its changes share: the checks and the statement lookup run
@@ -233,7 +235,7 @@ export class Applier {
     if (!plan) {
       const local = this.tables.get(change.table.name);
       const reason = mismatch(change, local);
-      plan = reason !== undefined ? { reason } : { statement: this.statementFor(local!, change) };
+      plan = reason !== undefined ? { reason } : { statement: this.statementFor(local!, change), local: local! };
       byOp[change.op] = plan;
     }
     if (plan.reason !== undefined) return plan.reason;
@@ -242,9 +244,38 @@ export class Applier {
       return undefined;
     } catch (err) {
       const code = (err as { code?: string }).code ?? "";
+      if (code === "SQLITE_CONSTRAINT_UNIQUE" && change.op === "upsert") return this.replaceConflicting(plan.local, change);
       if (code.startsWith("SQLITE_CONSTRAINT") || code === "SQLITE_MISMATCH" || code === "SQLITE_TOOBIG") {
         return `${code}: ${(err as Error).message}`;
       }
+      throw err;
+    }
+  }
+
+  /**
+   * Two nodes wrote rows that clash on a UNIQUE column (the same email under two ids, say). The change later in the
+   * stream wins, as it does for a row's own key: the clashing row goes. Every node applies the stream in the same
+   * order, so every node removes the same row, and they converge instead of stalling the table.
+   */
+  private replaceConflicting(local: TableInfo, change: WireChange): string | undefined {
+    const ident = (name: string) => (local.rowidKeyed && name === ROWID_KEY ? rowidAlias(local) : quoteIdent(name));
+    const columns = change.table.columns.map(ident);
+    const cacheKey = `replace\u0000${local.name}\u0000${change.table.columns.join("\u0000")}`;
+    let statement = this.statements.get(cacheKey);
+    if (!statement) {
+      statement = this.db.prepare(`INSERT OR REPLACE INTO ${quoteIdent(local.name)} (${columns.join(", ")}) VALUES (${columns.map(() => "?").join(", ")})`);
+      this.statements.set(cacheKey, statement);
+    }
+    try {
+      const replaced = statement.run(change.values).changes;
+      this.logger.warn("a replicated row replaced a row that clashed with it on a UNIQUE column (the later write wins)", {
+        table: local.name,
+        rows: replaced,
+      });
+      return undefined;
+    } catch (err) {
+      const code = (err as { code?: string }).code ?? "";
+      if (code.startsWith("SQLITE_CONSTRAINT")) return `${code}: ${(err as Error).message}`;
       throw err;
     }
   }

@@ -20,6 +20,13 @@ export interface MessageApplier {
 const MAX_BATCH_MESSAGES = 64;
 const MAX_BATCH_BYTES = 256 * 1024;
 
+/**
+ * How long one pull request lives. A pull lost with a server or a consumer leader (a node crash, a leadership change)
+ * is only noticed after two missed idle heartbeats, half of this each: with the client's default of 30 s, the node
+ * stopped applying for 30 s after every such event.
+ */
+const PULL_EXPIRES_MS = 5000;
+
 export interface ShardConsumerOptions {
   /** durable consumer name, the same for every shard of this node */
   durableName: string;
@@ -97,9 +104,11 @@ export class ShardConsumer {
     await this.recreateDurable(startAfter);
     this.logger.info("consuming stream", { stream, after_seq: startAfter });
     const consumer = await this.js.consumers.get(stream, this.options.durableName);
-    const messages = await consumer.consume({ max_messages: this.options.prefetch ?? 256 });
+    const messages = await consumer.consume({ max_messages: this.options.prefetch ?? 256, expires: PULL_EXPIRES_MS });
     const onAbort = () => void messages.stop();
     signal.addEventListener("abort", onAbort, { once: true });
+    // A stop that came while the consumer was being set up fired before this listener existed.
+    if (signal.aborted) onAbort();
     try {
       let batch: JsMsg[] = [];
       let batchBytes = 0;

@@ -37,16 +37,11 @@ describe("messages marmot did not write", () => {
   });
 
   after(async () => {
-    console.log("after", Date.now());
     await nc?.close();
-    console.log("nc closed", Date.now());
     try {
       await cluster?.stopAll();
     } finally {
-      console.log("cluster stopped", Date.now());
       await server?.stop();
-      console.log("server stopped", Date.now());
-      setTimeout(() => { console.log("handles", (process as any)._getActiveHandles().map((h: any) => h.constructor.name + " " + (h.remotePort ?? h._idleTimeout ?? h.pid ?? "")), (process as any)._getActiveRequests()); }, 3000).unref();
     }
   });
 

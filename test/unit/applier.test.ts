@@ -269,6 +269,56 @@ describe("parking what this node cannot apply", () => {
     }
   });
 
+  it("keeps a table's order inside one batch too: after a parked change, later changes to that table wait", () => {
+    const n = node();
+    try {
+      const WIDER: WireTable = { name: "later", columns: ["id", "v", "extra"], keyColumns: ["id"] };
+      const NARROW: WireTable = { name: "later", columns: ["id", "v"], keyColumns: ["id"] };
+      const result = n.applier.applyMessage(
+        STREAM,
+        1,
+        batch(change(WIDER, "upsert", 1, [1n, "older", "x"]), change(NARROW, "upsert", 2, [1n, "newer"]), upsertBook(1, "Emma", "a", 3)),
+      );
+      assert.deepEqual(result, { outcome: "partly-parked", applied: 1, parked: 2 });
+      assert.equal(rows(n.path, "SELECT count(*) FROM later"), "0");
+      sqlite3(n.path, "ALTER TABLE later ADD COLUMN extra TEXT;");
+      n.refreshSchema();
+      assert.equal(n.applier.retryParked(), 2);
+      assert.equal(rows(n.path, "SELECT id, v, extra FROM later"), "1|newer|x", "the row ends in its last state");
+    } finally {
+      n.db.close();
+    }
+  });
+
+  it("parks an upsert that lacks a key column, has no columns, or names a column twice, instead of inserting or throwing", () => {
+    const n = node();
+    try {
+      sqlite3(n.path, "INSERT INTO Books VALUES (1, 'Emma', 'Austen');");
+      const noKey: WireTable = { name: "Books", columns: ["title", "author"], keyColumns: ["id"] };
+      const noColumns: WireTable = { name: "Books", columns: [], keyColumns: ["id"] };
+      const twice: WireTable = { name: "vals", columns: ["id", ...Array.from({ length: 40_000 }, () => "v")], keyColumns: ["id"] };
+      const noRowid: WireTable = { name: "notes", columns: ["body", "tag"], keyColumns: ["rowid"] };
+      let seq = 0;
+      for (const [table, values] of [
+        [noKey, ["Dracula", "Stoker"]],
+        [noColumns, []],
+        [twice, [1n, ...Array.from({ length: 40_000 }, () => "x")]],
+        [noRowid, ["body", "tag"]],
+      ] as [WireTable, SqlValue[]][]) {
+        const result = n.applier.applyMessage(STREAM, ++seq, batch(change(table, "upsert", seq, values)));
+        assert.equal(result.outcome, "parked", `${table.name} (${table.columns.length} columns)`);
+      }
+      assert.equal(rows(n.path, "SELECT id, title FROM Books"), "1|Emma", "no row was made up");
+      assert.equal(rows(n.path, "SELECT (SELECT count(*) FROM vals) + (SELECT count(*) FROM notes)"), "0");
+      assert.equal(appliedSeq(n.path), String(seq));
+      const reasons = parked(n.db).map((p) => p.reason);
+      assert.match(reasons[0]!, /key column "id"/);
+      assert.match(reasons[2]!, /column "v" .*twice/);
+    } finally {
+      n.db.close();
+    }
+  });
+
   it("parks garbage and a truncated batch as undecodable and advances the sequence", () => {
     const n = node();
     try {
@@ -421,5 +471,38 @@ describe("keys and values", () => {
     } finally {
       n.db.close();
     }
+  });
+});
+
+describe("rows that clash on a UNIQUE column", () => {
+  const USERS: WireTable = { name: "users", columns: ["id", "email"], keyColumns: ["id"] };
+  const schema = "CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT UNIQUE);";
+
+  it("the later write in the stream wins and the table keeps replicating, the same way on every node", () => {
+    // Two nodes each inserted 'x@example.com' under their own id; each already holds its own row.
+    const a = node(schema);
+    const b = node(schema);
+    sqlite3(a.path, "INSERT INTO users VALUES (1, 'x@example.com');");
+    sqlite3(b.path, "INSERT INTO users VALUES (2, 'x@example.com');");
+    const fromA = batch(change(USERS, "upsert", 1, [1n, "x@example.com"]));
+    const fromB = batch(change(USERS, "upsert", 1, [2n, "x@example.com"]));
+    const next = batch(change(USERS, "upsert", 2, [3n, "y@example.com"]));
+    for (const n of [a, b]) {
+      n.applier.applyMessage(STREAM, 1, fromA);
+      n.applier.applyMessage(STREAM, 2, fromB);
+      const result = n.applier.applyMessage(STREAM, 3, next);
+      assert.equal(result.outcome, "applied", "the table is not stalled");
+      assert.equal(rows(n.path, "SELECT group_concat(id || ':' || email, ',') FROM (SELECT * FROM users ORDER BY id)"), "2:x@example.com,3:y@example.com");
+      assert.deepEqual(parked(n.db), []);
+      assert.ok(n.lines.some((l) => /clashed with it on a UNIQUE column/.test(l.message)));
+    }
+  });
+
+  it("an update that moves a row onto another row's unique value removes that row", () => {
+    const n = node(schema);
+    sqlite3(n.path, "INSERT INTO users VALUES (1, 'x@example.com'), (3, 'z@example.com');");
+    const result = n.applier.applyMessage(STREAM, 1, batch(change(USERS, "upsert", 1, [3n, "x@example.com"])));
+    assert.equal(result.outcome, "applied");
+    assert.equal(rows(n.path, "SELECT group_concat(id || ':' || email, ',') FROM users"), "3:x@example.com");
   });
 });
