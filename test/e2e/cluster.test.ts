@@ -30,7 +30,8 @@ function bulkInsert(node: number, count: number): string {
 function mixedWrites(node: number): string {
   return `
     PRAGMA trusted_schema = ${node % 2};
-    INSERT INTO ratings VALUES ('user-${node}', 1, ${node}.5), ('shared', 7, ${node}.25);
+    INSERT INTO ratings VALUES ('user-${node}', 1, ${node}.5), ('shared', 7, ${node}.25)
+      ON CONFLICT (user, book) DO UPDATE SET stars = excluded.stars;
     INSERT INTO notes (body, tag) VALUES ('note from ${node}', 'n${node}');
     INSERT INTO kv VALUES ('hot', 'node ${node}') ON CONFLICT (k) DO UPDATE SET v = excluded.v;
     INSERT INTO kv VALUES ('mine-${node}', x'00ff${node.toString(16).padStart(2, "0")}');

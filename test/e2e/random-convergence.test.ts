@@ -1,5 +1,6 @@
 // Randomized convergence: three marmot nodes, three apps hammering the same hot rows at once; afterwards every node
-// holds the same rows, only values some app wrote, and every committed journal row.
+// holds the same rows, only values some app wrote, each app's own rows exactly as it last committed them, and every
+// committed journal row.
 //
 // MARMOT_TEST_SEED=N replays one seed (the operations, not their interleaving); MARMOT_TEST_PROFILE=long runs
 // ten seeds with more operations.
@@ -8,13 +9,13 @@ import assert from "node:assert/strict";
 import { after, describe, test } from "node:test";
 import { TestCluster } from "../helpers/marmot.js";
 import { useProcessCleanup } from "../helpers/processes.js";
-import { longProfile, Random, startWriters, testSeeds, verifyWorkload, WorkloadRecord, WORKLOAD_SCHEMA } from "../helpers/workload.js";
+import { longProfile, Random, startWriters, testSeeds, verifyOwnedRows, verifyWorkload, WorkloadRecord, WORKLOAD_SCHEMA } from "../helpers/workload.js";
 
 useProcessCleanup();
 
 const long = longProfile();
 const seeds = testSeeds(long ? 10 : 1);
-const batchesPerWriter = long ? 400 : 120;
+const batchesPerWriter = long ? 400 : 200;
 
 describe("random concurrent writes on three nodes converge", () => {
   const clusters: TestCluster[] = [];
@@ -39,6 +40,7 @@ describe("random concurrent writes on three nodes converge", () => {
       const summary = await verifyWorkload(cluster, record);
       t.diagnostic(summary);
       console.log(`random-convergence: seed ${seed}: ${summary}`);
+      await verifyOwnedRows(cluster, record);
 
       const codes = await Promise.all(cluster.nodes.map((n) => n.stop()));
       assert.deepEqual(codes, [0, 0, 0]);

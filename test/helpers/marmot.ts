@@ -40,6 +40,8 @@ export interface MarmotNodeSpec {
   storeDir: string;
   logPath: string;
   args: string[];
+  /** a command that runs marmot inside it, e.g. ["ip", "netns", "exec", "ns1"] (it must exec, keeping the pid) */
+  launcher?: string[];
 }
 
 /** One running `bin/marmot` process. */
@@ -62,7 +64,8 @@ export class MarmotProcess {
   start(): void {
     this.output = "";
     const log = createWriteStream(this.spec.logPath, { flags: "a" });
-    const child = spawnTracked(process.execPath, [marmotBin, ...this.spec.args], { cwd: repoRoot, stdio: ["ignore", "pipe", "pipe"] });
+    const command = [...(this.spec.launcher ?? []), process.execPath, marmotBin, ...this.spec.args];
+    const child = spawnTracked(command[0]!, command.slice(1), { cwd: repoRoot, stdio: ["ignore", "pipe", "pipe"] });
     this.child = child;
     const collect = (chunk: Buffer) => {
       const text = chunk.toString("utf8");
@@ -159,6 +162,10 @@ export interface ClusterOptions {
   natsUrls?: string[];
   /** top-level TOML keys for one node (publish, replicate, ...) */
   nodeToml?: (id: number) => string;
+  /** embedded NATS: the address each node's routes listen on and peers dial (default 127.0.0.1) */
+  routeHost?: (id: number) => string;
+  /** see MarmotNodeSpec.launcher */
+  launcher?: (id: number) => string[];
   /** [replication_log] max_entries (default 100000) */
   maxEntries?: number;
 }
@@ -198,11 +205,13 @@ export class TestCluster {
       );
       const args = ["-config", configPath];
       if (!options.natsUrls) {
-        const peers = ports.filter((_, i) => i !== id - 1).map((p) => `nats://127.0.0.1:${p}/`);
-        args.push("-cluster-addr", `127.0.0.1:${ports[id - 1]}`, "-cluster-peers", peers.join(","));
+        const host = (node: number) => options.routeHost?.(node) ?? "127.0.0.1";
+        const peers = ports.map((p, i) => `nats://${host(i + 1)}:${p}/`).filter((_, i) => i !== id - 1);
+        args.push("-cluster-addr", `${host(id)}:${ports[id - 1]}`, "-cluster-peers", peers.join(","));
       }
       const storeDir = join(cluster.dir, `marmot-nats-${id}`);
-      cluster.nodes.push(new MarmotProcess({ id, dbPath, configPath, storeDir, logPath: join(cluster.dir, `node-${id}.log`), args }));
+      const launcher = options.launcher?.(id);
+      cluster.nodes.push(new MarmotProcess({ id, dbPath, configPath, storeDir, logPath: join(cluster.dir, `node-${id}.log`), args, launcher }));
     }
     return cluster;
   }

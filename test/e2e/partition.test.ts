@@ -1,0 +1,118 @@
+// A network partition: three nodes in three network namespaces, one of them cut off while every app keeps writing.
+// The majority side keeps replicating; after the partition heals, all nodes converge and nothing committed is lost.
+//
+// Needs root and `ip netns`; skipped with the reason otherwise. The nodes' addresses exist only inside the test's own
+// namespaces (see helpers/netns.ts). MARMOT_TEST_SEED=N replays the operations; MARMOT_TEST_PROFILE=long partitions
+// three times, 20 s each. Opt-in: MARMOT_TEST_PARTITION=1 node --test dist/test/e2e/partition.test.js
+
+import assert from "node:assert/strict";
+import { after, describe, test } from "node:test";
+import { sleep, TestCluster, waitFor } from "../helpers/marmot.js";
+import { netnsUnavailable, TestNetwork } from "../helpers/netns.js";
+import { useProcessCleanup } from "../helpers/processes.js";
+import { sqlite3 } from "../helpers/sqlite.js";
+import {
+  longProfile,
+  OWN_ROWS_KNOWN_BUG,
+  Random,
+  startWriters,
+  testSeeds,
+  verifyOwnedRows,
+  verifyWorkload,
+  WorkloadRecord,
+  WORKLOAD_SCHEMA,
+} from "../helpers/workload.js";
+
+useProcessCleanup();
+
+// Opt-in: nats-server 2.9.10 can leave R3 replicas different after a partition (seen in about 1 run of 25), which
+// this test rightly reports; it runs with the long profile or MARMOT_TEST_PARTITION=1, not in every `npm test`.
+const optedIn = longProfile() || process.env.MARMOT_TEST_PARTITION === "1";
+const unavailable = optedIn ? netnsUnavailable() : "opt-in: run with MARMOT_TEST_PARTITION=1 or MARMOT_TEST_PROFILE=long";
+const long = longProfile();
+const seed = testSeeds(1)[0]!;
+const partitionMs = long ? 20_000 : 6_000;
+
+describe("a network partition while the apps write (three network namespaces, R3)", { skip: unavailable ?? false }, () => {
+  const rng = new Random(seed);
+  const record = new WorkloadRecord();
+  let network: TestNetwork | undefined;
+  let cluster: TestCluster | undefined;
+  after(async () => {
+    // The marmots first: a namespace cannot be deleted from under its processes.
+    await cluster?.stopAll();
+    network?.destroy();
+  });
+
+  test("start three nodes, each in its own network namespace", async (t) => {
+    t.diagnostic(`seed ${seed} (replay with MARMOT_TEST_SEED=${seed})`);
+    const net = TestNetwork.create(3);
+    network = net;
+    cluster = await TestCluster.create({
+      schema: WORKLOAD_SCHEMA,
+      replicas: 3,
+      shards: rng.between(2, 4),
+      routeHost: (id) => net.address(id),
+      launcher: (id) => net.launcher(id),
+    });
+    await cluster.startAll();
+  });
+
+  test("one node cut off: the other two go on replicating; healed, all converge and nothing committed is lost", async (t) => {
+    const c = cluster!;
+    const net = network!;
+    const rounds = long ? 3 : 1;
+    const writers = startWriters(c, seed, record, { batches: 1_000_000, phase: 1 });
+    try {
+      for (let round = 1; round <= rounds; round++) {
+        await sleep(rng.between(500, 2000));
+        const cut = rng.between(1, 3);
+        const [a, b] = [1, 2, 3].filter((id) => id !== cut) as [number, number];
+        t.diagnostic(`partition ${round}: node ${cut} cut off`);
+        net.isolate(cut);
+        const cutAt = Date.now();
+
+        // A row committed on one majority node after the cut must reach the other majority node.
+        const firstOnA = await waitFor(() => newJournalRow(record, a, cutAt), 60_000, () => `an app on node ${a} to commit a batch`);
+        await waitFor(
+          () => sqlite3(c.node(b).spec.dbPath, `SELECT count(*) FROM journal WHERE id = ${firstOnA}`).trim() === "1",
+          120_000,
+          () => `journal row ${firstOnA} of node ${a} to reach node ${b} during the partition`,
+        );
+        t.diagnostic(`partition ${round}: node ${a}'s write reached node ${b} ${Date.now() - cutAt} ms after the cut`);
+        // Long enough for JetStream to move the cut-off node's stream leaders to the majority; that node's app keeps
+        // writing meanwhile, and its changes wait in its change log.
+        const batchesBefore = record.batches;
+        await sleep(Math.max(0, cutAt + partitionMs - Date.now()));
+        await waitFor(() => record.batches >= batchesBefore + 30, 60_000, () => "the apps to go on writing during the partition");
+        for (const n of c.nodes) assert.ok(n.running, `marmot ${n.spec.id} keeps running during the partition:\n${n.tail()}`);
+
+        net.heal(cut);
+        t.diagnostic(`partition ${round}: healed after ${Date.now() - cutAt} ms`);
+      }
+      await sleep(1500);
+    } finally {
+      writers.stop();
+      await writers.done;
+    }
+    assert.deepEqual(record.failures, [], "an app's write failed");
+    t.diagnostic(await verifyWorkload(c, record, { timeoutMs: 180_000 }));
+    for (const n of c.nodes) assert.ok(n.running, `marmot ${n.spec.id} is still running:\n${n.tail()}`);
+  });
+
+  test("after the partition, each app's own rows are exactly as it last committed them", { todo: OWN_ROWS_KNOWN_BUG }, async () => {
+    await verifyOwnedRows(cluster!, record);
+  });
+
+  test("SIGTERM stops every node cleanly", async () => {
+    const codes = await Promise.all(cluster!.nodes.map((n) => n.stop()));
+    assert.deepEqual(codes, [0, 0, 0]);
+  });
+});
+
+if (unavailable !== undefined) console.log(`partition test skipped: ${unavailable}`);
+
+/** The journal id of a batch that node `node`'s app committed after `since`, once there is one. */
+function newJournalRow(record: WorkloadRecord, node: number, since: number): number | undefined {
+  return record.commits.find((commit) => commit.node === node && commit.at > since)?.id;
+}
