@@ -11,6 +11,7 @@ import type { Metrics } from "./metrics.js";
 import type { ChangeLogReader, PendingChange } from "./sqlite/change-log.js";
 import { encodeBatch } from "./stream/codec.js";
 import type { BatchPublisher } from "./stream/publisher.js";
+import { sleep } from "./sleep.js";
 import { rowKeyBytes, shardOf } from "./stream/shard.js";
 
 export interface ShipperOptions {
@@ -196,19 +197,4 @@ export class ChangeShipper {
       pending: this.reader.pendingCount(),
     });
   }
-}
-
-export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
-  return new Promise((resolve, reject) => {
-    if (signal?.aborted) return reject(signal.reason);
-    const timer = setTimeout(() => {
-      signal?.removeEventListener("abort", onAbort);
-      resolve();
-    }, ms);
-    const onAbort = () => {
-      clearTimeout(timer);
-      reject(signal!.reason);
-    };
-    signal?.addEventListener("abort", onAbort, { once: true });
-  });
 }

@@ -17,6 +17,7 @@ import {
 import type { NatsConfig } from "../config/types.js";
 import { NatsError } from "../errors.js";
 import type { Logger } from "../log.js";
+import { sleep } from "../sleep.js";
 
 export interface ConnectNatsOptions {
   /** server URLs: [nats] urls, or the embedded server's client URL */
@@ -466,18 +467,4 @@ async function abortable<T extends { close(): Promise<void> }>(work: Promise<T>,
   } finally {
     signal.removeEventListener("abort", onAbort!);
   }
-}
-
-function sleep(ms: number, signal: AbortSignal | undefined): Promise<void> {
-  return new Promise((resolveSleep, rejectSleep) => {
-    const timer = setTimeout(() => {
-      signal?.removeEventListener("abort", onAbort);
-      resolveSleep();
-    }, ms);
-    const onAbort = () => {
-      clearTimeout(timer);
-      rejectSleep(signal?.reason);
-    };
-    signal?.addEventListener("abort", onAbort, { once: true });
-  });
 }

@@ -5,7 +5,7 @@ import { nanos } from "@nats-io/transport-node";
 import type { Logger } from "../log.js";
 import type { Metrics } from "../metrics.js";
 import type { ApplyResult, StreamMessage } from "../sqlite/applier.js";
-import { sleep } from "../shipper.js";
+import { sleep } from "../sleep.js";
 import type { ShardStream } from "./streams.js";
 
 /** A place to apply messages: records each applied stream sequence in the same transaction. */
