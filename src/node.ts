@@ -4,7 +4,7 @@ import { mkdirSync } from "node:fs";
 import type { Server } from "node:http";
 import { dirname, join } from "node:path";
 import type Database from "better-sqlite3";
-import { jetstream, type JetStreamManager } from "@nats-io/jetstream";
+import { jetstream } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { CliOptions, Config } from "./config/types.js";
 import { ServerError } from "./errors.js";
@@ -192,7 +192,7 @@ export class MarmotNode {
       );
       for (const c of this.consumers) this.tasks.push(c.run(signal));
     }
-    this.tasks.push(this.housekeeping(jsm, signal));
+    this.tasks.push(this.housekeeping(signal));
     logger.info("marmot is running", {
       node_id: config.nodeId,
       db: config.dbPath,
@@ -229,7 +229,7 @@ export class MarmotNode {
   }
 
   /** Metrics that need a look at the database or the streams, and the idle exit of sleep_timeout. */
-  private async housekeeping(_jsm: JetStreamManager, signal: AbortSignal): Promise<void> {
+  private async housekeeping(signal: AbortSignal): Promise<void> {
     let appliedBefore = this.metrics.applied.get();
     while (!signal.aborted) {
       await sleep(2000, signal).catch(() => undefined);
