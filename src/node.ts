@@ -21,6 +21,7 @@ import { openDatabase } from "./sqlite/open.js";
 import type { TableInfo } from "./sqlite/table.js";
 import { DatabaseWatcher } from "./sqlite/watcher.js";
 import { connectNats } from "./stream/connect.js";
+import { batchOrigin } from "./stream/codec.js";
 import { ShardConsumer } from "./stream/consumer.js";
 import { EmbeddedServer } from "./stream/embedded-server.js";
 import { waitForJetStream } from "./stream/jetstream-ready.js";
@@ -72,7 +73,11 @@ export class MarmotNode {
     // Capture first: it creates the internal tables the reader and the applier use.
     const captured = installCapture(this.db, logger, config.tables);
     this.reader = new ChangeLogReader(this.db);
-    this.applier = new Applier(this.db, logger.child({ component: "applier" }));
+    this.applier = new Applier(
+      this.db,
+      logger.child({ component: "applier" }),
+      config.publish ? { origin: batchOrigin(config.nodeId, captured.epoch) } : {},
+    );
     this.useCapture(captured);
     this.watcher = new DatabaseWatcher(
       { dbPath: config.dbPath, pollingInterval: config.pollingInterval, onChange: () => this.onDatabaseChange() },

@@ -9,7 +9,7 @@ import { createHash } from "node:crypto";
 import type { Logger } from "./log.js";
 import type { Metrics } from "./metrics.js";
 import type { ChangeLogReader, PendingChange } from "./sqlite/change-log.js";
-import { encodeBatch } from "./stream/codec.js";
+import { batchOrigin, encodeBatch } from "./stream/codec.js";
 import type { BatchPublisher } from "./stream/publisher.js";
 import { sleep } from "./sleep.js";
 import { rowKeyBytes, shardOf } from "./stream/shard.js";
@@ -133,7 +133,7 @@ export class ChangeShipper {
 
   private encode(batch: Batch): { payload: Buffer; msgId: string } {
     const payload = encodeBatch(
-      { origin: this.options.origin, changes: batch.changes.map((c) => ({ table: c.wireTable, op: c.op, changeId: c.changeId, values: c.values })) },
+      { origin: batchOrigin(this.options.origin, this.options.epoch), changes: batch.changes.map((c) => ({ table: c.wireTable, op: c.op, changeId: c.changeId, values: c.values })) },
       { compress: this.options.compress },
     );
     // The id names exactly which changes the message holds, so a retry of the same batch is dropped as a duplicate.

@@ -5,10 +5,11 @@ import type { Database, Statement } from "better-sqlite3";
 import { DecodeError } from "../errors.js";
 import type { Logger } from "../log.js";
 import { decodeBatch, encodeBatch, type ChangeBatch, type WireChange, type WireTable } from "../stream/codec.js";
-import { APPLIED_TABLE, APPLYING_TABLE, PARKED_TABLE, ROWID_KEY } from "./names.js";
+import { APPLIED_TABLE, APPLYING_TABLE, changeLogTable, LOG_ID_COLUMN, PARKED_TABLE, ROWID_KEY } from "./names.js";
 import { quoteIdent } from "./quote.js";
 import { rowidAlias } from "./schema.js";
 import type { TableInfo } from "./table.js";
+import { changeLogKeyColumns } from "./trigger-sql.js";
 
 export type ApplyOutcome = "applied" | "duplicate" | "parked" | "partly-parked";
 
@@ -30,8 +31,25 @@ export interface StreamMessage {
 
 /** How one wire table's changes of one op are applied here: a statement, or why they cannot be. */
 type Plan =
-  | { statement: Statement; local: TableInfo; reason?: undefined }
+  | { statement: Statement; local: TableInfo; pending: PendingLookup; keyPositions: number[]; reason?: undefined }
   | { statement?: undefined; local?: undefined; reason: string };
+
+/** Statements on one table's change log, by row key: the local changes of a row that are not in the stream yet. */
+interface PendingLookup {
+  /** the newest change id of the row still in the change log, or null */
+  newest: Statement;
+  /** remove the row's changes up to a change id: the stream holds them (or a later change of the row) now */
+  forget: Statement;
+}
+
+export interface ApplierOptions {
+  /**
+   * This node's id, when it publishes its changes. The applier then keeps the app's own newer writes: a replicated
+   * change of a row with a local change the stream has not sequenced yet is superseded, because that local change
+   * will land later in the stream and win on every node anyway. Without it (publish = false), every change applies.
+   */
+  origin?: string;
+}
 
 /**
  * Plans of one apply call, by the decoded table object its changes share: the checks and the statement lookup run
@@ -72,6 +90,9 @@ export class Applier {
   /** Tables with parked changes: later changes to them wait too, so their order is kept. */
   private readonly parkedTables = new Set<string>();
   private readonly reportedMissing = new Set<string>();
+  private readonly pendingLookups = new Map<string, PendingLookup>();
+  /** replicated changes not applied because a newer local change of the row is on its way (since start) */
+  superseded = 0;
   private readonly enterApply: Statement;
   private readonly leaveApply: Statement;
   private readonly recordApplied: Statement;
@@ -80,6 +101,7 @@ export class Applier {
   constructor(
     private readonly db: Database,
     private readonly logger: Logger,
+    private readonly options: ApplierOptions = {},
   ) {
     this.enterApply = db.prepare(`INSERT INTO ${quoteIdent(APPLYING_TABLE)} VALUES (1)`);
     this.leaveApply = db.prepare(`DELETE FROM ${quoteIdent(APPLYING_TABLE)}`);
@@ -99,6 +121,7 @@ export class Applier {
   setTables(tables: readonly TableInfo[]): void {
     this.tables = new Map(tables.map((t) => [t.name, t]));
     this.statements.clear();
+    this.pendingLookups.clear();
   }
 
   appliedSequence(stream: string): number {
@@ -165,10 +188,13 @@ export class Applier {
     const parked: ParkedChange[] = [];
     // Tables with a change parked earlier in this message: their later changes wait behind it, as across messages.
     const waitingHere = new Set<string>();
+    const own = batch.origin === this.options.origin;
     for (const change of batch.changes) {
       const name = change.table.name;
       const reason =
-        this.parkedTables.has(name) || waitingHere.has(name) ? `earlier changes to table "${name}" are waiting` : this.applyChange(change, plans);
+        this.parkedTables.has(name) || waitingHere.has(name)
+          ? `earlier changes to table "${name}" are waiting`
+          : this.applyChange(change, own, plans);
       if (reason === undefined) appliedCount++;
       else {
         parked.push({ change, reason });
@@ -199,7 +225,7 @@ export class Applier {
         if (stillWaiting.has(row.tbl)) continue;
         const batch = decodeBatch(row.payload);
         const change = batch.changes[0]!;
-        if (this.applyChange(change) === undefined) {
+        if (this.applyChange(change, batch.origin === this.options.origin) === undefined) {
           remove.run(row.id);
           appliedCount++;
         } else {
@@ -227,18 +253,33 @@ export class Applier {
     }
   }
 
-  /** Apply one change; returns why it cannot be applied, or undefined when it was. */
-  private applyChange(change: WireChange, plans: Plans = new Map()): string | undefined {
+  /**
+   * Apply one change (`own`: this node wrote it); returns why it cannot be applied, or undefined when it was applied
+   * or is superseded by a newer local change of its row.
+   */
+  private applyChange(change: WireChange, own: boolean, plans: Plans = new Map()): string | undefined {
     let byOp = plans.get(change.table);
     if (!byOp) plans.set(change.table, (byOp = {}));
     let plan = byOp[change.op];
     if (!plan) {
       const local = this.tables.get(change.table.name);
       const reason = mismatch(change, local);
-      plan = reason !== undefined ? { reason } : { statement: this.statementFor(local!, change), local: local! };
+      plan =
+        reason !== undefined
+          ? { reason }
+          : {
+              statement: this.statementFor(local!, change),
+              local: local!,
+              pending: this.pendingLookup(local!),
+              keyPositions: change.op === "upsert" ? local!.keyColumns.map((k) => change.table.columns.indexOf(k)) : [],
+            };
       byOp[change.op] = plan;
     }
     if (plan.reason !== undefined) return plan.reason;
+    if (this.options.origin !== undefined && this.supersededLocally(plan, change, own)) {
+      this.superseded++;
+      return undefined;
+    }
     try {
       plan.statement.run(change.values);
       return undefined;
@@ -250,6 +291,36 @@ export class Applier {
       }
       throw err;
     }
+  }
+
+  /**
+   * Whether the row has a local change that the stream has not sequenced yet. Such a change is bound to land after
+   * this message (it is not in the stream, or it is at a later sequence: an earlier one would have been applied back
+   * already and left the log), so on every node it overwrites whatever this change writes. Applying this change here
+   * would only show the app its row going back to an older state for a while, and a write the app makes on that
+   * older state (an UPDATE that now finds no row) would be lost. Own changes coming back from the stream first take
+   * their row's log entries up to them out of the change log: those are sequenced now.
+   */
+  private supersededLocally(plan: Extract<Plan, { reason?: undefined }>, change: WireChange, own: boolean): boolean {
+    const key = change.op === "upsert" ? plan.keyPositions.map((p) => change.values[p]!) : change.values;
+    if (own) plan.pending.forget.run(...key, BigInt(change.changeId));
+    return plan.pending.newest.get(...key) != null;
+  }
+
+  private pendingLookup(table: TableInfo): PendingLookup {
+    let lookup = this.pendingLookups.get(table.name);
+    if (lookup) return lookup;
+    const log = quoteIdent(changeLogTable(table.name));
+    const id = quoteIdent(LOG_ID_COLUMN);
+    const where = changeLogKeyColumns(table)
+      .map((k) => `${quoteIdent(k)} IS ?`)
+      .join(" AND ");
+    lookup = {
+      newest: this.db.prepare(`SELECT max(${id}) FROM ${log} WHERE ${where}`).pluck(true),
+      forget: this.db.prepare(`DELETE FROM ${log} WHERE ${where} AND ${id} <= ?`),
+    };
+    this.pendingLookups.set(table.name, lookup);
+    return lookup;
   }
 
   /**

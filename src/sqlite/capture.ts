@@ -7,6 +7,7 @@ import {
   APPLIED_TABLE,
   APPLYING_TABLE,
   captureSignatureKey,
+  changeLogIndex,
   changeLogOwner,
   changeLogTable,
   isCaptureTriggerName,
@@ -23,6 +24,7 @@ import {
   addChangeLogColumnSql,
   captureTriggers,
   changeLogColumns,
+  createChangeLogIndexSql,
   createChangeLogSql,
   relogPendingRowsSql,
 } from "./trigger-sql.js";
@@ -131,6 +133,7 @@ function captureTable(db: Database.Database, table: TableInfo, triggers: Map<str
   } else if (storedSignature !== signature) {
     changed = alterChangeLog(db, table, logColumns, storedSignature, notes) || changed;
   }
+  changed = ensureKeyIndex(db, table) || changed;
 
   for (const trigger of captureTriggers(table)) {
     const current = triggers.get(trigger.name);
@@ -208,6 +211,17 @@ function alterChangeLog(
       message: `change log of table "${table.name}" keeps columns ${extra.join(", ")} that the table no longer has; pending changes in them are not replicated`,
     });
   }
+  return true;
+}
+
+/** The change log's index on the row key, (re)built when missing or not on the key columns it should be. */
+function ensureKeyIndex(db: Database.Database, table: TableInfo): boolean {
+  const name = changeLogIndex(table.name);
+  const wanted = createChangeLogIndexSql(table);
+  const row = db.prepare("SELECT sql FROM sqlite_master WHERE type = 'index' AND name = ?").get(name) as { sql: string | null } | undefined;
+  if (row?.sql === wanted) return false;
+  db.exec(`DROP INDEX IF EXISTS ${quoteIdent(name)}`);
+  db.exec(wanted);
   return true;
 }
 

@@ -24,6 +24,14 @@ export function changeLogTable(table: string): string {
   return `${INTERNAL_PREFIX}__${table}_change_log`;
 }
 
+/**
+ * The index of a change log on the row key: the applier asks, per replicated row, whether this node holds a local
+ * change of that row that the stream has not sequenced yet.
+ */
+export function changeLogIndex(table: string): string {
+  return `${changeLogTable(table)}_key`;
+}
+
 /** The change-log column that holds the value of a user column. */
 export function logValueColumn(column: string): string {
   return `v_${column}`;

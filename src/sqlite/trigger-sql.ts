@@ -2,6 +2,7 @@
 
 import {
   APPLYING_TABLE,
+  changeLogIndex,
   changeLogTable,
   LOG_ID_COLUMN,
   LOG_OP_COLUMN,
@@ -47,6 +48,16 @@ export function createChangeLogSql(table: TableInfo): string {
     ...changeLogColumns(table).slice(2).map(quoteIdent),
   ];
   return `CREATE TABLE ${quoteIdent(changeLogTable(table.name))} (${definitions.join(", ")})`;
+}
+
+/** The change-log columns that hold a row's key, in key order. */
+export function changeLogKeyColumns(table: TableInfo): string[] {
+  return table.rowidKeyed ? [LOG_ROWID_COLUMN] : table.keyColumns.map(logValueColumn);
+}
+
+/** The index on a change log's key columns (each index entry also holds the change id, so max() is one seek). */
+export function createChangeLogIndexSql(table: TableInfo): string {
+  return `CREATE INDEX ${quoteIdent(changeLogIndex(table.name))} ON ${quoteIdent(changeLogTable(table.name))} (${changeLogKeyColumns(table).map(quoteIdent).join(", ")})`;
 }
 
 /** The ALTER that gives an existing change log a column it lacks (value columns and the rowid column are untyped). */
@@ -103,8 +114,7 @@ function upsertStatement(table: TableInfo): string {
 
 /** The log columns a delete fills: the op and the key; every other value column stays NULL. */
 function deleteColumns(table: TableInfo): string[] {
-  const keyColumns = table.rowidKeyed ? [LOG_ROWID_COLUMN] : table.keyColumns.map(logValueColumn);
-  return [LOG_OP_COLUMN, ...keyColumns].map(quoteIdent);
+  return [LOG_OP_COLUMN, ...changeLogKeyColumns(table)].map(quoteIdent);
 }
 
 /** The quoted names that reach the key of a row (to be prefixed with OLD. or NEW.). */
@@ -119,7 +129,7 @@ function keyReferences(table: TableInfo): string[] {
  */
 export function relogPendingRowsSql(table: TableInfo): string {
   const log = quoteIdent(changeLogTable(table.name));
-  const logKeys = table.rowidKeyed ? [LOG_ROWID_COLUMN] : table.keyColumns.map(logValueColumn);
+  const logKeys = changeLogKeyColumns(table);
   const tableKeys = keyReferences(table);
   const columns = changeLogColumns(table).slice(1).map(quoteIdent);
   const values = [quoteLiteral(OP_UPSERT)];

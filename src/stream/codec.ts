@@ -41,9 +41,18 @@ export interface WireChange {
 }
 
 export interface ChangeBatch {
-  /** node id of the writer, decimal */
+  /** the writer: see batchOrigin() */
   origin: string;
   changes: WireChange[];
+}
+
+/**
+ * The origin a node writes into its batches: its node id and its capture epoch ("<node id>/<epoch>"). Change ids
+ * count within one installation of capture, so a node recognises as its own only the batches of its current one,
+ * not those written before a cleanup, which a fresh start replays.
+ */
+export function batchOrigin(nodeId: string, epoch: string): string {
+  return `${nodeId}/${epoch}`;
 }
 
 const TAG_NULL = 0;

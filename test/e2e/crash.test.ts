@@ -11,7 +11,6 @@ import { startNatsCluster, type TestNatsCluster } from "../helpers/nats.js";
 import { untrackPid, useProcessCleanup, waitForExit } from "../helpers/processes.js";
 import {
   longProfile,
-  OWN_ROWS_KNOWN_BUG,
   Random,
   startWriters,
   testSeeds,
@@ -76,7 +75,7 @@ describe("marmot and its nats-server crash while the apps write (embedded NATS, 
     t.diagnostic(await verifyWorkload(c, record));
   });
 
-  test("after the crashes, each app's own rows are exactly as it last committed them", { todo: OWN_ROWS_KNOWN_BUG }, async () => {
+  test("after the crashes, each app's own rows are exactly as it last committed them", async () => {
     await verifyOwnedRows(cluster!, record);
   });
 
@@ -109,7 +108,7 @@ describe("marmot and its nats-server crash while the apps write (embedded NATS, 
     t.diagnostic(await verifyWorkload(c, record));
   });
 
-  test("after the nats-server crash, each app's own rows are exactly as it last committed them", { todo: OWN_ROWS_KNOWN_BUG }, async () => {
+  test("after the nats-server crash, each app's own rows are exactly as it last committed them", async () => {
     await verifyOwnedRows(cluster!, record);
   });
 
@@ -162,7 +161,7 @@ describe("all of NATS down for a while as the apps keep writing (external 3-serv
     for (const n of c.nodes) assert.ok(n.running, `marmot ${n.spec.id} is still running:\n${n.tail()}`);
   });
 
-  test("after the outage, each app's own rows are exactly as it last committed them", { todo: OWN_ROWS_KNOWN_BUG }, async () => {
+  test("after the outage, each app's own rows are exactly as it last committed them", async () => {
     await verifyOwnedRows(cluster!, record);
   });
 

@@ -13,7 +13,6 @@ import { useProcessCleanup } from "../helpers/processes.js";
 import { sqlite3 } from "../helpers/sqlite.js";
 import {
   longProfile,
-  OWN_ROWS_KNOWN_BUG,
   Random,
   startWriters,
   testSeeds,
@@ -100,7 +99,7 @@ describe("a network partition while the apps write (three network namespaces, R3
     for (const n of c.nodes) assert.ok(n.running, `marmot ${n.spec.id} is still running:\n${n.tail()}`);
   });
 
-  test("after the partition, each app's own rows are exactly as it last committed them", { todo: OWN_ROWS_KNOWN_BUG }, async () => {
+  test("after the partition, each app's own rows are exactly as it last committed them", async () => {
     await verifyOwnedRows(cluster!, record);
   });
 

@@ -712,12 +712,3 @@ export async function verifyOwnedRows(cluster: TestCluster, record: WorkloadReco
     assert.deepEqual(actual, expected, `node ${n.spec.id}: the rows each app alone writes (node | k | v) are not as it last committed them`);
   }
 }
-
-/**
- * Why crash and partition tests report verifyOwnedRows as TODO rather than fail: marmot applies a node's own older
- * change from the stream over a newer local write that is not published yet. After an outage, a node's publishes run
- * ahead of its own applies, so its app sees its row go back for a moment, and a write it makes meanwhile (an UPDATE
- * or DELETE that now finds no row) is lost for good. Remove the TODO once marmot no longer does that.
- */
-export const OWN_ROWS_KNOWN_BUG =
-  "known bug: a node applies its own older change over a newer local write not yet published, undoing the app's write for a while";

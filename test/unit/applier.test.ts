@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import type Database from "better-sqlite3";
 import { installCapture } from "../../src/sqlite/capture.js";
-import { Applier } from "../../src/sqlite/applier.js";
+import { Applier, type ApplierOptions } from "../../src/sqlite/applier.js";
 import { APPLIED_TABLE, changeLogTable, PARKED_TABLE } from "../../src/sqlite/names.js";
 import { openDatabase } from "../../src/sqlite/open.js";
 import { quoteIdent } from "../../src/sqlite/quote.js";
@@ -40,13 +40,13 @@ interface Node {
 }
 
 /** A database the app created through the CLI, with capture installed and an applier on marmot's connection. */
-function node(schema = SCHEMA): Node {
+function node(schema = SCHEMA, options: ApplierOptions = {}): Node {
   const path = createDb(join(tempDir(), "app.sqlite"), schema);
   const db = openDatabase(path, recordingLogger());
   // Capture first: it creates the internal tables the applier reads.
   const captured = installCapture(db, recordingLogger());
   const logger = recordingLogger();
-  const applier = new Applier(db, logger);
+  const applier = new Applier(db, logger, options);
   applier.setTables(captured.tables);
   return {
     path,
@@ -63,6 +63,11 @@ function change(table: WireTable, op: ChangeOp, changeId: number, values: SqlVal
 
 function batch(...changes: ReturnType<typeof change>[]): Buffer {
   return encodeBatch({ origin: "2", changes });
+}
+
+/** A batch this node (node 1) published itself, as it comes back from the stream. */
+function ownBatch(...changes: ReturnType<typeof change>[]): Buffer {
+  return encodeBatch({ origin: "1/e1", changes });
 }
 
 function upsertBook(id: number, title: string | null, author: string | null = "anon", changeId = id) {
@@ -504,5 +509,115 @@ describe("rows that clash on a UNIQUE column", () => {
     const result = n.applier.applyMessage(STREAM, 1, batch(change(USERS, "upsert", 1, [3n, "x@example.com"])));
     assert.equal(result.outcome, "applied");
     assert.equal(rows(n.path, "SELECT group_concat(id || ':' || email, ',') FROM users"), "3:x@example.com");
+  });
+});
+
+describe("the app's own newer writes", () => {
+  const OWN: ApplierOptions = { origin: "1/e1" };
+
+  /** The newest change id in a table's change log: what the shipper would read next. */
+  function newestLogId(n: Node, table: string): number {
+    return Number(n.db.prepare(`SELECT max(__marmot_id) FROM ${quoteIdent(changeLogTable(table))}`).pluck().get());
+  }
+
+  /** What the shipper does once JetStream acknowledged a table's changes up to an id. */
+  function acknowledged(n: Node, table: string, upTo: number): void {
+    n.db.prepare(`DELETE FROM ${quoteIdent(changeLogTable(table))} WHERE __marmot_id <= ?`).run(BigInt(upTo));
+  }
+
+  it("are not undone by the node's own older change coming back from the stream, nor by older changes of others", () => {
+    const n = node(SCHEMA, OWN);
+    try {
+      sqlite3(n.path, "INSERT INTO Books VALUES (1, 'Emma', 'Austen');");
+      const inserted = newestLogId(n, "Books");
+      acknowledged(n, "Books", inserted);
+      // Published and acknowledged, not applied back yet; meanwhile the app changes the row again.
+      sqlite3(n.path, "UPDATE Books SET title = 'Persuasion' WHERE id = 1;");
+      const updated = newestLogId(n, "Books");
+
+      n.applier.applyMessage(STREAM, 1, ownBatch(upsertBook(1, "Emma", "Austen", inserted)));
+      assert.equal(rows(n.path, "SELECT title FROM Books"), "Persuasion", "the app's newer write stays");
+      // Another node's change sequenced before the app's update reaches the stream: the update lands after it.
+      n.applier.applyMessage(STREAM, 2, batch(upsertBook(1, "Dracula", "Stoker", 7)));
+      assert.equal(rows(n.path, "SELECT title, author FROM Books"), "Persuasion|Austen");
+      assert.equal(n.applier.superseded, 2);
+
+      // The update reaches the stream and comes back: it leaves the change log, and later changes apply again.
+      n.applier.applyMessage(STREAM, 3, ownBatch(upsertBook(1, "Persuasion", "Austen", updated)));
+      assert.equal(logCount(n.db, "Books"), 0, "a change the stream holds is no longer pending");
+      assert.equal(rows(n.path, "SELECT title FROM Books"), "Persuasion");
+      n.applier.applyMessage(STREAM, 4, batch(upsertBook(1, "Dracula", "Stoker", 8)));
+      assert.equal(rows(n.path, "SELECT title, author FROM Books"), "Dracula|Stoker", "a later change of another node wins");
+      assert.equal(appliedSeq(n.path), "4");
+    } finally {
+      n.db.close();
+    }
+  });
+
+  it("stay deleted or updated (composite and rowid keys) while other rows of the tables still apply", () => {
+    const n = node(SCHEMA, OWN);
+    try {
+      sqlite3(n.path, "INSERT INTO ratings VALUES ('ann', 1, 4.5); INSERT INTO notes (rowid, body, tag) VALUES (7, 'draft', 'x');");
+      const rating = newestLogId(n, "ratings");
+      const note = newestLogId(n, "notes");
+      acknowledged(n, "ratings", rating);
+      acknowledged(n, "notes", note);
+      sqlite3(n.path, "DELETE FROM ratings; UPDATE notes SET body = 'final';");
+      n.applier.applyMessage(
+        STREAM,
+        1,
+        ownBatch(change(RATINGS, "upsert", rating, ["ann", 1n, 4.5]), change(NOTES, "upsert", note, [7n, "draft", "x"])),
+      );
+      assert.equal(rows(n.path, "SELECT count(*) FROM ratings"), "0", "the deleted row does not come back");
+      assert.equal(rows(n.path, "SELECT body FROM notes"), "final");
+      // Other rows of the same tables are not held back.
+      n.applier.applyMessage(STREAM, 2, batch(change(RATINGS, "upsert", 3, ["bob", 1n, 2.0]), change(NOTES, "upsert", 4, [8n, "other", null])));
+      assert.equal(rows(n.path, "SELECT user FROM ratings"), "bob");
+      assert.equal(rows(n.path, "SELECT count(*) FROM notes"), "2");
+    } finally {
+      n.db.close();
+    }
+  });
+
+  it("yield to a later change of another node when their own change is already in the stream but not acknowledged", () => {
+    const n = node(SCHEMA, OWN);
+    try {
+      sqlite3(n.path, "INSERT INTO Books VALUES (1, 'Emma', 'Austen');");
+      const inserted = newestLogId(n, "Books");
+      // Stored at sequence 1, the ack not back yet: the row is still in the change log when the stream comes back.
+      n.applier.applyMessages(STREAM, [
+        { seq: 1, data: ownBatch(upsertBook(1, "Emma", "Austen", inserted)) },
+        { seq: 2, data: batch(upsertBook(1, "Dracula", "Stoker", 5)) },
+      ]);
+      assert.equal(rows(n.path, "SELECT title FROM Books"), "Dracula", "every node applies the later change: so must this one");
+      assert.equal(logCount(n.db, "Books"), 0);
+      assert.equal(n.applier.superseded, 0);
+    } finally {
+      n.db.close();
+    }
+  });
+
+  it("treat a batch of this node from before a cleanup (another epoch) as another writer's: its change ids mean nothing now", () => {
+    const n = node(SCHEMA, OWN);
+    try {
+      sqlite3(n.path, "INSERT INTO Books VALUES (1, 'Emma', 'Austen');");
+      const replayed = encodeBatch({ origin: "1/e0", changes: [upsertBook(1, "Dracula", "Stoker", 1_000_000)] });
+      n.applier.applyMessage(STREAM, 1, replayed);
+      assert.equal(logCount(n.db, "Books"), 1, "the app's pending change stays in the change log");
+      assert.equal(rows(n.path, "SELECT title FROM Books"), "Emma");
+    } finally {
+      n.db.close();
+    }
+  });
+
+  it("without publishing (publish = false) every replicated change applies, pending local changes or not", () => {
+    const n = node(SCHEMA);
+    try {
+      sqlite3(n.path, "INSERT INTO Books VALUES (1, 'Emma', 'Austen');");
+      n.applier.applyMessage(STREAM, 1, batch(upsertBook(1, "Dracula", "Stoker", 5)));
+      assert.equal(rows(n.path, "SELECT title FROM Books"), "Dracula");
+    } finally {
+      n.db.close();
+    }
   });
 });
