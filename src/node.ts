@@ -173,6 +173,12 @@ export class MarmotNode {
     const streams = await ensureStreams(jsm, config, logger, signal);
     const js = jetstream(this.nc);
 
+    if (config.replicate) {
+      this.consumers = streams.map(
+        (s) => new ShardConsumer(js, jsm, s, this.applier, { durableName: name }, logger.child({ component: "consumer", shard: s.shard }), this.metrics),
+      );
+      for (const c of this.consumers) this.tasks.push(c.run(signal));
+    }
     if (config.publish) {
       const nc = this.nc;
       const shipper = new ChangeShipper(
@@ -191,12 +197,6 @@ export class MarmotNode {
       );
       this.tasks.push(this.shipLoop(shipper, signal));
     }
-    if (config.replicate) {
-      this.consumers = streams.map(
-        (s) => new ShardConsumer(js, jsm, s, this.applier, { durableName: name }, logger.child({ component: "consumer", shard: s.shard }), this.metrics),
-      );
-      for (const c of this.consumers) this.tasks.push(c.run(signal));
-    }
     this.tasks.push(this.housekeeping(signal));
     logger.info("marmot is running", {
       node_id: config.nodeId,
@@ -210,6 +210,7 @@ export class MarmotNode {
   }
 
   private async shipLoop(shipper: ChangeShipper, signal: AbortSignal): Promise<void> {
+    await this.catchUpBeforeShipping(signal).catch(() => undefined);
     while (!signal.aborted) {
       let shipped = 0;
       try {
@@ -223,6 +224,36 @@ export class MarmotNode {
       if (shipped > 0) this.lastActivity = Date.now();
       else await this.wakeup.wait(signal);
     }
+  }
+
+  /**
+   * Changes the last run left in the change log may be in the streams already: marmot stopped between JetStream's
+   * ack and their removal from the log. Shipped again they would be packed into other messages, which JetStream's
+   * duplicate check cannot recognise, and an older state of a row could land after another node's newer write.
+   * So before its first round the node applies the streams up to where they end now: its own changes found there
+   * leave the change log (see the applier), and only changes that never reached JetStream go out.
+   */
+  private async catchUpBeforeShipping(signal: AbortSignal): Promise<void> {
+    const pending = this.reader.pendingCount();
+    if (pending === 0 || this.consumers.length === 0) return;
+    const started = Date.now();
+    this.logger.info("applying the streams to their end before publishing the changes left by the last run", { pending });
+    let lastReport = started;
+    for (const consumer of this.consumers) {
+      let end: number | undefined;
+      while (end === undefined) {
+        end = await consumer.streamEnd().catch(() => undefined);
+        if (end === undefined) await sleep(500, signal);
+      }
+      while (consumer.appliedSequence() < end) {
+        if (Date.now() - lastReport > 30_000) {
+          lastReport = Date.now();
+          this.logger.info("still applying before publishing", { stream: consumer.stream, applied: consumer.appliedSequence(), until: end });
+        }
+        await sleep(100, signal);
+      }
+    }
+    this.logger.info("caught up; publishing", { after_ms: Date.now() - started, pending: this.reader.pendingCount() });
   }
 
   private async discardLoop(signal: AbortSignal): Promise<void> {

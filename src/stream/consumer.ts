@@ -72,6 +72,19 @@ export class ShardConsumer {
     }
   }
 
+  get stream(): string {
+    return this.shard.stream;
+  }
+
+  appliedSequence(): number {
+    return this.applier.appliedSequence(this.shard.stream);
+  }
+
+  /** The stream's last sequence now. */
+  async streamEnd(): Promise<number> {
+    return (await this.jsm.streams.info(this.shard.stream)).state.last_seq;
+  }
+
   /** Messages in the stream this node has not applied (for the lag metric and the status). */
   async lag(): Promise<number> {
     const info = await this.jsm.streams.info(this.shard.stream);

@@ -2,6 +2,7 @@
 
 import assert from "node:assert/strict";
 import { readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
 import { createConnection, createServer } from "node:net";
 import { after, before, describe, test } from "node:test";
 import { jetstreamManager, type JetStreamManager } from "@nats-io/jetstream";
@@ -197,6 +198,39 @@ describe("two marmot processes on an external nats-server", () => {
     for (const out of cluster.query("SELECT count(*) FROM Books WHERE author = 'c'")) assert.equal(out.trim(), "600");
     const page = await scrape(metricsPorts[1]!);
     assert.equal(metricValue(page, `${PREFIX}_applied`), expected, `only the messages after sequence ${recorded} were applied:\n${page}`);
+  });
+
+  test("changes already in JetStream when marmot died before taking them out of the change log are not published again over a newer write", async () => {
+    await quiescent();
+    const image = join(cluster.dir, "node-1-before-delete.db");
+    const title = (id: number) => `SELECT title FROM Books WHERE id = ${id}`;
+    // The database as marmot left it if it died right after JetStream's ack: the change still in the change log,
+    // its message in the stream, not applied back. Made by saving the file before marmot publishes the change.
+    assert.equal(await node(1).stop(), 0);
+    sqlite3(dbOf(1), "INSERT INTO Books VALUES (7001, 'node 1, first', 'a');");
+    sqlite3(dbOf(1), `.backup '${image}'`);
+    node(1).start();
+    await node(1).waitRunning();
+    await quiescent();
+    assert.equal(await node(1).stop(), 0);
+
+    // Meanwhile another node writes the same row; its write is later in the stream.
+    const before = await lastSeq();
+    sqlite3(dbOf(2), "UPDATE Books SET title = 'node 2, later' WHERE id = 7001;");
+    await waitFor(async () => pendingOn(2) === 0 && (await lastSeq()) > before, 60_000, () => "node 2 to publish its update");
+
+    // Node 1 comes back with the file as the crash left it, and its app writes another row before marmot starts:
+    // published again, the left-over change would travel in a new message that JetStream cannot tell is a repeat.
+    sqlite3(dbOf(1), `.restore '${image}'`);
+    sqlite3(dbOf(1), "INSERT INTO Books VALUES (7002, 'node 1, after the crash', 'a');");
+    assert.equal(pendingOn(1), 2);
+    node(1).start();
+    await node(1).waitRunning();
+    await quiescent();
+    await cluster.waitConverged(TABLES);
+    for (const [i, out] of cluster.query(title(7001)).entries()) assert.equal(out.trim(), "node 2, later", `node ${i + 1}: the later write stays`);
+    for (const out of cluster.query(title(7002))) assert.equal(out.trim(), "node 1, after the crash");
+    assert.match(node(1).output, /applying the streams to their end before publishing the changes left by the last run/);
   });
 
   test("while NATS is down the app keeps writing; the changes wait in the change log and arrive once it is back", async () => {
