@@ -36,6 +36,8 @@ type Plan =
 
 /** Statements on one table's change log, by row key: the local changes of a row that are not in the stream yet. */
 interface PendingLookup {
+  /** the lowest and highest change id in the whole change log */
+  range: Statement;
   /** the newest change id of the row still in the change log, or null */
   newest: Statement;
   /** remove the row's changes up to a change id: the stream holds them (or a later change of the row) now */
@@ -52,10 +54,17 @@ export interface ApplierOptions {
 }
 
 /**
- * Plans of one apply call, by the decoded table object its changes share: the checks and the statement lookup run
- * once per table of a message, not once per row.
+ * What one apply call (one transaction) works out once and reuses. Plans, by the decoded table object the changes
+ * of a message share: the checks and the statement lookup run once per table of a message, not once per row. And
+ * the range of change ids in each table's change log (null: empty): the app cannot write during the transaction,
+ * so the range can only narrow, as own changes leave the log.
  */
-type Plans = Map<WireTable, { upsert?: Plan; delete?: Plan }>;
+interface ApplyContext {
+  plans: Map<WireTable, { upsert?: Plan; delete?: Plan }>;
+  logIds: Map<string, { min: number; max: number } | null>;
+}
+
+const newContext = (): ApplyContext => ({ plans: new Map(), logIds: new Map() });
 
 const duplicate = (): ApplyResult => ({ outcome: "duplicate", applied: 0, parked: 0 });
 
@@ -147,7 +156,7 @@ export class Applier {
     if (messages.every((m) => m.seq <= before)) return messages.map(duplicate);
     let last = before;
     const results: ApplyResult[] = [];
-    const plans: Plans = new Map();
+    const context = newContext();
     const parkedTablesBefore = new Set(this.parkedTables);
     try {
       this.db.transaction(() => {
@@ -157,7 +166,7 @@ export class Applier {
             results.push(duplicate());
             continue;
           }
-          results.push(this.applyOne(stream, seq, data, plans));
+          results.push(this.applyOne(stream, seq, data, context));
           last = seq;
         }
         this.leaveApply.run();
@@ -174,7 +183,7 @@ export class Applier {
   }
 
   /** One message, inside the caller's transaction. */
-  private applyOne(stream: string, seq: number, data: Uint8Array, plans: Plans): ApplyResult {
+  private applyOne(stream: string, seq: number, data: Uint8Array, context: ApplyContext): ApplyResult {
     let batch: ChangeBatch;
     try {
       batch = decodeBatch(data);
@@ -194,7 +203,7 @@ export class Applier {
       const reason =
         this.parkedTables.has(name) || waitingHere.has(name)
           ? `earlier changes to table "${name}" are waiting`
-          : this.applyChange(change, own, plans);
+          : this.applyChange(change, own, context);
       if (reason === undefined) appliedCount++;
       else {
         parked.push({ change, reason });
@@ -257,9 +266,9 @@ export class Applier {
    * Apply one change (`own`: this node wrote it); returns why it cannot be applied, or undefined when it was applied
    * or is superseded by a newer local change of its row.
    */
-  private applyChange(change: WireChange, own: boolean, plans: Plans = new Map()): string | undefined {
-    let byOp = plans.get(change.table);
-    if (!byOp) plans.set(change.table, (byOp = {}));
+  private applyChange(change: WireChange, own: boolean, context: ApplyContext = newContext()): string | undefined {
+    let byOp = context.plans.get(change.table);
+    if (!byOp) context.plans.set(change.table, (byOp = {}));
     let plan = byOp[change.op];
     if (!plan) {
       const local = this.tables.get(change.table.name);
@@ -276,7 +285,7 @@ export class Applier {
       byOp[change.op] = plan;
     }
     if (plan.reason !== undefined) return plan.reason;
-    if (this.options.origin !== undefined && this.supersededLocally(plan, change, own)) {
+    if (this.options.origin !== undefined && this.supersededLocally(plan, change, own, context)) {
       this.superseded++;
       return undefined;
     }
@@ -301,9 +310,20 @@ export class Applier {
    * older state (an UPDATE that now finds no row) would be lost. Own changes coming back from the stream first take
    * their row's log entries up to them out of the change log: those are sequenced now.
    */
-  private supersededLocally(plan: Extract<Plan, { reason?: undefined }>, change: WireChange, own: boolean): boolean {
+  private supersededLocally(plan: Extract<Plan, { reason?: undefined }>, change: WireChange, own: boolean, context: ApplyContext): boolean {
+    // Most of the time the log is empty, or holds nothing this change could concern: no lookup per row then.
+    let ids = context.logIds.get(plan.local.name);
+    if (ids === undefined) {
+      const [min, max] = plan.pending.range.get() as [bigint | null, bigint | null];
+      ids = min === null || max === null ? null : { min: Number(min), max: Number(max) };
+      context.logIds.set(plan.local.name, ids);
+    }
+    if (ids === null) return false;
     const key = change.op === "upsert" ? plan.keyPositions.map((p) => change.values[p]!) : change.values;
-    if (own) plan.pending.forget.run(...key, BigInt(change.changeId));
+    if (own) {
+      if (ids.min <= change.changeId) plan.pending.forget.run(...key, BigInt(change.changeId));
+      if (ids.max <= change.changeId) return false;
+    }
     return plan.pending.newest.get(...key) != null;
   }
 
@@ -316,6 +336,7 @@ export class Applier {
       .map((k) => `${quoteIdent(k)} IS ?`)
       .join(" AND ");
     lookup = {
+      range: this.db.prepare(`SELECT (SELECT min(${id}) FROM ${log}), (SELECT max(${id}) FROM ${log})`).raw(true),
       newest: this.db.prepare(`SELECT max(${id}) FROM ${log} WHERE ${where}`).pluck(true),
       forget: this.db.prepare(`DELETE FROM ${log} WHERE ${where} AND ${id} <= ?`),
     };
