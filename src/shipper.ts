@@ -11,7 +11,7 @@ import type { Metrics } from "./metrics.js";
 import type { ChangeLogReader, PendingChange } from "./sqlite/change-log.js";
 import { batchOrigin, encodeBatch } from "./stream/codec.js";
 import type { BatchPublisher } from "./stream/publisher.js";
-import { sleep } from "./sleep.js";
+import { orAbort, sleep } from "./sleep.js";
 import { rowKeyBytes, shardOf } from "./stream/shard.js";
 
 export interface ShipperOptions {
@@ -171,7 +171,9 @@ export class ChangeShipper {
     let attempt = 0;
     for (;;) {
       try {
-        await this.publisher.publish(batch.shard, encoded.payload, encoded.msgId);
+        // A stop does not wait for the ack: the next start applies the streams before it publishes, so a batch
+        // stored meanwhile leaves the change log then instead of going out twice.
+        await orAbort(this.publisher.publish(batch.shard, encoded.payload, encoded.msgId), signal);
         if (this.outageSince !== 0) {
           this.logger.info("JetStream accepts changes again", { after_seconds: Math.round((Date.now() - this.outageSince) / 1000) });
           this.outageSince = 0;

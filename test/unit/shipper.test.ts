@@ -280,6 +280,22 @@ describe("shipping the change log", () => {
     }
   });
 
+  it("does not wait for an ack that may never come when the node stops", { timeout: 10_000 }, async () => {
+    const s = setup();
+    try {
+      insertBooks(s.path, 1, 5);
+      const controller = new AbortController();
+      // A server that died with the request in flight: no answer, no error.
+      const silent: BatchPublisher = { publish: () => new Promise<void>(() => undefined) };
+      const round = s.shipper(silent).shipRound(controller.signal);
+      setTimeout(() => controller.abort(new Error("marmot is stopping")), 50);
+      await assert.rejects(round, /marmot is stopping/);
+      assert.equal(pendingInFile(s.path), 5, "the changes stay in the log");
+    } finally {
+      s.db.close();
+    }
+  });
+
   it("sends decodable batches, each to the shard of every row it holds", async () => {
     const s = setup();
     try {
