@@ -11,6 +11,7 @@ import {
   changeLogOwner,
   changeLogTable,
   isCaptureTriggerName,
+  lastChangeIdKey,
   logValueColumn,
   META_EPOCH_KEY,
   META_SEQUENCE_KEY,
@@ -128,7 +129,7 @@ function captureTable(db: Database.Database, table: TableInfo, triggers: Map<str
   const logColumns = columnNames(db, logName);
   let changed = false;
   if (logColumns.length === 0) {
-    db.exec(createChangeLogSql(table));
+    createChangeLog(db, table, metaValue(db, lastChangeIdKey(table.name)));
     changed = true;
   } else if (storedSignature !== signature) {
     changed = alterChangeLog(db, table, logColumns, storedSignature, notes) || changed;
@@ -143,12 +144,7 @@ function captureTable(db: Database.Database, table: TableInfo, triggers: Map<str
     changed = true;
   }
 
-  if (storedSignature !== signature) {
-    db.prepare(`INSERT INTO ${quoteIdent(META_TABLE)} (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value`).run(
-      captureSignatureKey(table.name),
-      signature,
-    );
-  }
+  if (storedSignature !== signature) setMeta(db, captureSignatureKey(table.name), signature);
   if (changed) {
     const verb = storedSignature === undefined ? "capturing" : "updated capture of";
     notes.push({ level: "info", message: `${verb} table "${table.name}"`, fields: { key: table.keyColumns } });
@@ -177,8 +173,9 @@ function alterChangeLog(
   if (missing.length === 0 && extra.length === 0) return false;
 
   if (!hasRows(db, logName)) {
+    const lastId = lastChangeId(db, logName);
     db.exec(`DROP TABLE ${quoteIdent(logName)}`);
-    db.exec(createChangeLogSql(table));
+    createChangeLog(db, table, lastId);
     return true;
   }
 
@@ -214,6 +211,27 @@ function alterChangeLog(
   return true;
 }
 
+/**
+ * Create a table's change log; its change ids start after `lastId` (the last id of an earlier log of the table),
+ * so that no id is handed out twice.
+ */
+function createChangeLog(db: Database.Database, table: TableInfo, lastId: string | undefined): void {
+  db.exec(createChangeLogSql(table));
+  if (lastId !== undefined && lastId !== "0") {
+    db.prepare("INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)").run(changeLogTable(table.name), BigInt(lastId));
+  }
+}
+
+/** The highest change id a change log handed out (its AUTOINCREMENT counter), undefined before the first. */
+function lastChangeId(db: Database.Database, logName: string): string | undefined {
+  const row = db.prepare("SELECT seq FROM sqlite_sequence WHERE name = ?").get(logName) as { seq: bigint | number } | undefined;
+  return row === undefined ? undefined : String(row.seq);
+}
+
+function setMeta(db: Database.Database, key: string, value: string): void {
+  db.prepare(`INSERT INTO ${quoteIdent(META_TABLE)} (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value`).run(key, value);
+}
+
 /** The change log's index on the row key, (re)built when missing or not on the key columns it should be. */
 function ensureKeyIndex(db: Database.Database, table: TableInfo): boolean {
   const name = changeLogIndex(table.name);
@@ -247,6 +265,8 @@ function dropStaleChangeLogs(db: Database.Database, captured: Set<string>, notes
     if (owner === undefined || captured.has(owner)) continue;
     const pending = Number((db.prepare(`SELECT count(*) AS n FROM ${quoteIdent(name)}`).get() as { n: bigint | number }).n);
     if (pending === 0) {
+      const lastId = lastChangeId(db, name);
+      if (lastId !== undefined) setMeta(db, lastChangeIdKey(owner), lastId);
       db.exec(`DROP TABLE ${quoteIdent(name)}`);
       db.prepare(`DELETE FROM ${quoteIdent(META_TABLE)} WHERE key = ?`).run(captureSignatureKey(owner));
       notes.push({ level: "info", message: `dropped the empty change log of table "${owner}", which is no longer captured` });

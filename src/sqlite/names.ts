@@ -76,6 +76,15 @@ export const META_EPOCH_KEY = "epoch";
  */
 export const META_SEQUENCE_KEY = "sqlite_sequence_before_marmot";
 
+/**
+ * META_TABLE key of the highest change id a table's change log had handed out when marmot dropped that log; a log
+ * created again for the table goes on from there. Change ids name messages (JetStream drops a message whose id it
+ * saw in the last two minutes) and tell a node's own changes apart, so they must never be reused.
+ */
+export function lastChangeIdKey(table: string): string {
+  return `last_change_id:${table}`;
+}
+
 /** META_TABLE key of a captured table's signature (JSON of its columns and key). */
 export function captureSignatureKey(table: string): string {
   return `capture:${table}`;

@@ -8,6 +8,7 @@ import type Database from "better-sqlite3";
 import { SchemaError } from "../../src/errors.js";
 import { silentLogger } from "../../src/log.js";
 import { installCapture, schemaVersion } from "../../src/sqlite/capture.js";
+import { ChangeLogReader } from "../../src/sqlite/change-log.js";
 import { removeCapture } from "../../src/sqlite/cleanup.js";
 import { APPLYING_TABLE, changeLogTable, LOG_ID_COLUMN } from "../../src/sqlite/names.js";
 import { openDatabase } from "../../src/sqlite/open.js";
@@ -361,6 +362,34 @@ describe("keeping capture current", () => {
         { __marmot_op: "upsert", v_id: 2n, v_v: "between", v_extra: "kept" },
         { __marmot_op: "upsert", v_id: 3n, v_v: "after", v_extra: "e3" },
       ]);
+    } finally {
+      db.close();
+    }
+  });
+
+  it("never hands out a change id twice: not after the log is rebuilt for a new column, nor after the table is dropped and created again", () => {
+    const { path, db } = captured("CREATE TABLE t (id INTEGER PRIMARY KEY, v)");
+    const reader = new ChangeLogReader(db);
+    const ship = (): number[] => {
+      const changes = reader.read(100, 1 << 20);
+      if (changes.length > 0) reader.removeUpTo(new Map([["t", Math.max(...changes.map((c) => c.changeId))]]));
+      return changes.map((c) => c.changeId);
+    };
+    try {
+      reader.setTables(installCapture(db, silentLogger).tables);
+      sqlite3(path, "INSERT INTO t VALUES (1, 'a'), (2, 'b');");
+      assert.deepEqual(ship(), [1, 2]);
+      // The log is empty now, so marmot rebuilds it with the new column.
+      sqlite3(path, "ALTER TABLE t ADD COLUMN extra;");
+      reader.setTables(installCapture(db, silentLogger).tables);
+      sqlite3(path, "INSERT INTO t VALUES (3, 'c', 'x');");
+      assert.deepEqual(ship(), [3], "the change after the rebuild is read, under a new id");
+      sqlite3(path, "DROP TABLE t;");
+      reader.setTables(installCapture(db, silentLogger).tables);
+      sqlite3(path, "CREATE TABLE t (id INTEGER PRIMARY KEY, v); INSERT INTO t VALUES (1, 'again');");
+      reader.setTables(installCapture(db, silentLogger).tables);
+      sqlite3(path, "INSERT INTO t VALUES (2, 'and again');");
+      assert.deepEqual(ship(), [4], "the table created again goes on from the ids of its earlier log");
     } finally {
       db.close();
     }
