@@ -181,6 +181,7 @@ export class MarmotNode {
     }
     if (config.publish) {
       const nc = this.nc;
+      const streamOf = new Map(streams.map((s) => [s.shard, s.stream]));
       const shipper = new ChangeShipper(
         this.reader,
         new JetStreamPublisher(js, streams),
@@ -191,6 +192,7 @@ export class MarmotNode {
           batchMaxChanges: config.scanMaxChanges,
           maxPayload: () => nc.info?.max_payload ?? 1024 * 1024,
           compress: config.replicationLog.compress,
+          onStored: config.replicate ? (shard, seq, rowKeys) => this.applier.noteStored(streamOf.get(shard)!, seq, rowKeys) : undefined,
         },
         logger.child({ component: "shipper" }),
         this.metrics,

@@ -12,7 +12,7 @@ import type { ChangeLogReader, PendingChange } from "./sqlite/change-log.js";
 import { batchOrigin, encodeBatch } from "./stream/codec.js";
 import type { BatchPublisher } from "./stream/publisher.js";
 import { orAbort, sleep } from "./sleep.js";
-import { rowKeyBytes, shardOf } from "./stream/shard.js";
+import { rowKeyBytes, rowKeyString, shardOf } from "./stream/shard.js";
 
 export interface ShipperOptions {
   /** this node's id */
@@ -29,11 +29,15 @@ export interface ShipperOptions {
   maxInFlight?: number;
   /** bytes of changes read in one round at most */
   roundMaxBytes?: number;
+  /** told of each batch JetStream stored: its shard, its sequence there, and the row keys it holds */
+  onStored?: (shard: number, seq: number, rowKeys: readonly string[]) => void;
 }
 
 interface Batch {
   shard: number;
   changes: PendingChange[];
+  /** rowKey of each change (see rowKeyString) */
+  rowKeys: string[];
 }
 
 /** Room left in a message for the header and the encoding's own bytes. */
@@ -69,7 +73,7 @@ export class ChangeShipper {
     const latest = new Map<string, { change: PendingChange; shard: number; rowKey: string }>();
     for (const change of changes) {
       const keyBytes = rowKeyBytes(change.wireTable.name, change.key);
-      const rowKey = keyBytes.toString("latin1");
+      const rowKey = rowKeyString(keyBytes);
       // Only the row's last change of the round travels: it carries the row's whole state.
       latest.delete(rowKey);
       latest.set(rowKey, { change, shard: shardOf(keyBytes, this.options.shards), rowKey });
@@ -109,11 +113,12 @@ export class ChangeShipper {
         current = undefined;
       }
       if (!current) {
-        current = { batch: { shard, changes: [] }, bytes: 0 };
+        current = { batch: { shard, changes: [], rowKeys: [] }, bytes: 0 };
         open.set(shard, current);
         batches.push(current.batch);
       }
       current.batch.changes.push(change);
+      current.batch.rowKeys.push(rowKey);
       current.bytes += change.size;
     }
     return batches;
@@ -164,8 +169,8 @@ export class ChangeShipper {
     if (encoded.payload.length > this.options.maxPayload()) {
       // The size estimate was off; halve the batch rather than fail it.
       const half = Math.ceil(batch.changes.length / 2);
-      await this.publishWithRetry({ shard: batch.shard, changes: batch.changes.slice(0, half) }, signal);
-      await this.publishWithRetry({ shard: batch.shard, changes: batch.changes.slice(half) }, signal);
+      await this.publishWithRetry({ shard: batch.shard, changes: batch.changes.slice(0, half), rowKeys: batch.rowKeys.slice(0, half) }, signal);
+      await this.publishWithRetry({ shard: batch.shard, changes: batch.changes.slice(half), rowKeys: batch.rowKeys.slice(half) }, signal);
       return;
     }
     let attempt = 0;
@@ -173,7 +178,8 @@ export class ChangeShipper {
       try {
         // A stop does not wait for the ack: the next start applies the streams before it publishes, so a batch
         // stored meanwhile leaves the change log then instead of going out twice.
-        await orAbort(this.publisher.publish(batch.shard, encoded.payload, encoded.msgId), signal);
+        const seq = await orAbort(this.publisher.publish(batch.shard, encoded.payload, encoded.msgId), signal);
+        this.options.onStored?.(batch.shard, seq, batch.rowKeys);
         if (this.outageSince !== 0) {
           this.logger.info("JetStream accepts changes again", { after_seconds: Math.round((Date.now() - this.outageSince) / 1000) });
           this.outageSince = 0;

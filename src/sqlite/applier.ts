@@ -5,6 +5,7 @@ import type { Database, Statement } from "better-sqlite3";
 import { DecodeError } from "../errors.js";
 import type { Logger } from "../log.js";
 import { decodeBatch, encodeBatch, type ChangeBatch, type WireChange, type WireTable } from "../stream/codec.js";
+import { rowKeyBytes, rowKeyString } from "../stream/shard.js";
 import { APPLIED_TABLE, APPLYING_TABLE, changeLogTable, LOG_ID_COLUMN, PARKED_TABLE, ROWID_KEY } from "./names.js";
 import { quoteIdent } from "./quote.js";
 import { rowidAlias } from "./schema.js";
@@ -27,6 +28,13 @@ interface ParkedChange {
 export interface StreamMessage {
   seq: number;
   data: Uint8Array;
+}
+
+/** Where a change comes from: a message at `seq` of `stream`, written by this node (`own`) or another. */
+interface Source {
+  stream: string;
+  seq: number;
+  own: boolean;
 }
 
 /** How one wire table's changes of one op are applied here: a statement, or why they cannot be. */
@@ -102,6 +110,13 @@ export class Applier {
   private readonly pendingLookups = new Map<string, PendingLookup>();
   /** replicated changes not applied because a newer local change of the row is on its way (since start) */
   superseded = 0;
+  /**
+   * Rows whose newer local change JetStream has stored but this node has not applied back yet, with where it was
+   * stored: the change log no longer holds that change, yet an earlier message of the row must not undo it here.
+   */
+  private readonly stored = new Map<string, { stream: string; seq: number }>();
+  /** per stream, what noteStored() added, to drop once the stream is applied past it */
+  private readonly storedByStream = new Map<string, { seq: number; rowKey: string }[]>();
   private readonly enterApply: Statement;
   private readonly leaveApply: Statement;
   private readonly recordApplied: Statement;
@@ -131,6 +146,35 @@ export class Applier {
     this.tables = new Map(tables.map((t) => [t.name, t]));
     this.statements.clear();
     this.pendingLookups.clear();
+  }
+
+  /**
+   * The shipper's word that JetStream stored this node's latest changes of these rows (see rowKeyString) at `seq`
+   * of `stream`. Until this node has applied the stream that far, earlier changes of those rows are superseded.
+   */
+  noteStored(stream: string, seq: number, rowKeys: readonly string[]): void {
+    if (this.options.origin === undefined || seq <= this.appliedSequence(stream)) return;
+    let queue = this.storedByStream.get(stream);
+    if (!queue) this.storedByStream.set(stream, (queue = []));
+    for (const rowKey of rowKeys) {
+      const previous = this.stored.get(rowKey);
+      if (previous === undefined || previous.stream !== stream || previous.seq < seq) this.stored.set(rowKey, { stream, seq });
+      queue.push({ seq, rowKey });
+    }
+  }
+
+  /** After a commit up to `last`: the stored changes at or below it are applied (or passed), no longer pending. */
+  private forgetStoredUpTo(stream: string, last: number): void {
+    const queue = this.storedByStream.get(stream);
+    if (!queue) return;
+    let done = 0;
+    while (done < queue.length && queue[done]!.seq <= last) {
+      const { seq, rowKey } = queue[done]!;
+      const entry = this.stored.get(rowKey);
+      if (entry !== undefined && entry.stream === stream && entry.seq === seq) this.stored.delete(rowKey);
+      done++;
+    }
+    if (done > 0) queue.splice(0, done);
   }
 
   appliedSequence(stream: string): number {
@@ -179,6 +223,7 @@ export class Applier {
       throw err;
     }
     this.applied.set(stream, last);
+    this.forgetStoredUpTo(stream, last);
     return results;
   }
 
@@ -197,13 +242,13 @@ export class Applier {
     const parked: ParkedChange[] = [];
     // Tables with a change parked earlier in this message: their later changes wait behind it, as across messages.
     const waitingHere = new Set<string>();
-    const own = batch.origin === this.options.origin;
+    const source: Source = { stream, seq, own: batch.origin === this.options.origin };
     for (const change of batch.changes) {
       const name = change.table.name;
       const reason =
         this.parkedTables.has(name) || waitingHere.has(name)
           ? `earlier changes to table "${name}" are waiting`
-          : this.applyChange(change, own, context);
+          : this.applyChange(change, source, context);
       if (reason === undefined) appliedCount++;
       else {
         parked.push({ change, reason });
@@ -234,7 +279,8 @@ export class Applier {
         if (stillWaiting.has(row.tbl)) continue;
         const batch = decodeBatch(row.payload);
         const change = batch.changes[0]!;
-        if (this.applyChange(change, batch.origin === this.options.origin) === undefined) {
+        const source = { stream: row.stream, seq: Number(row.seq), own: batch.origin === this.options.origin };
+        if (this.applyChange(change, source) === undefined) {
           remove.run(row.id);
           appliedCount++;
         } else {
@@ -263,10 +309,10 @@ export class Applier {
   }
 
   /**
-   * Apply one change (`own`: this node wrote it); returns why it cannot be applied, or undefined when it was applied
-   * or is superseded by a newer local change of its row.
+   * Apply one change; returns why it cannot be applied, or undefined when it was applied or is superseded by a
+   * newer local change of its row.
    */
-  private applyChange(change: WireChange, own: boolean, context: ApplyContext = newContext()): string | undefined {
+  private applyChange(change: WireChange, source: Source, context: ApplyContext = newContext()): string | undefined {
     let byOp = context.plans.get(change.table);
     if (!byOp) context.plans.set(change.table, (byOp = {}));
     let plan = byOp[change.op];
@@ -285,7 +331,7 @@ export class Applier {
       byOp[change.op] = plan;
     }
     if (plan.reason !== undefined) return plan.reason;
-    if (this.options.origin !== undefined && this.supersededLocally(plan, change, own, context)) {
+    if (this.options.origin !== undefined && this.supersededLocally(plan, change, source, context)) {
       this.superseded++;
       return undefined;
     }
@@ -303,14 +349,16 @@ export class Applier {
   }
 
   /**
-   * Whether the row has a local change that the stream has not sequenced yet. Such a change is bound to land after
-   * this message (it is not in the stream, or it is at a later sequence: an earlier one would have been applied back
-   * already and left the log), so on every node it overwrites whatever this change writes. Applying this change here
-   * would only show the app its row going back to an older state for a while, and a write the app makes on that
-   * older state (an UPDATE that now finds no row) would be lost. Own changes coming back from the stream first take
-   * their row's log entries up to them out of the change log: those are sequenced now.
+   * Whether the row has a newer local change that lands later in the stream: one JetStream stored at a later
+   * sequence (see noteStored), or one still in the change log (not in the stream yet, or at a later sequence: an
+   * earlier one would have been applied back already and left the log). On every node that change overwrites
+   * whatever this one writes. Applying this change here would only show the app its row going back to an older
+   * state for a while, and a write the app makes on that older state (an INSERT OR IGNORE that now finds no row)
+   * would be lost. Own changes coming back from the stream first take their row's log entries up to them out of
+   * the change log: those are sequenced now.
    */
-  private supersededLocally(plan: Extract<Plan, { reason?: undefined }>, change: WireChange, own: boolean, context: ApplyContext): boolean {
+  private supersededLocally(plan: Extract<Plan, { reason?: undefined }>, change: WireChange, source: Source, context: ApplyContext): boolean {
+    const key = change.op === "upsert" ? plan.keyPositions.map((p) => change.values[p]!) : change.values;
     // Most of the time the log is empty, or holds nothing this change could concern: no lookup per row then.
     let ids = context.logIds.get(plan.local.name);
     if (ids === undefined) {
@@ -318,12 +366,12 @@ export class Applier {
       ids = min === null || max === null ? null : { min: Number(min), max: Number(max) };
       context.logIds.set(plan.local.name, ids);
     }
-    if (ids === null) return false;
-    const key = change.op === "upsert" ? plan.keyPositions.map((p) => change.values[p]!) : change.values;
-    if (own) {
-      if (ids.min <= change.changeId) plan.pending.forget.run(...key, BigInt(change.changeId));
-      if (ids.max <= change.changeId) return false;
+    if (source.own && ids !== null && ids.min <= change.changeId) plan.pending.forget.run(...key, BigInt(change.changeId));
+    if (this.stored.size > 0) {
+      const stored = this.stored.get(rowKeyString(rowKeyBytes(plan.local.name, key)));
+      if (stored !== undefined && stored.stream === source.stream && stored.seq > source.seq) return true;
     }
+    if (ids === null || (source.own && ids.max <= change.changeId)) return false;
     return plan.pending.newest.get(...key) != null;
   }
 

@@ -21,6 +21,11 @@ export function rowKeyBytes(table: string, key: readonly SqlValue[]): Buffer {
   return w.finish();
 }
 
+/** The same identity as a string, for use as a map key. */
+export function rowKeyString(keyBytes: Buffer): string {
+  return keyBytes.toString("latin1");
+}
+
 /** Shard number, 1-based, for a row key. */
 export function shardOf(keyBytes: Uint8Array, shards: number): number {
   return (fnv1a32(keyBytes) % shards) + 1;

@@ -11,6 +11,7 @@ import { openDatabase } from "../../src/sqlite/open.js";
 import { quoteIdent } from "../../src/sqlite/quote.js";
 import type { SqlValue } from "../../src/sqlite/value.js";
 import { encodeBatch, type ChangeOp, type WireTable } from "../../src/stream/codec.js";
+import { rowKeyBytes, rowKeyString } from "../../src/stream/shard.js";
 import { createDb, recordingLogger, removeTempDirs, sqlite3, sqlite3Async, tempDir, type RecordedLine } from "../helpers/sqlite.js";
 
 after(removeTempDirs);
@@ -549,6 +550,34 @@ describe("the app's own newer writes", () => {
       n.applier.applyMessage(STREAM, 4, batch(upsertBook(1, "Dracula", "Stoker", 8)));
       assert.equal(rows(n.path, "SELECT title, author FROM Books"), "Dracula|Stoker", "a later change of another node wins");
       assert.equal(appliedSeq(n.path), "4");
+    } finally {
+      n.db.close();
+    }
+  });
+
+  it("are not undone by their own older changes coming back after JetStream stored the newer one too", () => {
+    const n = node(SCHEMA, OWN);
+    const row1 = rowKeyString(rowKeyBytes("Books", [1n]));
+    try {
+      // Three writes of the app, each published and acknowledged (and so gone from the change log) before the
+      // node applies any of them back: the shipper tells the applier where each was stored.
+      const ids: number[] = [];
+      for (const [seq, sql] of [
+        [1, "INSERT INTO Books VALUES (1, 'Emma', 'Austen');"],
+        [2, "DELETE FROM Books WHERE id = 1;"],
+        [3, "INSERT INTO Books VALUES (1, 'Persuasion', 'Austen');"],
+      ] as const) {
+        sqlite3(n.path, sql);
+        ids.push(newestLogId(n, "Books"));
+        acknowledged(n, "Books", ids.at(-1)!);
+        n.applier.noteStored(STREAM, seq, [row1]);
+      }
+      n.applier.applyMessage(STREAM, 1, ownBatch(upsertBook(1, "Emma", "Austen", ids[0])));
+      n.applier.applyMessage(STREAM, 2, ownBatch(change(BOOKS, "delete", ids[1]!, [1n])));
+      assert.equal(rows(n.path, "SELECT title FROM Books"), "Persuasion", "the row neither went back nor went away");
+      n.applier.applyMessage(STREAM, 3, ownBatch(upsertBook(1, "Persuasion", "Austen", ids[2])));
+      n.applier.applyMessage(STREAM, 4, batch(upsertBook(1, "Dracula", "Stoker", 9)));
+      assert.equal(rows(n.path, "SELECT title FROM Books"), "Dracula", "once its own change is back, later changes apply");
     } finally {
       n.db.close();
     }

@@ -11,7 +11,7 @@ import { openDatabase } from "../../src/sqlite/open.js";
 import type { SqlValue } from "../../src/sqlite/value.js";
 import { decodeBatch, type WireChange } from "../../src/stream/codec.js";
 import type { BatchPublisher } from "../../src/stream/publisher.js";
-import { rowKeyBytes, shardOf } from "../../src/stream/shard.js";
+import { rowKeyBytes, rowKeyString, shardOf } from "../../src/stream/shard.js";
 import { createDb, recordingLogger, removeTempDirs, sqlite3, tempDir, type RecordedLine } from "../helpers/sqlite.js";
 
 after(removeTempDirs);
@@ -36,7 +36,7 @@ class FakePublisher implements BatchPublisher {
   readonly attempts: Attempt[] = [];
   constructor(private readonly decide: (attempt: Omit<Attempt, "ok">, publisher: FakePublisher) => void | Promise<void> = () => {}) {}
 
-  async publish(shard: number, payload: Uint8Array, msgId: string): Promise<void> {
+  async publish(shard: number, payload: Uint8Array, msgId: string): Promise<number> {
     const attempt = { shard, payload: Buffer.from(payload), msgId };
     try {
       await this.decide(attempt, this);
@@ -45,6 +45,7 @@ class FakePublisher implements BatchPublisher {
       throw err;
     }
     this.attempts.push({ ...attempt, ok: true });
+    return this.acknowledged.length;
   }
 
   get acknowledged(): Attempt[] {
@@ -286,11 +287,32 @@ describe("shipping the change log", () => {
       insertBooks(s.path, 1, 5);
       const controller = new AbortController();
       // A server that died with the request in flight: no answer, no error.
-      const silent: BatchPublisher = { publish: () => new Promise<void>(() => undefined) };
+      const silent: BatchPublisher = { publish: () => new Promise<number>(() => undefined) };
       const round = s.shipper(silent).shipRound(controller.signal);
       setTimeout(() => controller.abort(new Error("marmot is stopping")), 50);
       await assert.rejects(round, /marmot is stopping/);
       assert.equal(pendingInFile(s.path), 5, "the changes stay in the log");
+    } finally {
+      s.db.close();
+    }
+  });
+
+  it("says where JetStream stored each batch and which rows it holds", async () => {
+    const s = setup();
+    try {
+      insertBooks(s.path, 1, 25);
+      const fake = new FakePublisher();
+      const stored: { shard: number; seq: number; rowKeys: readonly string[] }[] = [];
+      const onStored = (shard: number, seq: number, rowKeys: readonly string[]) => stored.push({ shard, seq, rowKeys });
+      await s.shipper(fake, { batchMaxChanges: 10, shards: 3, onStored }).shipRound(new AbortController().signal);
+      assert.equal(stored.length, fake.acknowledged.length);
+      for (const [i, attempt] of fake.acknowledged.entries()) {
+        const note = stored.find((n) => n.seq === i + 1)!;
+        assert.equal(note.shard, attempt.shard);
+        const keys = decodeBatch(attempt.payload).changes.map((c) => rowKeyString(rowKeyBytes(c.table.name, keyOf(c))));
+        assert.deepEqual(note.rowKeys, keys);
+      }
+      assert.equal(stored.reduce((n, note) => n + note.rowKeys.length, 0), 25);
     } finally {
       s.db.close();
     }
