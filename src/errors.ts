@@ -20,6 +20,14 @@ export class NatsError extends Error {
   override name = "NatsError";
 }
 
+/**
+ * JetStream called a publish a duplicate of a message it does not hold: the message id is in its duplicate window,
+ * but the stream has another message, or none, at the sequence it gave. The batch must go out again, under a new id.
+ */
+export class PhantomDuplicateError extends NatsError {
+  override name = "PhantomDuplicateError";
+}
+
 /** The embedded nats-server could not start or stopped unexpectedly. */
 export class ServerError extends Error {
   override name = "ServerError";

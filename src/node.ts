@@ -184,7 +184,7 @@ export class MarmotNode {
       const streamOf = new Map(streams.map((s) => [s.shard, s.stream]));
       const shipper = new ChangeShipper(
         this.reader,
-        new JetStreamPublisher(js, streams),
+        new JetStreamPublisher(js, jsm, streams),
         {
           origin: config.nodeId,
           epoch: this.epoch,

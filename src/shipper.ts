@@ -6,6 +6,7 @@
 // one round are retried and land out of order.
 
 import { createHash } from "node:crypto";
+import { PhantomDuplicateError } from "./errors.js";
 import type { Logger } from "./log.js";
 import type { Metrics } from "./metrics.js";
 import type { ChangeLogReader, PendingChange } from "./sqlite/change-log.js";
@@ -174,6 +175,7 @@ export class ChangeShipper {
       return;
     }
     let attempt = 0;
+    let reissued = 0;
     for (;;) {
       try {
         // A stop does not wait for the ack: the next start applies the streams before it publishes, so a batch
@@ -187,6 +189,16 @@ export class ChangeShipper {
         return;
       } catch (err) {
         if (signal.aborted) throw signal.reason ?? err;
+        if (err instanceof PhantomDuplicateError) {
+          // The id is burnt on that server: the same changes go out under a new one.
+          reissued++;
+          this.logger.warn("JetStream reported a batch as a duplicate of a message it does not hold; sending it again under a new id", {
+            shard: batch.shard,
+            reason: err.message,
+          });
+          encoded.msgId = `${encoded.msgId.replace(/~\d+$/, "")}~${reissued}`;
+          continue;
+        }
         attempt++;
         this.reportOutage(err, batch.shard);
         await sleep(Math.min(100 * 2 ** Math.min(attempt, 6), 5000), signal);

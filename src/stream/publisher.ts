@@ -1,7 +1,7 @@
 // Publishes encoded batches to the shard streams and waits for JetStream's acknowledgement.
 
-import type { JetStreamClient } from "@nats-io/jetstream";
-import { NatsError } from "../errors.js";
+import type { JetStreamClient, JetStreamManager, StoredMsg } from "@nats-io/jetstream";
+import { NatsError, PhantomDuplicateError } from "../errors.js";
 import type { ShardStream } from "./streams.js";
 
 /**
@@ -14,13 +14,18 @@ export interface BatchPublisher {
 
 export class JetStreamPublisher implements BatchPublisher {
   private readonly subjects = new Map<number, string>();
+  private readonly streams = new Map<number, string>();
 
   constructor(
     private readonly js: JetStreamClient,
+    private readonly jsm: JetStreamManager,
     streams: readonly ShardStream[],
     private readonly timeoutMs = 10_000,
   ) {
-    for (const s of streams) this.subjects.set(s.shard, s.subject);
+    for (const s of streams) {
+      this.subjects.set(s.shard, s.subject);
+      this.streams.set(s.shard, s.stream);
+    }
   }
 
   async publish(shard: number, payload: Uint8Array, msgId: string): Promise<number> {
@@ -29,13 +34,37 @@ export class JetStreamPublisher implements BatchPublisher {
     try {
       // retries: 0 — the shipper retries with its own backoff and says why.
       const ack = await this.js.publish(subject, payload, { msgID: msgId, timeout: this.timeoutMs, retries: 0 });
+      if (ack.duplicate) await this.checkDuplicate(this.streams.get(shard)!, ack.seq, msgId);
       return ack.seq;
     } catch (err) {
+      if (err instanceof PhantomDuplicateError) throw err;
       const message = (err as Error).message ?? String(err);
       if (/jetstream is not enabled|no responders|503/i.test(message)) {
         throw new NatsError(`no JetStream stream accepts subject ${subject} (stream missing or JetStream unavailable): ${message}`, { cause: err });
       }
       throw err;
+    }
+  }
+
+  /**
+   * A duplicate answer is what a retry after a lost ack gets, and then the stream holds the message. But after a
+   * network partition a server can answer so for a message id it only saw in a proposal that never reached the
+   * stream (it led the stream, lost its quorum, and kept the id). The changes would then leave the change log
+   * without being anywhere: so the stream must show this very message at the sequence given.
+   */
+  private async checkDuplicate(stream: string, seq: number, msgId: string): Promise<void> {
+    let stored: StoredMsg | null;
+    try {
+      stored = await this.jsm.streams.getMessage(stream, { seq });
+    } catch (err) {
+      if (!/no message found/i.test((err as Error).message ?? "")) throw err;
+      stored = null;
+    }
+    const found = stored?.header?.get("Nats-Msg-Id");
+    if (found !== msgId) {
+      throw new PhantomDuplicateError(
+        `JetStream called message ${msgId} a duplicate of sequence ${seq} of ${stream}, which holds ${found ? `message ${found}` : "nothing"}`,
+      );
     }
   }
 }

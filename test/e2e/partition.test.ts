@@ -95,6 +95,10 @@ describe("a network partition while the apps write (three network namespaces, R3
       await writers.done;
     }
     assert.deepEqual(record.failures, [], "an app's write failed");
+    for (const n of c.nodes) {
+      const reissued = n.output.match(/duplicate of a message it does not hold/g)?.length ?? 0;
+      if (reissued > 0) t.diagnostic(`node ${n.spec.id}: ${reissued} batches acknowledged as duplicates JetStream did not hold, sent again`);
+    }
     t.diagnostic(await verifyWorkload(c, record, { timeoutMs: 180_000 }));
     for (const n of c.nodes) assert.ok(n.running, `marmot ${n.spec.id} is still running:\n${n.tail()}`);
   });

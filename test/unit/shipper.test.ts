@@ -4,6 +4,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import type Database from "better-sqlite3";
+import { PhantomDuplicateError } from "../../src/errors.js";
 import { ChangeShipper, type ShipperOptions } from "../../src/shipper.js";
 import { installCapture } from "../../src/sqlite/capture.js";
 import { ChangeLogReader } from "../../src/sqlite/change-log.js";
@@ -292,6 +293,26 @@ describe("shipping the change log", () => {
       setTimeout(() => controller.abort(new Error("marmot is stopping")), 50);
       await assert.rejects(round, /marmot is stopping/);
       assert.equal(pendingInFile(s.path), 5, "the changes stay in the log");
+    } finally {
+      s.db.close();
+    }
+  });
+
+  it("sends a batch again under a new id when JetStream calls it a duplicate of a message it does not hold", async () => {
+    const s = setup();
+    try {
+      insertBooks(s.path, 1, 3);
+      const fake = new FakePublisher((attempt, publisher) => {
+        if (publisher.attempts.length === 0) throw new PhantomDuplicateError(`${attempt.msgId} is a duplicate of sequence 7, which holds nothing`);
+      });
+      const shipper = s.shipper(fake);
+      assert.equal(await shipper.shipRound(new AbortController().signal), 3);
+      const [refused, sent] = fake.attempts;
+      assert.equal(refused!.ok, false);
+      assert.equal(sent!.msgId, `${refused!.msgId}~1`);
+      assert.deepEqual(sent!.payload, refused!.payload, "the same changes");
+      assert.equal(pendingInFile(s.path), 0);
+      assert.ok(s.lines.some((l) => /duplicate of a message it does not hold/.test(l.message)));
     } finally {
       s.db.close();
     }
