@@ -24,8 +24,9 @@ import {
 
 useProcessCleanup();
 
-// Opt-in: nats-server 2.9.10 can leave R3 replicas different after a partition (seen in about 1 run of 25), which
-// this test rightly reports; it runs with the long profile or MARMOT_TEST_PARTITION=1, not in every `npm test`.
+// Opt-in (the long profile or MARMOT_TEST_PARTITION=1), not in every `npm test`: it needs root, and a cut-off node's
+// acknowledged changes went missing on the other nodes in about 1 run of 15 before the publisher checked duplicate
+// acks (none in 14 runs since, on nats-server 2.9.10 and 2.10.27). It stays out of CI until that has more runs.
 const optedIn = longProfile() || process.env.MARMOT_TEST_PARTITION === "1";
 const unavailable = optedIn ? netnsUnavailable() : "opt-in: run with MARMOT_TEST_PARTITION=1 or MARMOT_TEST_PROFILE=long";
 const long = longProfile();
