@@ -22,6 +22,8 @@ export interface NatsServerOptions {
   auth?: NatsAuth;
   tls?: { cert: string; key: string; ca?: string; verify?: boolean };
   cluster?: { port: number; routes: string[]; name?: string };
+  /** accept leaf node connections on 127.0.0.1:<port> */
+  leafnodePort?: number;
   /** default: a fresh temporary directory, removed when the test process exits */
   storeDir?: string;
   serverName?: string;
@@ -245,6 +247,9 @@ function renderConfig(options: NatsServerOptions, port: number, storeDir: string
       "  timeout: 2",
       "}",
     );
+  }
+  if (options.leafnodePort !== undefined) {
+    lines.push(`leafnodes { listen: ${q(`127.0.0.1:${options.leafnodePort}`)} }`);
   }
   if (options.cluster !== undefined) {
     const cluster = options.cluster;

@@ -11,7 +11,8 @@ import { ServerError } from "../../src/errors.js";
 import type { Logger, LogFields } from "../../src/log.js";
 import { EmbeddedServer, type ServerExit } from "../../src/stream/embedded-server.js";
 import { describeJetStreamError, waitForJetStream } from "../../src/stream/jetstream-ready.js";
-import { tempDir } from "../helpers/nats.js";
+import { waitFor } from "../helpers/marmot.js";
+import { startNatsServer, tempDir } from "../helpers/nats.js";
 import { freePort, freePorts } from "../helpers/ports.js";
 import { isAlive, killPid, spawnTracked, trackPid, useProcessCleanup, waitForExit } from "../helpers/processes.js";
 
@@ -140,6 +141,38 @@ describe("embedded nats-server", { timeout: TEST_TIMEOUT }, () => {
       const jsm = await waitForJetStream(nc, captureLogger());
       const stored = await jsm.streams.getMessage("CHANGES", { seq: published.seq });
       assert.equal(stored?.string(), "row 42");
+    });
+  });
+
+  test("-leaf-servers: the embedded server joins a hub as a leaf node, and marmot's subjects reach the hub", async (t) => {
+    const leafnodePort = await freePort();
+    const hub = await startNatsServer({ jetstream: false, leafnodePort });
+    t.after(() => hub.stop());
+    const server = await startServer({ leafServers: [`nats://127.0.0.1:${leafnodePort}`] });
+    t.after(() => server.stop());
+
+    await withClient(hub.url, async (onHub) => {
+      const received: string[] = [];
+      onHub.subscribe("marmot-change-log-1-1", {
+        callback: (_err, m) => {
+          received.push(m.string());
+        },
+      });
+      await onHub.flush();
+      await withClient(server.clientUrl, async (onLeaf) => {
+        // The hub's interest reaches the leaf once the leaf connection is up: publish until a message arrives.
+        await waitFor(
+          async () => {
+            onLeaf.publish("marmot-change-log-1-1", "from the leaf");
+            await onLeaf.flush();
+            return received.length > 0;
+          },
+          30_000,
+          () => `a message published on the leaf to reach the hub:\n${hub.output()}`,
+          250,
+        );
+      });
+      assert.equal(received[0], "from the leaf");
     });
   });
 
