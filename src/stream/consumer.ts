@@ -27,6 +27,12 @@ const MAX_BATCH_BYTES = 256 * 1024;
  */
 const PULL_EXPIRES_MS = 5000;
 
+/**
+ * A consumer that delivers nothing for this long while the stream's leader reports messages this node has not
+ * applied is started again: after a partition a consumer can stay on a replica that lacks the stream's last messages.
+ */
+const STALL_MS = 15_000;
+
 export interface ShardConsumerOptions {
   /** durable consumer name, the same for every shard of this node */
   durableName: string;
@@ -41,6 +47,9 @@ export interface ShardConsumerOptions {
  */
 export class ShardConsumer {
   private lastLag = -1;
+  /** the running consume() call, to stop when it stalls */
+  private current?: { stop(): void };
+  private progress = { applied: -1, at: Date.now() };
 
   constructor(
     private readonly js: JetStreamClient,
@@ -88,10 +97,30 @@ export class ShardConsumer {
   /** Messages in the stream this node has not applied (for the lag metric and the status). */
   async lag(): Promise<number> {
     const info = await this.jsm.streams.info(this.shard.stream);
-    const lag = Math.max(0, info.state.last_seq - this.applier.appliedSequence(this.shard.stream));
+    const applied = this.applier.appliedSequence(this.shard.stream);
+    const lag = Math.max(0, info.state.last_seq - applied);
     this.metrics?.shardLag.set(lag, { shard: this.shard.shard, stream: this.shard.stream });
     this.lastLag = lag;
+    this.watchForStall(applied, lag, info.state.last_seq);
     return lag;
+  }
+
+  /** Called with each lag reading (every few seconds): restarts a consumer that stopped delivering. */
+  private watchForStall(applied: number, lag: number, lastSeq: number): void {
+    const now = Date.now();
+    if (lag === 0 || applied !== this.progress.applied) {
+      this.progress = { applied, at: now };
+      return;
+    }
+    if (now - this.progress.at < STALL_MS || this.current === undefined) return;
+    this.logger.warn("the stream has messages this node is not getting; starting its consumer again", {
+      stream: this.shard.stream,
+      applied,
+      last_seq: lastSeq,
+      stalled_seconds: Math.round((now - this.progress.at) / 1000),
+    });
+    this.progress = { applied, at: now };
+    this.current.stop();
   }
 
   get lastKnownLag(): number {
@@ -118,6 +147,7 @@ export class ShardConsumer {
     this.logger.info("consuming stream", { stream, after_seq: startAfter });
     const consumer = await this.js.consumers.get(stream, this.options.durableName);
     const messages = await consumer.consume({ max_messages: this.options.prefetch ?? 256, expires: PULL_EXPIRES_MS });
+    this.current = messages;
     const onAbort = () => void messages.stop();
     signal.addEventListener("abort", onAbort, { once: true });
     // A stop that came while the consumer was being set up fired before this listener existed.
@@ -140,6 +170,7 @@ export class ShardConsumer {
       }
     } finally {
       signal.removeEventListener("abort", onAbort);
+      this.current = undefined;
       messages.stop();
     }
     if (!signal.aborted) throw new Error("consumer stopped delivering");
