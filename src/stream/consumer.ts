@@ -96,12 +96,12 @@ export class ShardConsumer {
 
   /** Messages in the stream this node has not applied (for the lag metric and the status). */
   async lag(): Promise<number> {
-    const info = await this.jsm.streams.info(this.shard.stream);
-    const applied = this.applier.appliedSequence(this.shard.stream);
-    const lag = Math.max(0, info.state.last_seq - applied);
+    const lastSeq = await this.streamEnd();
+    const applied = this.appliedSequence();
+    const lag = Math.max(0, lastSeq - applied);
     this.metrics?.shardLag.set(lag, { shard: this.shard.shard, stream: this.shard.stream });
     this.lastLag = lag;
-    this.watchForStall(applied, lag, info.state.last_seq);
+    this.watchForStall(applied, lag, lastSeq);
     return lag;
   }
 

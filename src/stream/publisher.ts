@@ -13,8 +13,7 @@ export interface BatchPublisher {
 }
 
 export class JetStreamPublisher implements BatchPublisher {
-  private readonly subjects = new Map<number, string>();
-  private readonly streams = new Map<number, string>();
+  private readonly shards = new Map<number, ShardStream>();
 
   constructor(
     private readonly js: JetStreamClient,
@@ -22,19 +21,17 @@ export class JetStreamPublisher implements BatchPublisher {
     streams: readonly ShardStream[],
     private readonly timeoutMs = 10_000,
   ) {
-    for (const s of streams) {
-      this.subjects.set(s.shard, s.subject);
-      this.streams.set(s.shard, s.stream);
-    }
+    for (const s of streams) this.shards.set(s.shard, s);
   }
 
   async publish(shard: number, payload: Uint8Array, msgId: string): Promise<number> {
-    const subject = this.subjects.get(shard);
-    if (!subject) throw new Error(`no stream for shard ${shard}`);
+    const target = this.shards.get(shard);
+    if (!target) throw new Error(`no stream for shard ${shard}`);
+    const { subject, stream } = target;
     try {
       // retries: 0 — the shipper retries with its own backoff and says why.
       const ack = await this.js.publish(subject, payload, { msgID: msgId, timeout: this.timeoutMs, retries: 0 });
-      if (ack.duplicate) await this.checkDuplicate(this.streams.get(shard)!, ack.seq, msgId);
+      if (ack.duplicate) await this.checkDuplicate(stream, ack.seq, msgId);
       return ack.seq;
     } catch (err) {
       if (err instanceof PhantomDuplicateError) throw err;
