@@ -11,7 +11,7 @@ import { ServerError } from "./errors.js";
 import type { Logger } from "./log.js";
 import { Metrics } from "./metrics.js";
 import { startMetricsServer } from "./metrics-server.js";
-import { ChangeShipper } from "./shipper.js";
+import { ChangeShipper, msgIdPrefix } from "./shipper.js";
 import { sleep } from "./sleep.js";
 import { Applier } from "./sqlite/applier.js";
 import { installCapture, schemaVersion } from "./sqlite/capture.js";
@@ -26,7 +26,7 @@ import { ShardConsumer } from "./stream/consumer.js";
 import { EmbeddedServer } from "./stream/embedded-server.js";
 import { waitForJetStream } from "./stream/jetstream-ready.js";
 import { JetStreamPublisher } from "./stream/publisher.js";
-import { ensureStreams } from "./stream/streams.js";
+import { ensureStreams, serverVersionRisk } from "./stream/streams.js";
 import { Wakeup } from "./wakeup.js";
 
 /** Where the embedded nats-server keeps its JetStream store: beside the database, one folder per node. */
@@ -171,12 +171,15 @@ export class MarmotNode {
     this.nc = await connectNats({ servers, nats: config.nats, name, logger: logger.child({ component: "nats" }), signal });
     const jsm = await waitForJetStream(this.nc, logger, signal);
     const streams = await ensureStreams(jsm, config, logger, signal);
+    const risk = serverVersionRisk(this.nc.info?.version, config.replicationLog.replicas);
+    if (risk !== undefined) logger.warn(risk, { replicas: config.replicationLog.replicas });
     const js = jetstream(this.nc);
 
     if (config.replicate) {
       this.consumers = streams.map(
         (s) => new ShardConsumer(js, jsm, s, this.applier, { durableName: name }, logger.child({ component: "consumer", shard: s.shard }), this.metrics),
       );
+      if (config.publish) await this.recallOwnMessages(this.consumers, msgIdPrefix(config.nodeId, this.epoch), signal);
       for (const c of this.consumers) this.tasks.push(c.run(signal));
     }
     if (config.publish) {
@@ -193,6 +196,7 @@ export class MarmotNode {
           maxPayload: () => nc.info?.max_payload ?? 1024 * 1024,
           compress: config.replicationLog.compress,
           onStored: config.replicate ? (shard, seq, rowKeys) => this.applier.noteStored(streamOf.get(shard)!, seq, rowKeys) : undefined,
+          streamOf: (shard) => streamOf.get(shard)!,
         },
         logger.child({ component: "shipper" }),
         this.metrics,
@@ -209,6 +213,25 @@ export class MarmotNode {
       replicate: config.replicate,
     });
     this.wakeup.notify();
+  }
+
+  /**
+   * Before applying: this node's messages that JetStream stored while the last run was ending, not applied here
+   * yet. The applier keeps their rows from going back to an older state meanwhile (see ShardConsumer). Best effort:
+   * when it fails, the node runs as before, with the window that record closes open until it has caught up.
+   */
+  private async recallOwnMessages(consumers: readonly ShardConsumer[], prefix: string, signal: AbortSignal): Promise<void> {
+    await Promise.all(
+      consumers.map(async (c) => {
+        try {
+          const found = await c.recallOwnMessages(prefix, this.reader.lastStoredSeq(c.stream), signal);
+          if (found > 0) this.logger.info("found changes of this node in the stream that it has not applied yet", { stream: c.stream, messages: found });
+        } catch (err) {
+          if (signal.aborted) return;
+          this.logger.warn("could not read this node's own changes back from the stream; going on", { stream: c.stream, reason: (err as Error).message });
+        }
+      }),
+    );
   }
 
   private async shipLoop(shipper: ChangeShipper, signal: AbortSignal): Promise<void> {

@@ -32,6 +32,11 @@ export interface ShipperOptions {
   roundMaxBytes?: number;
   /** told of each batch JetStream stored: its shard, its sequence there, and the row keys it holds */
   onStored?: (shard: number, seq: number, rowKeys: readonly string[]) => void;
+  /**
+   * The stream of a shard: with it, the highest sequence a round's messages were stored at in each stream is
+   * recorded as their changes leave the change log (see ChangeLogReader.lastStoredSeq).
+   */
+  streamOf?: (shard: number) => string;
 }
 
 interface Batch {
@@ -44,7 +49,14 @@ interface Batch {
 /** Room left in a message for the header and the encoding's own bytes. */
 const PAYLOAD_MARGIN = 8 * 1024;
 
+/** How the JetStream message id of every batch of this node and epoch begins. */
+export function msgIdPrefix(origin: string, epoch: string): string {
+  return `${origin}-${epoch}-`;
+}
+
 export class ChangeShipper {
+  /** per stream, the highest sequence this round's messages were stored at */
+  private readonly storedInRound = new Map<string, number>();
   /** row key -> the change too large for one message that stays in the change log for that row */
   private readonly oversize = new Map<string, { table: string; changeId: number }>();
   private outageSince = 0;
@@ -82,8 +94,9 @@ export class ChangeShipper {
     }
 
     const batches = this.cutBatches(latest.values());
+    this.storedInRound.clear();
     await this.publishAll(batches, maxInFlight, signal);
-    this.reader.removeUpTo(upTo, this.keptIds());
+    this.reader.removeUpTo(upTo, this.keptIds(), this.storedInRound);
     this.metrics?.published.inc(changes.length);
     return changes.length;
   }
@@ -145,7 +158,7 @@ export class ChangeShipper {
     // The id names exactly which changes the message holds, so a retry of the same batch is dropped as a duplicate.
     const hash = createHash("sha1");
     for (const c of batch.changes) hash.update(`${c.wireTable.name}\u0000${c.changeId}\u0000`);
-    return { payload, msgId: `${this.options.origin}-${this.options.epoch}-${hash.digest("hex")}` };
+    return { payload, msgId: `${msgIdPrefix(this.options.origin, this.options.epoch)}${hash.digest("hex")}` };
   }
 
   private async publishAll(batches: Batch[], maxInFlight: number, signal: AbortSignal): Promise<void> {
@@ -182,6 +195,9 @@ export class ChangeShipper {
         // stored meanwhile leaves the change log then instead of going out twice.
         const seq = await orAbort(this.publisher.publish(batch.shard, encoded.payload, encoded.msgId), signal);
         this.options.onStored?.(batch.shard, seq, batch.rowKeys);
+        const stream = this.options.streamOf?.(batch.shard);
+        if (stream !== undefined) this.storedInRound.set(stream, Math.max(this.storedInRound.get(stream) ?? 0, seq));
+        this.logger.debug("batch stored", { shard: batch.shard, seq, msg_id: encoded.msgId, changes: batch.changes.length });
         if (this.outageSince !== 0) {
           this.logger.info("JetStream accepts changes again", { after_seconds: Math.round((Date.now() - this.outageSince) / 1000) });
           this.outageSince = 0;

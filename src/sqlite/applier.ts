@@ -163,6 +163,31 @@ export class Applier {
     }
   }
 
+  /**
+   * The same word, read back from the stream at start: a message of this node that JetStream stored at `seq`
+   * before the last run ended, and that this node has not applied yet. Its rows are kept as noteStored() keeps
+   * them, so a crash does not reopen the window that record closes. Returns how many rows it holds (0 when the
+   * message is another node's, or not a batch at all).
+   */
+  noteStoredMessage(stream: string, seq: number, data: Uint8Array): number {
+    if (this.options.origin === undefined || seq <= this.appliedSequence(stream)) return 0;
+    let batch: ChangeBatch;
+    try {
+      batch = decodeBatch(data);
+    } catch (err) {
+      if (err instanceof DecodeError) return 0;
+      throw err;
+    }
+    if (batch.origin !== this.options.origin) return 0;
+    const rowKeys = batch.changes.map((change) => {
+      const { table } = change;
+      const key = change.op === "upsert" ? table.keyColumns.map((k) => change.values[table.columns.indexOf(k)]!) : change.values;
+      return rowKeyString(rowKeyBytes(table.name, key));
+    });
+    this.noteStored(stream, seq, rowKeys);
+    return rowKeys.length;
+  }
+
   /** After a commit up to `last`: the stored changes at or below it are applied (or passed), no longer pending. */
   private forgetStoredUpTo(stream: string, last: number): void {
     const queue = this.storedByStream.get(stream);

@@ -3,7 +3,16 @@
 import type { Database, Statement } from "better-sqlite3";
 import type { ChangeOp, WireTable } from "../stream/codec.js";
 import { quoteIdent } from "./quote.js";
-import { changeLogTable, LOG_ID_COLUMN, LOG_OP_COLUMN, LOG_ROWID_COLUMN, logValueColumn, ROWID_KEY } from "./names.js";
+import {
+  changeLogTable,
+  lastStoredSeqKey,
+  LOG_ID_COLUMN,
+  LOG_OP_COLUMN,
+  LOG_ROWID_COLUMN,
+  logValueColumn,
+  META_TABLE,
+  ROWID_KEY,
+} from "./names.js";
 import type { TableInfo } from "./table.js";
 import type { SqlValue } from "./value.js";
 
@@ -53,7 +62,15 @@ export class ChangeLogReader {
   /** Which table a read starts with, turning each read, so one busy table cannot starve the others. */
   private startAt = 0;
 
+  private recordStored?: Statement;
+
   constructor(private readonly db: Database) {}
+
+  /** The highest sequence recorded by removeUpTo() for a stream (0 when none). */
+  lastStoredSeq(stream: string): number {
+    const row = this.db.prepare(`SELECT value FROM ${quoteIdent(META_TABLE)} WHERE key = ?`).pluck(true).get(lastStoredSeqKey(stream));
+    return row === undefined || row === null ? 0 : Number(row);
+  }
 
   /** (Re)build readers after capture was installed or the schema changed; cursors of unchanged tables are kept. */
   setTables(tables: readonly TableInfo[]): void {
@@ -119,10 +136,21 @@ export class ChangeLogReader {
 
   /**
    * Remove every change of each table up to the given change id (they are in JetStream now),
-   * except the ids in `keep` (changes that could not be sent and must stay in the log).
+   * except the ids in `keep` (changes that could not be sent and must stay in the log). `stored` gives, per stream,
+   * the highest sequence at which the messages holding them were stored; it is recorded in the same transaction.
    */
-  removeUpTo(upTo: ReadonlyMap<string, number>, keep?: ReadonlyMap<string, ReadonlySet<number>>): void {
+  removeUpTo(
+    upTo: ReadonlyMap<string, number>,
+    keep?: ReadonlyMap<string, ReadonlySet<number>>,
+    stored?: ReadonlyMap<string, number>,
+  ): void {
     this.db.transaction(() => {
+      for (const [stream, seq] of stored ?? []) {
+        this.recordStored ??= this.db.prepare(
+          `INSERT INTO ${quoteIdent(META_TABLE)} (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)`,
+        );
+        this.recordStored.run(lastStoredSeqKey(stream), BigInt(seq));
+      }
       for (const [table, changeId] of upTo) {
         const reader = this.readers.get(table);
         if (!reader) continue;

@@ -85,6 +85,14 @@ export function lastChangeIdKey(table: string): string {
   return `last_change_id:${table}`;
 }
 
+/**
+ * META_TABLE key of the highest sequence at which JetStream stored a message of this node in a stream, recorded
+ * as the message's changes leave the change log: a start reads its own messages back only up to there.
+ */
+export function lastStoredSeqKey(stream: string): string {
+  return `last_stored_seq:${stream}`;
+}
+
 /** META_TABLE key of a captured table's signature (JSON of its columns and key). */
 export function captureSignatureKey(table: string): string {
   return `capture:${table}`;

@@ -14,7 +14,12 @@ export interface MessageApplier {
   applyMessage(stream: string, seq: number, data: Uint8Array): ApplyResult;
   /** Several messages in one transaction that records the last sequence (optional: else one at a time). */
   applyMessages?(stream: string, messages: readonly StreamMessage[]): ApplyResult[];
+  /** This node's message stored at `seq` and not applied yet (see recallOwnMessages); returns its row count. */
+  noteStoredMessage?(stream: string, seq: number, data: Uint8Array): number;
 }
+
+/** How long recallOwnMessages() waits for the next header before it gives up on reading the stream's tail. */
+const RECALL_IDLE_MS = 5000;
 
 /** Messages already delivered that are applied together at most: bounds how long one transaction holds the write lock. */
 const MAX_BATCH_MESSAGES = 64;
@@ -87,6 +92,53 @@ export class ShardConsumer {
 
   appliedSequence(): number {
     return this.applier.appliedSequence(this.shard.stream);
+  }
+
+  /**
+   * At start, before anything is applied: finds this node's own messages between the applied sequence and
+   * `lastStored` (by their message id, `msgIdPrefix...`, reading headers only) and hands each to the applier, which
+   * keeps their rows from being set back by older changes meanwhile. The shipper's record of them was in the
+   * memory of the run that ended. Returns how many messages were found.
+   */
+  async recallOwnMessages(msgIdPrefix: string, lastStored: number, signal: AbortSignal): Promise<number> {
+    const { stream } = this.shard;
+    if (!this.applier.noteStoredMessage) return 0;
+    const applied = this.appliedSequence();
+    // Only as far as the last run recorded storing a message whose changes then left the change log (one still in
+    // the log is kept by the log itself), and never past the stream's end.
+    if (lastStored <= applied) return 0;
+    const end = Math.min(lastStored, await this.streamEnd());
+    if (end <= applied) return 0;
+    const own: number[] = [];
+    const consumer = await this.js.consumers.get(stream, { opt_start_seq: applied + 1, deliver_policy: DeliverPolicy.StartSequence, headers_only: true });
+    const messages = await consumer.consume({ max_messages: 1024 });
+    let idle: NodeJS.Timeout | undefined;
+    const arm = () => {
+      clearTimeout(idle);
+      idle = setTimeout(() => void messages.close(), RECALL_IDLE_MS);
+    };
+    const onAbort = () => void messages.close();
+    signal.addEventListener("abort", onAbort, { once: true });
+    arm();
+    let reached = applied;
+    try {
+      for await (const m of messages) {
+        arm();
+        reached = m.seq;
+        if (m.headers?.get("Nats-Msg-Id")?.startsWith(msgIdPrefix)) own.push(m.seq);
+        if (m.seq >= end) break;
+      }
+    } finally {
+      clearTimeout(idle);
+      signal.removeEventListener("abort", onAbort);
+      await messages.close().catch(() => undefined);
+    }
+    if (reached < end && !signal.aborted) throw new Error(`read the stream's headers only to sequence ${reached} of ${end}`);
+    for (const seq of own) {
+      const stored = await this.jsm.streams.getMessage(stream, { seq });
+      if (stored) this.applier.noteStoredMessage(stream, seq, stored.data);
+    }
+    return own.length;
   }
 
   /** The stream's last sequence now. */
@@ -206,7 +258,14 @@ export class ShardConsumer {
     if (result.outcome === "duplicate") return;
     this.metrics?.applied.inc(result.applied);
     if (result.parked > 0) this.metrics?.parked.inc(result.parked);
-    this.logger.debug("applied message", { stream: this.shard.stream, seq: m.seq, outcome: result.outcome, changes: result.applied, parked: result.parked });
+    this.logger.debug("applied message", {
+      stream: this.shard.stream,
+      seq: m.seq,
+      msg_id: m.headers?.get("Nats-Msg-Id"),
+      outcome: result.outcome,
+      changes: result.applied,
+      parked: result.parked,
+    });
   }
 
   /** Apply one message; false when the consumer must be started again to keep the order. */

@@ -2,6 +2,7 @@
 
 import { accessSync, constants, statSync } from "node:fs";
 import { delimiter, isAbsolute, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
 import { ServerError } from "../errors.js";
 
 const BINARY_NAME = "nats-server";
@@ -9,7 +10,16 @@ const BINARY_NAME = "nats-server";
 // Debian installs nats-server into /usr/sbin, which a non-root user's PATH often lacks.
 const EXTRA_DIRS = ["/usr/sbin", "/usr/local/sbin", "/usr/local/bin"];
 
-/** Absolute path of nats-server: $MARMOT_NATS_SERVER if set, else PATH, else the usual sbin/bin folders. */
+/**
+ * Where scripts/setup.sh puts nats-server 2.10 when the machine's own is older (this file runs from
+ * dist/src/stream/ of the checkout).
+ */
+const CHECKOUT_BINARY = fileURLToPath(new URL(`../../../.tools/bin/${BINARY_NAME}`, import.meta.url));
+
+/**
+ * Absolute path of nats-server: $MARMOT_NATS_SERVER if set, else the one scripts/setup.sh installed into the
+ * checkout, else PATH, else the usual sbin/bin folders.
+ */
 export function findNatsServer(): string {
   const override = process.env.MARMOT_NATS_SERVER;
   if (override !== undefined && override !== "") {
@@ -22,6 +32,7 @@ export function findNatsServer(): string {
     }
     return candidate;
   }
+  if (isExecutableFile(CHECKOUT_BINARY)) return CHECKOUT_BINARY;
   const pathDirs = (process.env.PATH ?? "").split(delimiter).filter((dir) => dir !== "");
   for (const dir of [...pathDirs, ...EXTRA_DIRS]) {
     const candidate = join(dir, BINARY_NAME);

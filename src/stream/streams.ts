@@ -24,6 +24,22 @@ export function shardStreams(config: Pick<Config, "nats" | "replicationLog">): S
   return out;
 }
 
+/**
+ * Why a replicated stream wants nats-server 2.10 or newer: on 2.9, after a network partition, the replicas of a
+ * stream were seen holding different messages at the same sequence, so nodes reading from different replicas
+ * applied changes in different orders and ended apart. Undefined when the version is fine (or unknown).
+ */
+export function serverVersionRisk(version: string | undefined, replicas: number): string | undefined {
+  const match = /^v?(\d+)\.(\d+)\./.exec(version ?? "");
+  if (!match || replicas < 2) return undefined;
+  const [major, minor] = [Number(match[1]), Number(match[2])];
+  if (major > 2 || (major === 2 && minor >= 10)) return undefined;
+  return (
+    `nats-server ${version} is older than 2.10: after a network partition, the replicas of a stream can hold ` +
+    "different messages at the same sequence, and the nodes then end apart. Upgrade nats-server to 2.10 or newer"
+  );
+}
+
 function wantedConfig(s: ShardStream, config: Config): Partial<StreamConfig> & { name: string } {
   return {
     name: s.stream,

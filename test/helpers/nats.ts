@@ -1,6 +1,6 @@
 // Real nats-server processes for tests: one server, or a routed JetStream cluster, on loopback.
 
-import type { ChildProcess } from "node:child_process";
+import { execFileSync, type ChildProcess } from "node:child_process";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -62,6 +62,14 @@ process.on("exit", () => {
 });
 
 /** A temporary directory removed when the test process exits. */
+/** The version of the nats-server the tests and marmot start, e.g. [2, 10, 27]. */
+export function natsServerVersion(): [number, number, number] {
+  const text = execFileSync(findNatsServer(), ["--version"], { encoding: "utf8" });
+  const match = /v(\d+)\.(\d+)\.(\d+)/.exec(text);
+  if (!match) throw new Error(`cannot read the version of nats-server from ${JSON.stringify(text)}`);
+  return [Number(match[1]), Number(match[2]), Number(match[3])];
+}
+
 export function tempDir(prefix = "marmot-test-"): string {
   const dir = mkdtempSync(join(tmpdir(), prefix));
   tempDirs.push(dir);
@@ -80,18 +88,34 @@ export async function startNatsServer(options: NatsServerOptions = {}): Promise<
   return server;
 }
 
-/** Starts size routed JetStream servers and resolves once a stream replicated min(size, 3) times can be created. */
+/**
+ * Starts size routed JetStream servers and resolves once a stream replicated min(size, 3) times can be created.
+ * A cluster that is not ready in 20 s is started once more from scratch: nats-server 2.10 at times never found the
+ * peers to place an R3 stream on in a freshly started cluster, although all three had elected one meta leader.
+ */
 export async function startNatsCluster(size = 3, options: { name?: string } = {}): Promise<TestNatsCluster> {
+  try {
+    return await startNatsClusterOnce(size, options, 20_000);
+  } catch (err) {
+    console.log(`# starting the test NATS cluster again: ${(err as Error).message.split("\n")[0]}`);
+    return startNatsClusterOnce(size, options, 30_000);
+  }
+}
+
+async function startNatsClusterOnce(size: number, options: { name?: string }, readyMs: number): Promise<TestNatsCluster> {
   const ports = await freePorts(size * 2);
   const clientPorts = ports.slice(0, size);
   const clusterPorts = ports.slice(size);
-  const routes = clusterPorts.map((p) => `nats://127.0.0.1:${p}`);
   const servers = await Promise.all(
     clientPorts.map((port, i) =>
       startNatsServer({
         port,
         serverName: `test-n${i + 1}`,
-        cluster: { port: clusterPorts[i]!, routes, name: options.name ?? "marmot-test" },
+        cluster: {
+          port: clusterPorts[i]!,
+          routes: clusterPorts.filter((_, j) => j !== i).map((p) => `nats://127.0.0.1:${p}`),
+          name: options.name ?? "marmot-test",
+        },
       }),
     ),
   );
@@ -103,7 +127,7 @@ export async function startNatsCluster(size = 3, options: { name?: string } = {}
     },
   };
   try {
-    await waitForReplicatedStream(cluster.urls, Math.min(size, 3), 30_000);
+    await waitForReplicatedStream(cluster.urls, Math.min(size, 3), readyMs);
   } catch (err) {
     const outputs = servers.map((s, i) => `--- server ${i + 1} ---\n${s.output()}`).join("\n");
     await cluster.stop();

@@ -233,6 +233,34 @@ describe("two marmot processes on an external nats-server", () => {
     assert.match(node(1).output, /applying the streams to their end before publishing the changes left by the last run/);
   });
 
+  test("after a crash, the node's own changes JetStream had stored do not set its row back to an older state", async () => {
+    await quiescent();
+    // Every state row 7101 takes on node 1, whoever writes it (the app or marmot's apply).
+    for (const id of [1, 2]) sqlite3(dbOf(id), "CREATE TABLE IF NOT EXISTS title_history (n INTEGER PRIMARY KEY, book INTEGER, title TEXT);");
+    const seen = "INSERT INTO title_history (book, title) SELECT NEW.id, NEW.title WHERE NEW.id = 7101;";
+    sqlite3(
+      dbOf(1),
+      `CREATE TRIGGER history_insert AFTER INSERT ON Books BEGIN ${seen} END; CREATE TRIGGER history_update AFTER UPDATE ON Books BEGIN ${seen} END;`,
+    );
+    const before = await lastSeq();
+    sqlite3(dbOf(1), "INSERT INTO Books VALUES (7101, 'older', 'a');");
+    await waitFor(async () => pendingOn(1) === 0 && (await lastSeq()) > before, 60_000, () => "node 1 to publish its insert");
+    sqlite3(dbOf(1), "UPDATE Books SET title = 'newer' WHERE id = 7101;");
+    await quiescent();
+    assert.equal(await node(1).stop(), 0);
+
+    // The file as a crash leaves it right after JetStream acknowledged both changes and they left the change log,
+    // before either came back: the applied sequence is from before them.
+    sqlite3(dbOf(1), `UPDATE __marmot__applied SET seq = ${before} WHERE stream = '${STREAM}'; DELETE FROM title_history;`);
+    node(1).start();
+    await node(1).waitRunning();
+    await quiescent();
+    const history = sqlite3(dbOf(1), "SELECT title FROM title_history ORDER BY n").trim().split("\n").filter((t) => t !== "");
+    assert.ok(!history.includes("older"), `the row never went back to 'older' on node 1 (states it took: ${history.join(", ")})`);
+    assert.match(node(1).output, /found changes of this node in the stream that it has not applied yet/);
+    for (const out of cluster.query("SELECT title FROM Books WHERE id = 7101")) assert.equal(out.trim(), "newer");
+  });
+
   test("while NATS is down the app keeps writing; the changes wait in the change log and arrive once it is back", async () => {
     await quiescent();
     const outputBefore = node(1).output.length;

@@ -583,6 +583,34 @@ describe("the app's own newer writes", () => {
     }
   });
 
+  it("are kept after a restart from their messages read back from the stream (composite and rowid keys)", () => {
+    const n = node(SCHEMA, OWN);
+    try {
+      // The app wrote, and each change was stored and left the change log; then marmot restarted (nothing of the
+      // shipper's word survives). The messages at 3 and 4 are its own, read back from the stream.
+      sqlite3(n.path, "INSERT INTO ratings VALUES ('ann', 1, 4.5); INSERT INTO notes (rowid, body, tag) VALUES (7, 'draft', 'x');");
+      const [rating, note] = [newestLogId(n, "ratings"), newestLogId(n, "notes")];
+      sqlite3(n.path, "UPDATE ratings SET stars = 5.0; DELETE FROM notes;");
+      const [rating2, note2] = [newestLogId(n, "ratings"), newestLogId(n, "notes")];
+      acknowledged(n, "ratings", rating2);
+      acknowledged(n, "notes", note2);
+      const older = ownBatch(change(RATINGS, "upsert", rating, ["ann", 1n, 4.5]), change(NOTES, "upsert", note, [7n, "draft", "x"]));
+      const newer = ownBatch(change(RATINGS, "upsert", rating2, ["ann", 1n, 5.0]), change(NOTES, "delete", note2, [7n]));
+      const restarted = new Applier(n.db, recordingLogger(), OWN);
+      restarted.setTables(installCapture(n.db, recordingLogger()).tables);
+      assert.equal(restarted.noteStoredMessage(STREAM, 4, newer), 2);
+      assert.equal(restarted.noteStoredMessage(STREAM, 5, batch(change(RATINGS, "upsert", 9, ["ann", 1n, 1.0]))), 0, "another node's");
+      restarted.applyMessage(STREAM, 3, older);
+      assert.equal(rows(n.path, "SELECT stars FROM ratings"), "5.0", "the update does not go back");
+      assert.equal(rows(n.path, "SELECT count(*) FROM notes"), "0", "the deleted row does not come back");
+      restarted.applyMessage(STREAM, 4, newer);
+      restarted.applyMessage(STREAM, 5, batch(change(RATINGS, "upsert", 9, ["ann", 1n, 1.0])));
+      assert.equal(rows(n.path, "SELECT stars FROM ratings"), "1.0", "once its own change is back, later changes apply");
+    } finally {
+      n.db.close();
+    }
+  });
+
   it("stay deleted or updated (composite and rowid keys) while other rows of the tables still apply", () => {
     const n = node(SCHEMA, OWN);
     try {

@@ -339,6 +339,37 @@ describe("shipping the change log", () => {
     }
   });
 
+  it("records per stream the highest sequence its batches were stored at, as their changes leave the log", async () => {
+    const s = setup();
+    try {
+      const streamOf = (shard: number) => `changes-3-${shard}`;
+      insertBooks(s.path, 1, 25);
+      const fake = new FakePublisher();
+      await s.shipper(fake, { batchMaxChanges: 4, shards: 3, streamOf }).shipRound(new AbortController().signal);
+      assert.equal(pendingInFile(s.path), 0);
+      for (const shard of [1, 2, 3]) {
+        const seqs = fake.acknowledged.flatMap((a, i) => (a.shard === shard ? [i + 1] : []));
+        assert.ok(seqs.length > 0, `shard ${shard} got batches`);
+        assert.equal(s.reader.lastStoredSeq(streamOf(shard)), Math.max(...seqs), `shard ${shard}`);
+      }
+      // A round stopped before all its acks removes nothing, and records nothing either, though some were stored.
+      const recorded = [1, 2, 3].map((shard) => s.reader.lastStoredSeq(streamOf(shard)));
+      insertBooks(s.path, 100, 20);
+      const stop = new AbortController();
+      const failing = new FakePublisher((attempt, publisher) => {
+        if (!decodeBatch(attempt.payload).changes.some((c) => c.values[0] === 119n)) return;
+        if (publisher.attempts.filter((a) => !a.ok).length >= 2) stop.abort(new Error("marmot is stopping"));
+        throw new Error("no responders");
+      });
+      await assert.rejects(s.shipper(failing, { batchMaxChanges: 4, shards: 3, streamOf }).shipRound(stop.signal));
+      assert.ok(failing.acknowledged.length >= 1, "some batches of the round were stored");
+      assert.equal(pendingInFile(s.path), 20);
+      assert.deepEqual([1, 2, 3].map((shard) => s.reader.lastStoredSeq(streamOf(shard))), recorded);
+    } finally {
+      s.db.close();
+    }
+  });
+
   it("sends decodable batches, each to the shard of every row it holds", async () => {
     const s = setup();
     try {
