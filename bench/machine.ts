@@ -4,6 +4,7 @@ import { execFileSync } from "node:child_process";
 import { cpus, totalmem, loadavg, release } from "node:os";
 import { createRequire } from "node:module";
 import Database from "better-sqlite3";
+import { findNatsServer } from "../src/stream/nats-binary.js";
 
 export interface Machine {
   cpuModel: string;
@@ -17,11 +18,12 @@ export interface Machine {
   betterSqlite3: string;
 }
 
+/** The version of the nats-server marmot starts (the same lookup as marmot's). */
 function natsServerVersion(): string {
   try {
-    return execFileSync("nats-server", ["--version"], { encoding: "utf8" }).trim();
-  } catch {
-    return "unknown (nats-server not on PATH)";
+    return execFileSync(findNatsServer(), ["--version"], { encoding: "utf8" }).trim();
+  } catch (err) {
+    return `unknown (${(err as Error).message})`;
   }
 }
 

@@ -106,7 +106,7 @@ async function runBulkLoad(cluster: TestCluster, table: string, rows: number): P
       const count = db.prepare(`SELECT count(*) FROM "${table}"`).pluck(true);
       return { get: () => ((highest.get() as number | null) === rows ? (count.get() as number) : 0) };
     });
-    const pendingRow = readers[0]!.prepare(`SELECT 1 FROM "${changeLogTable(table)}" LIMIT 1`).pluck(true);
+    const pendingRow = readers[0]!.prepare(`SELECT 1 FROM "${changeLogTable(table)}" WHERE __marmot_op <> 'marker' LIMIT 1`).pluck(true);
     const pending = { get: () => (pendingRow.get() === undefined ? 0 : 1) };
     const app = startApp<{ startNs: string; committedNs: string; cpuSeconds: number }>("bulk-load.js", { dbPath: cluster.node(1).spec.dbPath, table, rows });
     let failed: unknown;

@@ -10,7 +10,7 @@ import { APPLIED_TABLE, APPLYING_TABLE, changeLogTable, LOG_ID_COLUMN, PARKED_TA
 import { quoteIdent } from "./quote.js";
 import { rowidAlias } from "./schema.js";
 import type { TableInfo } from "./table.js";
-import { changeLogKeyColumns } from "./trigger-sql.js";
+import { changeLogKeyColumns, NOT_MARKER } from "./trigger-sql.js";
 
 export type ApplyOutcome = "applied" | "duplicate" | "parked" | "partly-parked";
 
@@ -408,10 +408,12 @@ export class Applier {
     const where = changeLogKeyColumns(table)
       .map((k) => `${quoteIdent(k)} IS ?`)
       .join(" AND ");
+    // Marker rows are not changes (see keepLastTriggerSql); there are one or two of them, at the top of the log.
+    const first = (order: string) => `(SELECT ${id} FROM ${log} WHERE ${NOT_MARKER} ORDER BY ${id} ${order} LIMIT 1)`;
     lookup = {
-      range: this.db.prepare(`SELECT (SELECT min(${id}) FROM ${log}), (SELECT max(${id}) FROM ${log})`).raw(true),
-      newest: this.db.prepare(`SELECT max(${id}) FROM ${log} WHERE ${where}`).pluck(true),
-      forget: this.db.prepare(`DELETE FROM ${log} WHERE ${where} AND ${id} <= ?`),
+      range: this.db.prepare(`SELECT ${first("ASC")}, ${first("DESC")}`).raw(true),
+      newest: this.db.prepare(`SELECT max(${id}) FROM ${log} WHERE ${where} AND ${NOT_MARKER}`).pluck(true),
+      forget: this.db.prepare(`DELETE FROM ${log} WHERE ${where} AND ${id} <= ? AND ${NOT_MARKER}`),
     };
     this.pendingLookups.set(table.name, lookup);
     return lookup;

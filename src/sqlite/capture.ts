@@ -11,7 +11,11 @@ import {
   changeLogOwner,
   changeLogTable,
   isCaptureTriggerName,
+  keepLastTriggerName,
   lastChangeIdKey,
+  LOG_ID_COLUMN,
+  LOG_MARKER_OP,
+  LOG_OP_COLUMN,
   logValueColumn,
   META_EPOCH_KEY,
   META_SEQUENCE_KEY,
@@ -27,6 +31,8 @@ import {
   changeLogColumns,
   createChangeLogIndexSql,
   createChangeLogSql,
+  keepLastTriggerSql,
+  NOT_MARKER,
   relogPendingRowsSql,
 } from "./trigger-sql.js";
 
@@ -134,6 +140,15 @@ function captureTable(db: Database.Database, table: TableInfo, triggers: Map<str
   } else if (storedSignature !== signature) {
     changed = alterChangeLog(db, table, logColumns, storedSignature, notes) || changed;
   }
+  if (isAutoincrementLog(db, logName) && !hasPendingRows(db, logName)) {
+    // Written by an earlier marmot: rebuilt without AUTOINCREMENT once nothing waits in it, its ids going on.
+    const lastId = lastChangeId(db, logName);
+    db.exec(`DROP TABLE ${quoteIdent(logName)}`);
+    createChangeLog(db, table, lastId);
+    notes.push({ level: "info", message: `rebuilt the change log of table "${table.name}" without AUTOINCREMENT`, fields: { last_id: lastId } });
+    changed = true;
+  }
+  changed = ensureKeepLastTrigger(db, table) || changed;
   changed = ensureKeyIndex(db, table) || changed;
 
   for (const trigger of captureTriggers(table)) {
@@ -172,7 +187,7 @@ function alterChangeLog(
   const extra = logColumns.filter((column) => !wantedFolded.has(foldCase(column)));
   if (missing.length === 0 && extra.length === 0) return false;
 
-  if (!hasRows(db, logName)) {
+  if (!hasPendingRows(db, logName)) {
     const lastId = lastChangeId(db, logName);
     db.exec(`DROP TABLE ${quoteIdent(logName)}`);
     createChangeLog(db, table, lastId);
@@ -213,19 +228,49 @@ function alterChangeLog(
 
 /**
  * Create a table's change log; its change ids start after `lastId` (the last id of an earlier log of the table),
- * so that no id is handed out twice.
+ * so that no id is handed out twice: a marker row holds it (see keepLastTriggerSql).
  */
 function createChangeLog(db: Database.Database, table: TableInfo, lastId: string | undefined): void {
   db.exec(createChangeLogSql(table));
+  db.exec(keepLastTriggerSql(table));
   if (lastId !== undefined && lastId !== "0") {
-    db.prepare("INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)").run(changeLogTable(table.name), BigInt(lastId));
+    db.prepare(
+      `INSERT INTO ${quoteIdent(changeLogTable(table.name))} (${quoteIdent(LOG_ID_COLUMN)}, ${quoteIdent(LOG_OP_COLUMN)}) VALUES (?, ?)`,
+    ).run(BigInt(lastId), LOG_MARKER_OP);
   }
 }
 
-/** The highest change id a change log handed out (its AUTOINCREMENT counter), undefined before the first. */
+/**
+ * The highest change id a change log handed out, undefined before the first: its highest row (a change or the
+ * marker), or for a log an earlier marmot made with AUTOINCREMENT, its counter if higher.
+ */
 function lastChangeId(db: Database.Database, logName: string): string | undefined {
-  const row = db.prepare("SELECT seq FROM sqlite_sequence WHERE name = ?").get(logName) as { seq: bigint | number } | undefined;
-  return row === undefined ? undefined : String(row.seq);
+  const top = db.prepare(`SELECT max(${quoteIdent(LOG_ID_COLUMN)}) FROM ${quoteIdent(logName)}`).pluck(true).get() as bigint | number | null;
+  let last = top === null ? undefined : BigInt(top);
+  if (tableExists(db, "sqlite_sequence")) {
+    const counter = db.prepare("SELECT seq FROM sqlite_sequence WHERE name = ?").pluck(true).get(logName) as bigint | number | undefined;
+    if (counter !== undefined && (last === undefined || BigInt(counter) > last)) last = BigInt(counter);
+  }
+  return last === undefined ? undefined : String(last);
+}
+
+/** A change log made by an earlier marmot, whose ids came from AUTOINCREMENT. */
+function isAutoincrementLog(db: Database.Database, logName: string): boolean {
+  const sql = db.prepare("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?").pluck(true).get(logName) as string | undefined;
+  return /\bAUTOINCREMENT\b/i.test(sql ?? "");
+}
+
+/** The marker trigger of a change log without AUTOINCREMENT, (re)created when missing or different. */
+function ensureKeepLastTrigger(db: Database.Database, table: TableInfo): boolean {
+  const logName = changeLogTable(table.name);
+  if (isAutoincrementLog(db, logName)) return false;
+  const name = keepLastTriggerName(table.name);
+  const wanted = keepLastTriggerSql(table);
+  const row = db.prepare("SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = ?").get(name) as { sql: string | null } | undefined;
+  if (row?.sql === wanted) return false;
+  db.exec(`DROP TRIGGER IF EXISTS ${quoteIdent(name)}`);
+  db.exec(wanted);
+  return true;
 }
 
 function setMeta(db: Database.Database, key: string, value: string): void {
@@ -263,7 +308,7 @@ function dropStaleChangeLogs(db: Database.Database, captured: Set<string>, notes
   for (const { name } of tables) {
     const owner = changeLogOwner(name);
     if (owner === undefined || captured.has(owner)) continue;
-    const pending = Number((db.prepare(`SELECT count(*) AS n FROM ${quoteIdent(name)}`).get() as { n: bigint | number }).n);
+    const pending = Number((db.prepare(`SELECT count(*) AS n FROM ${quoteIdent(name)} WHERE ${NOT_MARKER}`).get() as { n: bigint | number }).n);
     if (pending === 0) {
       const lastId = lastChangeId(db, name);
       if (lastId !== undefined) setMeta(db, lastChangeIdKey(owner), lastId);
@@ -311,8 +356,9 @@ function columnNames(db: Database.Database, table: string): string[] {
   return (db.prepare("SELECT name FROM pragma_table_info(?, 'main')").all(table) as { name: string }[]).map((row) => row.name);
 }
 
-function hasRows(db: Database.Database, table: string): boolean {
-  return db.prepare(`SELECT 1 FROM ${quoteIdent(table)} LIMIT 1`).get() !== undefined;
+/** Whether a change log holds changes (marker rows are not changes). */
+function hasPendingRows(db: Database.Database, logName: string): boolean {
+  return db.prepare(`SELECT 1 FROM ${quoteIdent(logName)} WHERE ${NOT_MARKER} LIMIT 1`).get() !== undefined;
 }
 
 export function tableExists(db: Database.Database, name: string): boolean {

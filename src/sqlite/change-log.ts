@@ -14,6 +14,7 @@ import {
   ROWID_KEY,
 } from "./names.js";
 import type { TableInfo } from "./table.js";
+import { NOT_MARKER } from "./trigger-sql.js";
 import type { SqlValue } from "./value.js";
 
 export interface PendingChange {
@@ -88,13 +89,15 @@ export class ChangeLogReader {
         table,
         wireTable,
         select: this.db
-          .prepare(`SELECT ${id}, ${quoteIdent(LOG_OP_COLUMN)}, ${valueColumns.join(", ")} FROM ${log} WHERE ${id} > ? ORDER BY ${id} LIMIT ?`)
+          .prepare(
+            `SELECT ${id}, ${quoteIdent(LOG_OP_COLUMN)}, ${valueColumns.join(", ")} FROM ${log} WHERE ${id} > ? AND ${NOT_MARKER} ORDER BY ${id} LIMIT ?`,
+          )
           .raw(true),
         deleteUpTo: this.db.prepare(`DELETE FROM ${log} WHERE ${id} <= ?`),
         deleteUpToExcept: this.db.prepare(
           `DELETE FROM ${log} WHERE ${id} <= ? AND ${id} NOT IN (SELECT value FROM json_each(?))`,
         ),
-        count: this.db.prepare(`SELECT count(*) FROM ${log}`).pluck(true),
+        count: this.db.prepare(`SELECT count(*) FROM ${log} WHERE ${NOT_MARKER}`).pluck(true),
         keyPositions: wireTable.keyColumns.map((k) => wireTable.columns.indexOf(k)),
         cursor: previous?.cursor ?? 0,
       });
@@ -168,11 +171,17 @@ export class ChangeLogReader {
     return total;
   }
 
-  /** Drop every pending change (publish = false: nothing will ever send them). */
+  /** Drop every pending change (publish = false: nothing will ever send them); returns how many there were. */
   discardAll(): number {
     let removed = 0;
     this.db.transaction(() => {
-      for (const reader of this.readers.values()) removed += reader.deleteUpTo.run(BigInt(Number.MAX_SAFE_INTEGER)).changes;
+      for (const reader of this.readers.values()) {
+        const pending = Number(reader.count.get() as bigint);
+        if (pending === 0) continue;
+        removed += pending;
+        // Markers too: the newest row's leaving puts one marker back (see keepLastTriggerSql).
+        reader.deleteUpTo.run(BigInt(Number.MAX_SAFE_INTEGER));
+      }
     })();
     return removed;
   }

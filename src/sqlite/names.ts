@@ -15,6 +15,11 @@ export const PARKED_TABLE = "__marmot__parked";
 /** Columns of every change-log table besides the captured values. */
 export const LOG_ID_COLUMN = "__marmot_id";
 export const LOG_OP_COLUMN = "__marmot_op";
+/**
+ * LOG_OP_COLUMN of a change-log row that is not a change: it keeps the highest change id handed out while every
+ * change below it has left the log, so that ids are never handed out twice (see keepLastTriggerName).
+ */
+export const LOG_MARKER_OP = "marker";
 /** For tables without a declared primary key, the captured rowid. */
 export const LOG_ROWID_COLUMN = "__marmot_rowid";
 /** Name a rowid-keyed table's key travels under on the wire. */
@@ -30,6 +35,14 @@ export function changeLogTable(table: string): string {
  */
 export function changeLogIndex(table: string): string {
   return `${changeLogTable(table)}_key`;
+}
+
+/**
+ * The trigger on a change log that puts a LOG_MARKER_OP row in place of a deleted row with no row above it: the log
+ * keeps its highest id, and SQLite hands out the next one after it (without the per-insert cost of AUTOINCREMENT).
+ */
+export function keepLastTriggerName(table: string): string {
+  return `${changeLogTable(table)}_keep_last`;
 }
 
 /** The change-log column that holds the value of a user column. */

@@ -4,7 +4,9 @@ import {
   APPLYING_TABLE,
   changeLogIndex,
   changeLogTable,
+  keepLastTriggerName,
   LOG_ID_COLUMN,
+  LOG_MARKER_OP,
   LOG_OP_COLUMN,
   LOG_ROWID_COLUMN,
   logValueColumn,
@@ -38,17 +40,35 @@ export function changeLogColumns(table: TableInfo): string[] {
 
 /**
  * The change log: value columns have no declared type, so every value keeps its exact storage class
- * (a REAL stays REAL, a 64-bit INTEGER stays exact, a BLOB stays a BLOB). AUTOINCREMENT keeps ids growing
- * even after the rows with the highest ids were published and deleted.
+ * (a REAL stays REAL, a 64-bit INTEGER stays exact, a BLOB stays a BLOB). Its ids keep growing after the rows with
+ * the highest ids were published and deleted: keepLastTriggerSql() leaves a marker row with the highest id.
  */
 export function createChangeLogSql(table: TableInfo): string {
   const definitions = [
-    `${quoteIdent(LOG_ID_COLUMN)} INTEGER PRIMARY KEY AUTOINCREMENT`,
+    `${quoteIdent(LOG_ID_COLUMN)} INTEGER PRIMARY KEY`,
     `${quoteIdent(LOG_OP_COLUMN)} TEXT NOT NULL`,
     ...changeLogColumns(table).slice(2).map(quoteIdent),
   ];
   return `CREATE TABLE ${quoteIdent(changeLogTable(table.name))} (${definitions.join(", ")})`;
 }
+
+/**
+ * Whenever the row with the highest id leaves the log (published, or taken out when it came back from the stream),
+ * a marker row takes its id, so SQLite's next id is above it. Cheaper than AUTOINCREMENT, which rewrites
+ * sqlite_sequence on every insert, in the app's transaction; this runs only when marmot deletes.
+ */
+export function keepLastTriggerSql(table: TableInfo): string {
+  const log = quoteIdent(changeLogTable(table.name));
+  const id = quoteIdent(LOG_ID_COLUMN);
+  return (
+    `CREATE TRIGGER ${quoteIdent(keepLastTriggerName(table.name))} AFTER DELETE ON ${log} ` +
+    `FOR EACH ROW WHEN NOT EXISTS (SELECT 1 FROM ${log} WHERE ${id} >= OLD.${id})\n` +
+    `BEGIN\n  INSERT INTO ${log} (${id}, ${quoteIdent(LOG_OP_COLUMN)}) VALUES (OLD.${id}, ${quoteLiteral(LOG_MARKER_OP)});\nEND`
+  );
+}
+
+/** The SQL condition that leaves out marker rows: every reader of a change log wants changes only. */
+export const NOT_MARKER = `${quoteIdent(LOG_OP_COLUMN)} <> ${quoteLiteral(LOG_MARKER_OP)}`;
 
 /** The change-log columns that hold a row's key, in key order. */
 export function changeLogKeyColumns(table: TableInfo): string[] {
@@ -139,7 +159,7 @@ export function relogPendingRowsSql(table: TableInfo): string {
   const join = logKeys.map((key, i) => `t.${tableKeys[i]!} = p.${quoteIdent(key)}`).join(" AND ");
   return (
     `INSERT INTO ${log} (${columns.join(", ")}) SELECT ${values.join(", ")} ` +
-    `FROM (SELECT ${pendingKeys}, min(${quoteIdent(LOG_ID_COLUMN)}) AS first_change FROM ${log} GROUP BY ${pendingKeys}) AS p ` +
+    `FROM (SELECT ${pendingKeys}, min(${quoteIdent(LOG_ID_COLUMN)}) AS first_change FROM ${log} WHERE ${NOT_MARKER} GROUP BY ${pendingKeys}) AS p ` +
     `JOIN ${quoteIdent(table.name)} AS t ON ${join} ORDER BY p.first_change`
   );
 }

@@ -581,7 +581,7 @@ async function canonicalWritten(record: WorkloadRecord): Promise<Map<string, Set
  * lags or stalls from nodes that applied different streams.
  */
 async function replicationState(cluster: TestCluster): Promise<string> {
-  const pending = TABLES.map((t) => `(SELECT count(*) FROM ${quoteIdent(changeLogTable(t.name))})`).join(" + ");
+  const pending = TABLES.map((t) => `(SELECT count(*) FROM ${quoteIdent(changeLogTable(t.name))} WHERE __marmot_op <> 'marker')`).join(" + ");
   const lines: string[] = [];
   const appliedByNode = new Set<string>();
   let idle = true;

@@ -13,6 +13,7 @@ import { removeCapture } from "../../src/sqlite/cleanup.js";
 import { APPLYING_TABLE, changeLogTable, LOG_ID_COLUMN } from "../../src/sqlite/names.js";
 import { openDatabase } from "../../src/sqlite/open.js";
 import { quoteIdent, quoteLiteral } from "../../src/sqlite/quote.js";
+import { NOT_MARKER } from "../../src/sqlite/trigger-sql.js";
 import {
   copyFixture,
   createDb,
@@ -38,7 +39,7 @@ function captured(schema: string): { path: string; db: Database.Database } {
 
 /** The change log of `table`, oldest first, without the id column. */
 function logOf(db: Database.Database, table: string): Row[] {
-  const rows = db.prepare(`SELECT * FROM ${quoteIdent(changeLogTable(table))} ORDER BY ${quoteIdent(LOG_ID_COLUMN)}`).all() as Row[];
+  const rows = db.prepare(`SELECT * FROM ${quoteIdent(changeLogTable(table))} WHERE ${NOT_MARKER} ORDER BY ${quoteIdent(LOG_ID_COLUMN)}`).all() as Row[];
   for (const row of rows) delete row[LOG_ID_COLUMN];
   return rows;
 }
@@ -339,7 +340,7 @@ describe("keeping capture current", () => {
       assert.equal(schemaVersion(db), before.version);
       assert.equal(again.epoch, before.epoch);
       assert.match(again.epoch, /^[0-9a-f]{16}$/);
-      assert.equal(before.triggers.length, 6);
+      assert.equal(before.triggers.length, 8, "three capture triggers and the keep-last trigger of the log, per table");
     } finally {
       db.close();
     }
@@ -390,6 +391,61 @@ describe("keeping capture current", () => {
       reader.setTables(installCapture(db, silentLogger).tables);
       sqlite3(path, "INSERT INTO t VALUES (2, 'and again');");
       assert.deepEqual(ship(), [4], "the table created again goes on from the ids of its earlier log");
+    } finally {
+      db.close();
+    }
+  });
+
+  it("keeps change ids growing without AUTOINCREMENT, whichever way the newest change leaves the log", () => {
+    const { path, db } = captured("CREATE TABLE t (id INTEGER PRIMARY KEY, v)");
+    const reader = new ChangeLogReader(db);
+    const newest = () => Number(sqlite3(path, `SELECT max(${LOG_ID_COLUMN}) FROM ${changeLogTable("t")} WHERE ${NOT_MARKER};`));
+    try {
+      reader.setTables(installCapture(db, silentLogger).tables);
+      const logSql = String(db.prepare("SELECT sql FROM sqlite_master WHERE name = ?").pluck().get(changeLogTable("t")));
+      assert.doesNotMatch(logSql, /AUTOINCREMENT/);
+      sqlite3(path, "INSERT INTO t VALUES (1, 'a'), (2, 'b'), (3, 'c');");
+      reader.removeUpTo(new Map([["t", 3]]));
+      assert.equal(reader.pendingCount(), 0, "the marker that keeps id 3 is not a pending change");
+      sqlite3(path, "UPDATE t SET v = 'd' WHERE id = 1;");
+      assert.equal(newest(), 4, "after the log emptied");
+      // Another way out: the newest change taken out alone (as when it comes back from the stream), lower ones staying.
+      sqlite3(path, "UPDATE t SET v = 'e' WHERE id = 2;");
+      sqlite3(path, `DELETE FROM ${changeLogTable("t")} WHERE ${LOG_ID_COLUMN} = 5;`);
+      sqlite3(path, "UPDATE t SET v = 'f' WHERE id = 3;");
+      assert.equal(newest(), 6, "after the newest change left, with an older one still pending");
+      assert.deepEqual(
+        reader.read(100, 1 << 20).map((c) => [c.changeId, c.values[1]]),
+        [
+          [4, "d"],
+          [6, "f"],
+        ],
+      );
+    } finally {
+      db.close();
+    }
+  });
+
+  it("rebuilds a change log an earlier version made with AUTOINCREMENT once it is empty, its ids going on", () => {
+    const { path, db } = captured("CREATE TABLE t (id INTEGER PRIMARY KEY, v); CREATE TABLE u (id INTEGER PRIMARY KEY, v);");
+    const logOfT = changeLogTable("t");
+    const logOfU = changeLogTable("u");
+    try {
+      // The logs as the earlier version made them: ids from AUTOINCREMENT, 7 and 3 handed out; u has a change waiting.
+      for (const log of [logOfT, logOfU]) {
+        db.exec(`DROP TABLE ${quoteIdent(log)}; CREATE TABLE ${quoteIdent(log)} (__marmot_id INTEGER PRIMARY KEY AUTOINCREMENT, __marmot_op TEXT NOT NULL, v_id, v_v);`);
+      }
+      sqlite3(path, "INSERT INTO t VALUES (1, 'a'); INSERT INTO u VALUES (1, 'waits');");
+      sqlite3(path, `UPDATE sqlite_sequence SET seq = 7 WHERE name = '${logOfT}'; UPDATE sqlite_sequence SET seq = 3 WHERE name = '${logOfU}';`);
+      sqlite3(path, `DELETE FROM ${quoteIdent(logOfT)};`);
+      const logger = recordingLogger();
+      installCapture(db, logger);
+      assert.doesNotMatch(String(db.prepare("SELECT sql FROM sqlite_master WHERE name = ?").pluck().get(logOfT)), /AUTOINCREMENT/);
+      assert.match(String(db.prepare("SELECT sql FROM sqlite_master WHERE name = ?").pluck().get(logOfU)), /AUTOINCREMENT/, "not while a change waits");
+      assert.ok(logger.lines.some((l) => l.message === 'rebuilt the change log of table "t" without AUTOINCREMENT'));
+      sqlite3(path, "INSERT INTO t VALUES (2, 'b');");
+      assert.equal(sqlite3(path, `SELECT max(__marmot_id) FROM ${quoteIdent(logOfT)};`).trim(), "8");
+      assert.deepEqual(logOf(db, "u"), [{ __marmot_op: "upsert", v_id: 1n, v_v: "waits" }]);
     } finally {
       db.close();
     }

@@ -7,6 +7,7 @@ import { createConnection, createServer } from "node:net";
 import { after, before, describe, test } from "node:test";
 import { jetstreamManager, type JetStreamManager } from "@nats-io/jetstream";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
+import { NOT_MARKER } from "../../src/sqlite/trigger-sql.js";
 import { decodeBatch } from "../../src/stream/codec.js";
 import { TestCluster, waitFor, type MarmotProcess } from "../helpers/marmot.js";
 import { startNatsServer, type TestNatsServer } from "../helpers/nats.js";
@@ -58,7 +59,7 @@ describe("two marmot processes on an external nats-server", () => {
   const dbOf = (id: number) => node(id).spec.dbPath;
   const appliedSeq = (id: number) => Number(sqlite3(dbOf(id), `SELECT coalesce(max(seq), 0) FROM __marmot__applied WHERE stream = '${STREAM}'`).trim());
   const pendingOn = (id: number) =>
-    Number(sqlite3(dbOf(id), "SELECT (SELECT count(*) FROM __marmot__Books_change_log) + (SELECT count(*) FROM __marmot__ratings_change_log)").trim());
+    Number(sqlite3(dbOf(id), `SELECT (SELECT count(*) FROM __marmot__Books_change_log WHERE ${NOT_MARKER}) + (SELECT count(*) FROM __marmot__ratings_change_log WHERE ${NOT_MARKER})`).trim());
   const lastSeq = async () => (await jsm.streams.info(STREAM)).state.last_seq;
 
   /** Node 1 has shipped everything and both nodes applied the whole stream. */
