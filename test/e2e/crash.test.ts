@@ -5,6 +5,7 @@
 // crashes more often, for longer.
 
 import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
 import { after, describe, test } from "node:test";
 import { sleep, TestCluster, waitFor, type MarmotProcess } from "../helpers/marmot.js";
 import { startNatsCluster, type TestNatsCluster } from "../helpers/nats.js";
@@ -66,7 +67,8 @@ describe("marmot and its nats-server crash while the apps write (embedded NATS, 
         await sleep(rng.between(0, 1500));
         node.start();
         await node.waitRunning();
-        t.diagnostic(`crash ${i + 1}: node ${node.spec.id}, running again after ${Date.now() - crashedAt} ms`);
+        const recalled = readFileSync(node.spec.logPath, "utf8").split("found changes of this node in the stream").length - 1;
+        t.diagnostic(`crash ${i + 1}: node ${node.spec.id}, running again after ${Date.now() - crashedAt} ms (lines saying it read back its own stored changes, so far: ${recalled})`);
       }
       await sleep(1000);
     } finally {
