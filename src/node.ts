@@ -169,10 +169,10 @@ export class MarmotNode {
     if (!config.publish) this.tasks.push(this.discardLoop(signal));
 
     this.nc = await connectNats({ servers, nats: config.nats, name, logger: logger.child({ component: "nats" }), signal });
-    const jsm = await waitForJetStream(this.nc, logger, signal);
-    const streams = await ensureStreams(jsm, config, logger, signal);
     const risk = serverVersionRisk(this.nc.info?.version, config.replicationLog.replicas);
     if (risk !== undefined) logger.warn(risk, { replicas: config.replicationLog.replicas });
+    const jsm = await waitForJetStream(this.nc, logger, signal);
+    const streams = await ensureStreams(jsm, config, logger, signal);
     const js = jetstream(this.nc);
 
     if (config.replicate) {
