@@ -31,7 +31,13 @@ useProcessCleanup();
 // delivery report showed it: two messages in opposite orders on the cut-off node's replica), so the nodes reading
 // them end apart in about 1 run of 10, which marmot cannot repair. scripts/setup.sh installs 2.10.
 function unavailableHere(): string | undefined {
-  const [major, minor, patch] = natsServerVersion();
+  let version: [number, number, number];
+  try {
+    version = natsServerVersion();
+  } catch (err) {
+    return `no usable nats-server: ${(err as Error).message}`;
+  }
+  const [major, minor, patch] = version;
   if (major < 2 || (major === 2 && minor < 10)) {
     return `nats-server ${major}.${minor}.${patch} is older than 2.10, whose stream replicas can diverge after a partition`;
   }
