@@ -4,7 +4,7 @@ import { mkdirSync } from "node:fs";
 import type { Server } from "node:http";
 import { dirname, join } from "node:path";
 import type Database from "better-sqlite3";
-import { jetstream } from "@nats-io/jetstream";
+import { jetstream, type JetStreamClient, type JetStreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { CliOptions, Config } from "./config/types.js";
 import { ServerError } from "./errors.js";
@@ -25,8 +25,9 @@ import { batchOrigin } from "./stream/codec.js";
 import { ShardConsumer } from "./stream/consumer.js";
 import { EmbeddedServer } from "./stream/embedded-server.js";
 import { waitForJetStream } from "./stream/jetstream-ready.js";
+import { readOwnMessages } from "./stream/own-messages.js";
 import { JetStreamPublisher } from "./stream/publisher.js";
-import { ensureStreams, serverVersionRisk } from "./stream/streams.js";
+import { ensureStreams, serverVersionRisk, type ShardStream } from "./stream/streams.js";
 import { Wakeup } from "./wakeup.js";
 
 /** Where the embedded nats-server keeps its JetStream store: beside the database, one folder per node. */
@@ -201,7 +202,10 @@ export class MarmotNode {
         logger.child({ component: "shipper" }),
         this.metrics,
       );
-      this.tasks.push(this.shipLoop(shipper, signal));
+      const leftovers = config.replicate
+        ? () => this.catchUpBeforeShipping(signal)
+        : () => this.forgetStoredLeftovers(js, jsm, streams, msgIdPrefix(config.nodeId, this.epoch), signal);
+      this.tasks.push(this.shipLoop(shipper, leftovers, signal));
     }
     this.tasks.push(this.housekeeping(signal));
     logger.info("marmot is running", {
@@ -234,8 +238,8 @@ export class MarmotNode {
     );
   }
 
-  private async shipLoop(shipper: ChangeShipper, signal: AbortSignal): Promise<void> {
-    await this.catchUpBeforeShipping(signal).catch(() => undefined);
+  private async shipLoop(shipper: ChangeShipper, leftovers: () => Promise<void>, signal: AbortSignal): Promise<void> {
+    await leftovers().catch(() => undefined);
     while (!signal.aborted) {
       let shipped = 0;
       try {
@@ -279,6 +283,38 @@ export class MarmotNode {
       }
     }
     this.logger.info("caught up; publishing", { after_ms: Date.now() - started, pending: this.reader.pendingCount() });
+  }
+
+  /**
+   * The same question for a node that does not apply (replicate = false): it reads each stream from the last
+   * sequence it recorded storing at, finds its own messages there by their id, and takes their changes out of the
+   * change log. Best effort: when a stream cannot be read, its left-over changes go out again (as they did before).
+   */
+  private async forgetStoredLeftovers(
+    js: JetStreamClient,
+    jsm: JetStreamManager,
+    streams: readonly ShardStream[],
+    prefix: string,
+    signal: AbortSignal,
+  ): Promise<void> {
+    const pending = this.reader.pendingCount();
+    if (pending === 0) return;
+    let removed = 0;
+    for (const { stream } of streams) {
+      try {
+        const upTo = (await jsm.streams.info(stream)).state.last_seq;
+        const range = { stream, after: this.reader.lastStoredSeq(stream), upTo, msgIdPrefix: prefix };
+        await readOwnMessages(js, jsm, range, (_seq, data) => (removed += this.applier.forgetOwnMessage(data)), signal);
+      } catch (err) {
+        if (signal.aborted) return;
+        this.logger.warn("could not read the stream for changes the last run had sent; they may go out again", {
+          stream,
+          reason: (err as Error).message,
+        });
+      }
+    }
+    if (removed > 0) this.logger.info("changes left by the last run were in the streams already; not sending them again", { changes: removed, pending });
+    this.reader.rewind();
   }
 
   private async discardLoop(signal: AbortSignal): Promise<void> {

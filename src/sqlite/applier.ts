@@ -188,6 +188,34 @@ export class Applier {
     return rowKeys.length;
   }
 
+  /**
+   * For a node that does not apply (replicate = false): a message of its own that the stream holds, found at start.
+   * Its changes are in the stream, so they leave the change log as they would when applied back; the last run
+   * stopped before it could take them out. Returns how many change-log rows went.
+   */
+  forgetOwnMessage(data: Uint8Array): number {
+    if (this.options.origin === undefined) return 0;
+    let batch: ChangeBatch;
+    try {
+      batch = decodeBatch(data);
+    } catch (err) {
+      if (err instanceof DecodeError) return 0;
+      throw err;
+    }
+    if (batch.origin !== this.options.origin) return 0;
+    let removed = 0;
+    this.db.transaction(() => {
+      for (const change of batch.changes) {
+        const local = this.tables.get(change.table.name);
+        if (local === undefined || mismatch(change, local) !== undefined) continue;
+        const key =
+          change.op === "upsert" ? local.keyColumns.map((k) => change.values[change.table.columns.indexOf(k)]!) : change.values;
+        removed += this.pendingLookup(local).forget.run(...key, BigInt(change.changeId)).changes;
+      }
+    })();
+    return removed;
+  }
+
   /** After a commit up to `last`: the stored changes at or below it are applied (or passed), no longer pending. */
   private forgetStoredUpTo(stream: string, last: number): void {
     const queue = this.storedByStream.get(stream);

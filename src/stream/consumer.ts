@@ -6,6 +6,7 @@ import type { Logger } from "../log.js";
 import type { Metrics } from "../metrics.js";
 import type { ApplyResult, StreamMessage } from "../sqlite/applier.js";
 import { sleep } from "../sleep.js";
+import { readOwnMessages } from "./own-messages.js";
 import type { ShardStream } from "./streams.js";
 
 /** A place to apply messages: records each applied stream sequence in the same transaction. */
@@ -17,9 +18,6 @@ export interface MessageApplier {
   /** This node's message stored at `seq` and not applied yet (see recallOwnMessages); returns its row count. */
   noteStoredMessage?(stream: string, seq: number, data: Uint8Array): number;
 }
-
-/** How long recallOwnMessages() waits for the next header before it gives up on reading the stream's tail. */
-const RECALL_IDLE_MS = 5000;
 
 /** Messages already delivered that are applied together at most: bounds how long one transaction holds the write lock. */
 const MAX_BATCH_MESSAGES = 64;
@@ -101,44 +99,15 @@ export class ShardConsumer {
    * memory of the run that ended. Returns how many messages were found.
    */
   async recallOwnMessages(msgIdPrefix: string, lastStored: number, signal: AbortSignal): Promise<number> {
+    const note = this.applier.noteStoredMessage?.bind(this.applier);
+    if (!note) return 0;
     const { stream } = this.shard;
-    if (!this.applier.noteStoredMessage) return 0;
     const applied = this.appliedSequence();
     // Only as far as the last run recorded storing a message whose changes then left the change log (one still in
     // the log is kept by the log itself), and never past the stream's end.
     if (lastStored <= applied) return 0;
-    const end = Math.min(lastStored, await this.streamEnd());
-    if (end <= applied) return 0;
-    const own: number[] = [];
-    const consumer = await this.js.consumers.get(stream, { opt_start_seq: applied + 1, deliver_policy: DeliverPolicy.StartSequence, headers_only: true });
-    const messages = await consumer.consume({ max_messages: 1024 });
-    let idle: NodeJS.Timeout | undefined;
-    const arm = () => {
-      clearTimeout(idle);
-      idle = setTimeout(() => void messages.close(), RECALL_IDLE_MS);
-    };
-    const onAbort = () => void messages.close();
-    signal.addEventListener("abort", onAbort, { once: true });
-    arm();
-    let reached = applied;
-    try {
-      for await (const m of messages) {
-        arm();
-        reached = m.seq;
-        if (m.headers?.get("Nats-Msg-Id")?.startsWith(msgIdPrefix)) own.push(m.seq);
-        if (m.seq >= end) break;
-      }
-    } finally {
-      clearTimeout(idle);
-      signal.removeEventListener("abort", onAbort);
-      await messages.close().catch(() => undefined);
-    }
-    if (reached < end && !signal.aborted) throw new Error(`read the stream's headers only to sequence ${reached} of ${end}`);
-    for (const seq of own) {
-      const stored = await this.jsm.streams.getMessage(stream, { seq });
-      if (stored) this.applier.noteStoredMessage(stream, seq, stored.data);
-    }
-    return own.length;
+    const upTo = Math.min(lastStored, await this.streamEnd());
+    return readOwnMessages(this.js, this.jsm, { stream, after: applied, upTo, msgIdPrefix }, (seq, data) => note(stream, seq, data), signal);
   }
 
   /** The stream's last sequence now. */
