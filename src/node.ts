@@ -54,6 +54,8 @@ export class MarmotNode {
   private serverStopped = false;
   private capturedTables: readonly TableInfo[] = [];
   private stopping: Promise<void> | undefined;
+  /** the start's networking part; a stop waits for it, so nothing it creates is left behind */
+  private starting: Promise<void> = Promise.resolve();
   private failure: ((err: Error) => void) | undefined;
   /** Settles when the node stops: resolves after stop(), rejects when it cannot go on. */
   readonly done: Promise<void>;
@@ -86,16 +88,28 @@ export class MarmotNode {
     );
   }
 
-  /** Install capture, start NATS (or connect to it) and begin shipping and applying. */
-  static async start(config: Config, cli: CliOptions, logger: Logger): Promise<MarmotNode> {
+  /**
+   * Install capture, start NATS (or connect to it) and begin shipping and applying. `onCreated` gets the node before
+   * the start waits for anything, so a caller can stop it meanwhile (a SIGTERM while NATS is not there yet); the
+   * start then rejects with the stop's reason.
+   */
+  static async start(config: Config, cli: CliOptions, logger: Logger, onCreated?: (node: MarmotNode) => void): Promise<MarmotNode> {
     const node = new MarmotNode(config, cli, logger);
+    onCreated?.(node);
+    node.starting = node.startNetworking();
     try {
-      await node.startNetworking();
+      await node.starting;
+      if (node.abort.signal.aborted) throw node.abort.signal.reason;
     } catch (err) {
       await node.stop();
       throw err;
     }
     return node;
+  }
+
+  /** Whether stop() was called (by a signal, say). */
+  get stopRequested(): boolean {
+    return this.abort.signal.aborted;
   }
 
   private useCapture({ tables, epoch }: { tables: TableInfo[]; epoch: string }, previous?: readonly TableInfo[]): void {
@@ -371,6 +385,7 @@ export class MarmotNode {
       this.logger.info("stopping");
       this.abort.abort(new Error("marmot is stopping"));
       this.watcher.stop();
+      await this.starting.catch(() => undefined);
       await Promise.allSettled(this.tasks);
       if (this.nc) await this.nc.drain().catch(() => undefined);
       this.metricsServer?.close();

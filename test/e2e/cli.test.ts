@@ -9,6 +9,7 @@ import { jetstreamManager } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
 import { marmotBin, MarmotProcess, repoRoot, TestCluster, waitFor } from "../helpers/marmot.js";
 import { startNatsServer, type TestNatsServer } from "../helpers/nats.js";
+import { freePorts } from "../helpers/ports.js";
 import { killPid, spawnTracked, untrackPid, useProcessCleanup } from "../helpers/processes.js";
 import { copyFixture, createDb, sqldiff, sqlite3, tempDir } from "../helpers/sqlite.js";
 
@@ -190,6 +191,39 @@ describe("marmot on the command line", () => {
         assert.equal(await marmot.stop(), 0, `round ${round}: marmot exits 0 after SIGTERM`);
       }
       assert.match(marmot.output, /INFO\s+stopped/, `round ${round}`);
+    }
+  });
+
+  test("SIGTERM while marmot still waits for NATS stops it cleanly, and leaves no nats-server behind", async () => {
+    const dir = tempDir();
+    const db = createDb(join(dir, "app.db"), "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT);");
+    // An external server that is not there, and an embedded one whose cluster peers are not there (an R3 stream
+    // cannot be placed): both waits go on until the signal.
+    const [nobody, clusterPort, peerA, peerB] = await freePorts(4);
+    const external = readFileSync(config(dir, db), "utf8").replace(JSON.stringify(server.url), JSON.stringify(`nats://127.0.0.1:${nobody}`));
+    writeFileSync(join(dir, "external.toml"), external);
+    writeFileSync(
+      join(dir, "embedded.toml"),
+      `db_path = ${JSON.stringify(db)}\nnode_id = 1\n[replication_log]\nreplicas = 3\n[nats]\nbind_address = "127.0.0.1:-1"\n`,
+    );
+    const cases: [string, string[], RegExp][] = [
+      ["external", ["-config", join(dir, "external.toml")], /waiting for NATS/],
+      [
+        "embedded",
+        ["-config", join(dir, "embedded.toml"), "-cluster-addr", `127.0.0.1:${clusterPort}`, "-cluster-peers", `nats://127.0.0.1:${peerA}/,nats://127.0.0.1:${peerB}/`],
+        /waiting for JetStream/,
+      ],
+    ];
+    for (const [name, args, waiting] of cases) {
+      const marmot = new MarmotProcess({ id: 1, dbPath: db, configPath: args[1]!, storeDir: join(dir, `marmot-nats-1`), logPath: join(dir, `${name}.log`), args });
+      marmot.start();
+      try {
+        await marmot.waitForLog(waiting, 60_000);
+      } finally {
+        assert.equal(await marmot.stop(), 0, `${name}: marmot exits 0 after SIGTERM:\n${marmot.tail()}`);
+      }
+      // (stop() also fails when marmot left its nats-server running)
+      assert.match(marmot.output, /INFO\s+stopped/, name);
     }
   });
 
