@@ -77,6 +77,12 @@ const newContext = (): ApplyContext => ({ plans: new Map(), logIds: new Map() })
 const duplicate = (): ApplyResult => ({ outcome: "duplicate", applied: 0, parked: 0 });
 
 /** Why a change cannot be applied here, or undefined when it can. Names come only from the local schema. */
+/** The key of the row a change is about, in the order of its table's key columns. */
+function changeKey(change: WireChange): WireChange["values"] {
+  const { table } = change;
+  return change.op === "upsert" ? table.keyColumns.map((k) => change.values[table.columns.indexOf(k)]!) : change.values;
+}
+
 function mismatch(change: WireChange, local: TableInfo | undefined): string | undefined {
   if (!local) return `table "${change.table.name}" does not exist on this node`;
   const wireKey = change.table.keyColumns;
@@ -170,20 +176,10 @@ export class Applier {
    * message is another node's, or not a batch at all).
    */
   noteStoredMessage(stream: string, seq: number, data: Uint8Array): number {
-    if (this.options.origin === undefined || seq <= this.appliedSequence(stream)) return 0;
-    let batch: ChangeBatch;
-    try {
-      batch = decodeBatch(data);
-    } catch (err) {
-      if (err instanceof DecodeError) return 0;
-      throw err;
-    }
-    if (batch.origin !== this.options.origin) return 0;
-    const rowKeys = batch.changes.map((change) => {
-      const { table } = change;
-      const key = change.op === "upsert" ? table.keyColumns.map((k) => change.values[table.columns.indexOf(k)]!) : change.values;
-      return rowKeyString(rowKeyBytes(table.name, key));
-    });
+    if (seq <= this.appliedSequence(stream)) return 0;
+    const batch = this.ownBatch(data);
+    if (batch === undefined) return 0;
+    const rowKeys = batch.changes.map((change) => rowKeyString(rowKeyBytes(change.table.name, changeKey(change))));
     this.noteStored(stream, seq, rowKeys);
     return rowKeys.length;
   }
@@ -194,26 +190,29 @@ export class Applier {
    * stopped before it could take them out. Returns how many change-log rows went.
    */
   forgetOwnMessage(data: Uint8Array): number {
-    if (this.options.origin === undefined) return 0;
-    let batch: ChangeBatch;
-    try {
-      batch = decodeBatch(data);
-    } catch (err) {
-      if (err instanceof DecodeError) return 0;
-      throw err;
-    }
-    if (batch.origin !== this.options.origin) return 0;
+    const batch = this.ownBatch(data);
+    if (batch === undefined) return 0;
     let removed = 0;
     this.db.transaction(() => {
       for (const change of batch.changes) {
         const local = this.tables.get(change.table.name);
         if (local === undefined || mismatch(change, local) !== undefined) continue;
-        const key =
-          change.op === "upsert" ? local.keyColumns.map((k) => change.values[change.table.columns.indexOf(k)]!) : change.values;
-        removed += this.pendingLookup(local).forget.run(...key, BigInt(change.changeId)).changes;
+        removed += this.pendingLookup(local).forget.run(...changeKey(change), BigInt(change.changeId)).changes;
       }
     })();
     return removed;
+  }
+
+  /** The batch in `data` when this node wrote it (in this epoch); undefined for another node's or a non-batch. */
+  private ownBatch(data: Uint8Array): ChangeBatch | undefined {
+    if (this.options.origin === undefined) return undefined;
+    try {
+      const batch = decodeBatch(data);
+      return batch.origin === this.options.origin ? batch : undefined;
+    } catch (err) {
+      if (err instanceof DecodeError) return undefined;
+      throw err;
+    }
   }
 
   /** After a commit up to `last`: the stored changes at or below it are applied (or passed), no longer pending. */

@@ -264,11 +264,14 @@ function isAutoincrementLog(db: Database.Database, logName: string): boolean {
 function ensureKeepLastTrigger(db: Database.Database, table: TableInfo): boolean {
   const logName = changeLogTable(table.name);
   if (isAutoincrementLog(db, logName)) return false;
-  const name = keepLastTriggerName(table.name);
-  const wanted = keepLastTriggerSql(table);
-  const row = db.prepare("SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = ?").get(name) as { sql: string | null } | undefined;
+  return ensureSchemaObject(db, "trigger", keepLastTriggerName(table.name), keepLastTriggerSql(table));
+}
+
+/** Creates an index or trigger, or creates it again when SQLite keeps other SQL for it; true when it did. */
+function ensureSchemaObject(db: Database.Database, type: "index" | "trigger", name: string, wanted: string): boolean {
+  const row = db.prepare("SELECT sql FROM sqlite_master WHERE type = ? AND name = ?").get(type, name) as { sql: string | null } | undefined;
   if (row?.sql === wanted) return false;
-  db.exec(`DROP TRIGGER IF EXISTS ${quoteIdent(name)}`);
+  db.exec(`DROP ${type.toUpperCase()} IF EXISTS ${quoteIdent(name)}`);
   db.exec(wanted);
   return true;
 }
@@ -279,13 +282,7 @@ function setMeta(db: Database.Database, key: string, value: string): void {
 
 /** The change log's index on the row key, (re)built when missing or not on the key columns it should be. */
 function ensureKeyIndex(db: Database.Database, table: TableInfo): boolean {
-  const name = changeLogIndex(table.name);
-  const wanted = createChangeLogIndexSql(table);
-  const row = db.prepare("SELECT sql FROM sqlite_master WHERE type = 'index' AND name = ?").get(name) as { sql: string | null } | undefined;
-  if (row?.sql === wanted) return false;
-  db.exec(`DROP INDEX IF EXISTS ${quoteIdent(name)}`);
-  db.exec(wanted);
-  return true;
+  return ensureSchemaObject(db, "index", changeLogIndex(table.name), createChangeLogIndexSql(table));
 }
 
 function dropStaleTriggers(
