@@ -58,17 +58,24 @@ export function describeJetStreamError(err: unknown, subject?: string): string {
     }
     return (
       "nothing answers JetStream API requests: JetStream is not enabled on the server (add a jetstream block to its config), " +
-      "or the cluster has no JetStream meta leader yet (it needs a majority of its servers up)"
+      "or the cluster has no JetStream meta leader yet (it needs a majority of its servers up; on nats-server 2.15 a new cluster " +
+      "may wait for all of them)"
     );
   }
   if (code === 10039 || /not enabled for account/i.test(err.message)) {
     return `JetStream is not enabled for this account (${err.message}): enable JetStream for the account in the server config`;
   }
   if (code === 10008 || /temporarily unavailable/i.test(err.message)) {
-    return `JetStream is temporarily unavailable (${err.message}): the cluster is electing a leader or lacks a majority`;
+    return (
+      `JetStream is temporarily unavailable (${err.message}): the cluster is electing a leader, lacks a majority, ` +
+      "or is new and waits for all of its servers (nats-server 2.15)"
+    );
   }
   if (err.name === "TimeoutError" || /timeout/i.test(err.message)) {
-    return "JetStream did not answer in time: the cluster may have no meta leader yet (it needs a majority of its servers up) or the server is overloaded";
+    return (
+      "JetStream did not answer in time: the cluster may have no meta leader yet (it needs a majority of its servers " +
+      "up; on nats-server 2.15 a new cluster may wait for all of them) or the server is overloaded"
+    );
   }
   return err.message;
 }

@@ -60,6 +60,25 @@ function differences(current: StreamConfig, wanted: Partial<StreamConfig>): stri
   return diffs;
 }
 
+const STUCK_PLACEMENT_MS = 30_000;
+
+/**
+ * What may be wrong when JetStream has refused to place a stream for a long time with no reason given: every server
+ * it lists is fit, but the meta group lists fewer than the stream needs.
+ */
+export function placementHint(err: unknown, replicas: number, waitedMs: number, stuckAfterMs = STUCK_PLACEMENT_MS): string | undefined {
+  const message = err instanceof Error ? err.message : String(err);
+  if (replicas < 2 || waitedMs < stuckAfterMs || message.trim() !== "no suitable peers for placement") {
+    return undefined;
+  }
+  return (
+    `JetStream's meta group lists fewer than ${replicas} servers. If ${replicas} or more are up, one was left out ` +
+    "of the group: nats-server 2.10.27 does that now and then when the servers of a new cluster start together, " +
+    "and it lasts until that server restarts. Restart the server missing from the meta group's replicas in the " +
+    "meta leader's /jsz, or use a newer nats-server (scripts/setup.sh installs 2.15.1)"
+  );
+}
+
 function isNotFound(err: unknown): boolean {
   const e = err as { code?: number; name?: string; message?: string };
   return e?.code === 10059 || e?.name === "StreamNotFoundError" || /stream not found/i.test(e?.message ?? "");
@@ -69,12 +88,20 @@ function isNotFound(err: unknown): boolean {
  * Create each shard's stream, or update it when `update_existing` is set; retries while the cluster cannot yet
  * place it (an R3 stream needs three servers up), saying what it waits for.
  */
-export async function ensureStreams(jsm: JetStreamManager, config: Config, logger: Logger, signal?: AbortSignal): Promise<ShardStream[]> {
+export async function ensureStreams(
+  jsm: JetStreamManager,
+  config: Config,
+  logger: Logger,
+  signal?: AbortSignal,
+  stuckAfterMs = STUCK_PLACEMENT_MS,
+): Promise<ShardStream[]> {
   const streams = shardStreams(config);
   for (const s of streams) {
     const wanted = wantedConfig(s, config);
     let attempt = 0;
     let lastLog = 0;
+    let waitingSince = 0;
+    let hinted = false;
     for (;;) {
       try {
         let info;
@@ -103,13 +130,15 @@ export async function ensureStreams(jsm: JetStreamManager, config: Config, logge
         if (signal?.aborted) throw err;
         attempt++;
         const now = Date.now();
-        if (attempt === 1 || now - lastLog > 15_000) {
+        if (attempt === 1) waitingSince = now;
+        const replicas = wanted.num_replicas ?? 1;
+        const hint = placementHint(err, replicas, now - waitingSince, stuckAfterMs);
+        if (attempt === 1 || now - lastLog > 15_000 || (hint !== undefined && !hinted)) {
           lastLog = now;
-          logger.warn("waiting for JetStream to place the stream (an R3 stream needs 3 servers up)", {
-            stream: s.stream,
-            replicas: wanted.num_replicas,
-            reason: (err as Error).message,
-          });
+          hinted ||= hint !== undefined;
+          const fields: Record<string, unknown> = { stream: s.stream, replicas, reason: (err as Error).message };
+          if (hint !== undefined) fields["hint"] = hint;
+          logger.warn(`waiting for JetStream to place the stream (an R${replicas} stream needs ${replicas} servers up)`, fields);
         }
         await new Promise((r) => setTimeout(r, Math.min(250 * attempt, 2000)));
       }

@@ -10,7 +10,9 @@ import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { ServerError } from "../../src/errors.js";
 import type { Logger, LogFields } from "../../src/log.js";
 import { EmbeddedServer, type ServerExit } from "../../src/stream/embedded-server.js";
+import { defaultConfig } from "../../src/config/defaults.js";
 import { describeJetStreamError, waitForJetStream } from "../../src/stream/jetstream-ready.js";
+import { ensureStreams } from "../../src/stream/streams.js";
 import { waitFor } from "../helpers/marmot.js";
 import { startNatsServer, tempDir } from "../helpers/nats.js";
 import { freePort, freePorts } from "../helpers/ports.js";
@@ -116,10 +118,8 @@ describe("embedded nats-server", { timeout: TEST_TIMEOUT }, () => {
 
     const published = await withClient(servers[0]!.clientUrl, async (nc) => {
       const jsm = await waitForJetStream(nc, captureLogger());
-      // The meta leader can answer before it has heard from every peer: R3 placement may need a moment more. On
-      // nats-server 2.10.27 under load, a fresh cluster now and then answered "no suitable peers for placement" for
-      // over 30 s (marmot itself waits for placement without end and says so in its log).
-      const deadline = Date.now() + 75_000;
+      // The meta leader can answer before it has heard from every peer: R3 placement may need a moment more.
+      const deadline = Date.now() + 30_000;
       for (;;) {
         try {
           await jsm.streams.add({ name: "CHANGES", subjects: ["changes.>"], num_replicas: 3 });
@@ -143,6 +143,45 @@ describe("embedded nats-server", { timeout: TEST_TIMEOUT }, () => {
       const jsm = await waitForJetStream(nc, captureLogger());
       const stored = await jsm.streams.getMessage("CHANGES", { seq: published.seq });
       assert.equal(stored?.string(), "row 42");
+    });
+  });
+
+  test("on a two-server cluster marmot waits for R3 placement, says why, and goes on when a third server joins", async (t) => {
+    const clusterPorts = await freePorts(3);
+    const routes = clusterPorts.map((port) => `nats://127.0.0.1:${port}/`);
+    const options = (i: number, peers: string[]) => ({
+      serverName: `marmot-node-${i + 1}`,
+      clusterAddr: `127.0.0.1:${clusterPorts[i]}`,
+      clusterPeers: peers,
+    });
+    // A cluster of two: its meta group elects a leader, but an R3 stream has one server too few.
+    const servers = await Promise.all([0, 1].map((i) => startServer(options(i, routes.slice(0, 2)))));
+    t.after(() => Promise.all(servers.map((s) => s.stop())));
+
+    await withClient(servers[0]!.clientUrl, async (nc) => {
+      const jsm = await waitForJetStream(nc, captureLogger());
+      const config = defaultConfig();
+      config.replicationLog.shards = 1;
+      config.replicationLog.replicas = 3;
+      const logger = captureLogger();
+      const placed = ensureStreams(jsm, config, logger, undefined, 1000);
+      let settled = false;
+      void placed.finally(() => (settled = true)).catch(() => undefined);
+
+      const waiting = () => logger.lines.filter((l) => l.message.startsWith("waiting for JetStream to place the stream"));
+      await waitFor(() => waiting().some((l) => l.fields?.["hint"] !== undefined), 30_000, () => `the placement hint; logged: ${JSON.stringify(waiting())}`);
+      assert.equal(settled, false, "the stream cannot have been placed on two servers");
+      const [first] = waiting();
+      assert.match(first!.message, /an R3 stream needs 3 servers up/);
+      assert.equal(first!.fields?.["reason"], "no suitable peers for placement");
+      const hint = waiting().find((l) => l.fields?.["hint"] !== undefined)!.fields!["hint"];
+      assert.match(String(hint), /meta group lists fewer than 3 servers/);
+
+      servers.push(await startServer(options(2, routes)));
+      const [stream] = await within(placed, 60_000, "the R3 stream once a third server joined");
+      const info = await jsm.streams.info(stream!.stream);
+      assert.equal(info.config.num_replicas, 3);
+      assert.equal((info.cluster?.replicas ?? []).length, 2, "a leader and two replicas");
     });
   });
 

@@ -1,8 +1,9 @@
-// Stream names and the start-up warning about nats-server versions that let replicas diverge.
+// Stream names, the start-up warning about nats-server versions that let replicas diverge, and the hint for a
+// stream JetStream will not place.
 
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { serverVersionRisk, shardStreams } from "../../src/stream/streams.js";
+import { placementHint, serverVersionRisk, shardStreams } from "../../src/stream/streams.js";
 
 test("each shard gets its own stream and subject, named with the shard count", () => {
   const streams = shardStreams({ nats: { streamPrefix: "marmot-changes", subjectPrefix: "marmot-change-log" }, replicationLog: { shards: 2 } } as never);
@@ -23,4 +24,14 @@ test("no warning on 2.10 and later, for a single replica, or when the version is
   assert.equal(serverVersionRisk("2.9.10", 1), undefined);
   assert.equal(serverVersionRisk(undefined, 3), undefined);
   assert.equal(serverVersionRisk("nightly", 3), undefined);
+});
+
+test("a long refusal to place a replicated stream, with no reason given, gets a hint about the meta group", () => {
+  const bare = new Error("no suitable peers for placement");
+  assert.match(placementHint(bare, 3, 30_000) ?? "", /meta group lists fewer than 3 servers.*Restart the server missing/);
+  assert.equal(placementHint(bare, 3, 29_999), undefined, "not before 30 s");
+  assert.equal(placementHint(bare, 1, 60_000), undefined, "one replica never waits for peers");
+  // JetStream names a reason (a server offline, short of storage): that reason is the answer, not a hint.
+  assert.equal(placementHint(new Error("no suitable peers for placement, peer offline"), 3, 60_000), undefined);
+  assert.equal(placementHint(new Error("insufficient resources"), 3, 60_000), undefined);
 });
