@@ -138,7 +138,8 @@ export async function ensureStreams(
           hinted ||= hint !== undefined;
           const fields: Record<string, unknown> = { stream: s.stream, replicas, reason: (err as Error).message };
           if (hint !== undefined) fields["hint"] = hint;
-          logger.warn(`waiting for JetStream to place the stream (an R${replicas} stream needs ${replicas} servers up)`, fields);
+          const servers = replicas === 1 ? "a server" : `${replicas} servers`;
+          logger.warn(`waiting for JetStream to place the stream (an R${replicas} stream needs ${servers} up)`, fields);
         }
         await new Promise((r) => setTimeout(r, Math.min(250 * attempt, 2000)));
       }
