@@ -18,6 +18,7 @@ import { connect } from "@nats-io/transport-node";
 import type { Logger } from "../src/log.js";
 import { EmbeddedServer, type EmbeddedServerOptions } from "../src/stream/embedded-server.js";
 import { findNatsServer } from "../src/stream/nats-binary.js";
+import { sleep } from "../src/sleep.js";
 import { tempDir } from "../test/helpers/nats.js";
 import { freePorts } from "../test/helpers/ports.js";
 import { killAll, trackPid } from "../test/helpers/processes.js";
@@ -53,7 +54,6 @@ function parseArgs(argv: string[]): Settings {
   return settings;
 }
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 async function metaRaft(monitorPort: number): Promise<MetaRaft | undefined> {
   try {
