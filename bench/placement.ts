@@ -13,10 +13,11 @@
 import { execFileSync } from "node:child_process";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { jetstreamManager, type JetStreamManager } from "@nats-io/jetstream";
+import type { JetStreamManager } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
 import type { Logger } from "../src/log.js";
 import { EmbeddedServer, type EmbeddedServerOptions } from "../src/stream/embedded-server.js";
+import { waitForJetStream } from "../src/stream/jetstream-ready.js";
 import { findNatsServer } from "../src/stream/nats-binary.js";
 import { sleep } from "../src/sleep.js";
 import { tempDir } from "../test/helpers/nats.js";
@@ -82,6 +83,17 @@ async function tryPlace(jsm: JetStreamManager): Promise<string | undefined> {
   }
 }
 
+/** Tries to place the stream until it is placed (undefined) or `ms` have passed (JetStream's last refusal). */
+async function placeWithin(jsm: JetStreamManager, ms: number): Promise<string | undefined> {
+  const deadline = Date.now() + ms;
+  let refusal = await tryPlace(jsm);
+  while (refusal !== undefined && Date.now() < deadline) {
+    await sleep(250);
+    refusal = await tryPlace(jsm);
+  }
+  return refusal;
+}
+
 async function oneRun(run: number, settings: Settings): Promise<"placed" | "stalled"> {
   const dir = tempDir("marmot-placement-");
   const ports = await freePorts(6);
@@ -112,22 +124,9 @@ async function oneRun(run: number, settings: Settings): Promise<"placed" | "stal
   const nc = await connect({ servers: servers.map((s) => s.clientUrl), maxReconnectAttempts: -1 });
   try {
     const startedAt = Date.now();
-    let jsm: JetStreamManager;
-    for (;;) {
-      try {
-        jsm = await jetstreamManager(nc, { checkAPI: false });
-        await jsm.getAccountInfo();
-        break;
-      } catch {
-        await sleep(100);
-      }
-    }
+    const jsm = await waitForJetStream(nc, quiet);
     const answeredMs = Date.now() - startedAt;
-    let refusal = await tryPlace(jsm);
-    while (refusal !== undefined && Date.now() - startedAt < answeredMs + settings.stallMs) {
-      await sleep(250);
-      refusal = await tryPlace(jsm);
-    }
+    const refusal = await placeWithin(jsm, settings.stallMs);
     if (refusal === undefined) {
       console.log(`run ${run}: placed ${Date.now() - startedAt} ms after the start (JetStream answered after ${answeredMs} ms)`);
       return "placed";
@@ -139,11 +138,7 @@ async function oneRun(run: number, settings: Settings): Promise<"placed" | "stal
       await servers[out]!.stop();
       servers[out] = await start(options[out]!);
       const restartedAt = Date.now();
-      let again = await tryPlace(jsm);
-      while (again !== undefined && Date.now() - restartedAt < settings.stallMs) {
-        await sleep(250);
-        again = await tryPlace(jsm);
-      }
+      const again = await placeWithin(jsm, settings.stallMs);
       const outcome = again === undefined ? `placed ${Date.now() - restartedAt} ms later` : `still refused ("${again}")`;
       console.log(`run ${run}: restarted server ${out + 1}: ${outcome}`);
     }
