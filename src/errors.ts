@@ -32,3 +32,29 @@ export class PhantomDuplicateError extends NatsError {
 export class ServerError extends Error {
   override name = "ServerError";
 }
+
+/**
+ * A snapshot store cannot be used right now (unreachable, timed out, a server error): worth retrying. Says which
+ * store and which object.
+ */
+export class SnapshotStoreError extends Error {
+  override name = "SnapshotStoreError";
+}
+
+/**
+ * A snapshot store refused marmot's credentials or the object's place does not exist: retrying cannot help. The
+ * message names the config key to fix.
+ */
+export class SnapshotAccessError extends Error {
+  override name = "SnapshotAccessError";
+}
+
+/** The object asked for is not in the store. */
+export class SnapshotNotFoundError extends Error {
+  override name = "SnapshotNotFoundError";
+}
+
+/** A snapshot object is truncated, corrupt, or made for another config: it is refused and nothing is changed. */
+export class SnapshotInvalidError extends Error {
+  override name = "SnapshotInvalidError";
+}

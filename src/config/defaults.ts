@@ -45,7 +45,8 @@ export function defaultConfig(): Config {
       nats: { replicas: 1, bucket: "" },
       s3: { path: "", endpoint: "", accessKey: "", secret: "", sessionToken: "", bucket: "", useSsl: false },
       webdav: { url: "" },
-      sftp: { url: "" },
+      sftp: { url: "", keyFile: "", knownHostsFile: "" },
+      file: { path: "" },
     },
     nats: {
       urls: [],

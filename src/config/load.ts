@@ -7,7 +7,7 @@ import { ConfigError } from "../errors.js";
 import { defaultConfig, defaultSeqMapPath } from "./defaults.js";
 import { deriveNodeId, NODE_ID_RULE, readNodeId } from "./node-id.js";
 import { describe, Problems, TableReader } from "./reader.js";
-import type { Config, SnapshotStore } from "./types.js";
+import type { Config, SnapshotStoreKind } from "./types.js";
 import { checkNatsFiles, listenAddressProblem, natsNameProblem, natsUrlProblem } from "./validate.js";
 
 export interface LoadedConfig {
@@ -18,7 +18,7 @@ export interface LoadedConfig {
 
 // setTimeout fires at once for delays above 2^31-1 ms, which would turn a long interval into a busy loop.
 const MAX_TIMER_MS = 2 ** 31 - 1;
-const SNAPSHOT_STORES: readonly SnapshotStore[] = ["nats", "s3", "webdav", "sftp"];
+const SNAPSHOT_STORES: readonly SnapshotStoreKind[] = ["nats", "s3", "webdav", "sftp", "file"];
 
 export const SEQ_MAP_PATH_WARNING =
   "seq_map_path is accepted for compatibility and not used: marmot records applied positions inside the database";
@@ -80,6 +80,7 @@ function readConfig(root: TableReader, problems: Problems, file: string): Config
   const snap = root.section("snapshot");
   const snapNats = snap.section("nats");
   const s3 = snap.section("s3");
+  const sftp = snap.section("sftp");
   const nats = root.section("nats");
   const tables = root.section("tables");
   const logging = root.section("logging");
@@ -122,7 +123,12 @@ function readConfig(root: TableReader, problems: Problems, file: string): Config
         useSsl: s3.boolean("use_ssl", d.snapshot.s3.useSsl),
       },
       webdav: { url: snap.section("webdav").string("url", d.snapshot.webdav.url) },
-      sftp: { url: snap.section("sftp").string("url", d.snapshot.sftp.url) },
+      sftp: {
+        url: sftp.string("url", d.snapshot.sftp.url),
+        keyFile: absolutePath(sftp.string("key_file", d.snapshot.sftp.keyFile)),
+        knownHostsFile: absolutePath(sftp.string("known_hosts_file", d.snapshot.sftp.knownHostsFile)),
+      },
+      file: { path: absolutePath(snap.section("file").string("path", d.snapshot.file.path)) },
     },
     nats: {
       urls: nats.stringList("urls", d.nats.urls, natsUrlProblem),

@@ -1,6 +1,6 @@
 // The configuration marmot runs with: the original Marmot's TOML keys, parsed and validated.
 
-export type SnapshotStore = "nats" | "s3" | "webdav" | "sftp";
+export type SnapshotStoreKind = "nats" | "s3" | "webdav" | "sftp" | "file";
 
 export interface ReplicationLogConfig {
   shards: number;
@@ -14,11 +14,14 @@ export interface SnapshotConfig {
   enabled: boolean;
   /** milliseconds; 0 = never on a timer */
   interval: number;
-  store: SnapshotStore;
+  store: SnapshotStoreKind;
   nats: { replicas: number; bucket: string };
   s3: { path: string; endpoint: string; accessKey: string; secret: string; sessionToken: string; bucket: string; useSsl: boolean };
   webdav: { url: string };
-  sftp: { url: string };
+  /** `sftp://user[:password]@host[:port]/path`; a private key file and a known-hosts file are marmot's own keys */
+  sftp: { url: string; keyFile: string; knownHostsFile: string };
+  /** a folder (a shared mount, say); marmot's own store, the original had none */
+  file: { path: string };
 }
 
 export interface NatsConfig {
