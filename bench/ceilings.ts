@@ -2,7 +2,7 @@
 
 import { jetstream, jetstreamManager, StorageType } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
-import { encodeBatch, type WireTable } from "../src/stream/codec.js";
+import { encodeBatch, type WireTable } from "../src/wire/codec.js";
 import { BULK_COLUMNS, bulkRow, nowNs } from "./workload.js";
 
 export interface MarmotMessages {

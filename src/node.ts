@@ -21,7 +21,7 @@ import { openDatabase } from "./sqlite/open.js";
 import type { TableInfo } from "./sqlite/table.js";
 import { DatabaseWatcher } from "./sqlite/watcher.js";
 import { connectNats } from "./stream/connect.js";
-import { batchOrigin } from "./stream/codec.js";
+import { batchOrigin } from "./wire/codec.js";
 import { ShardConsumer } from "./stream/consumer.js";
 import { EmbeddedServer } from "./stream/embedded-server.js";
 import { waitForJetStream } from "./stream/jetstream-ready.js";

@@ -10,10 +10,10 @@ import { PhantomDuplicateError } from "./errors.js";
 import type { Logger } from "./log.js";
 import type { Metrics } from "./metrics.js";
 import type { ChangeLogReader, PendingChange } from "./sqlite/change-log.js";
-import { batchOrigin, encodeBatch } from "./stream/codec.js";
+import { batchOrigin, encodeBatch } from "./wire/codec.js";
 import type { BatchPublisher } from "./stream/publisher.js";
 import { orAbort, sleep } from "./sleep.js";
-import { rowKeyBytes, rowKeyString, shardOf } from "./stream/shard.js";
+import { rowKeyBytes, rowKeyString, shardOf } from "./wire/shard.js";
 
 export interface ShipperOptions {
   /** this node's id */

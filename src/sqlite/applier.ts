@@ -4,8 +4,8 @@
 import type { Database, Statement } from "better-sqlite3";
 import { DecodeError } from "../errors.js";
 import type { Logger } from "../log.js";
-import { decodeBatch, encodeBatch, type ChangeBatch, type WireChange, type WireTable } from "../stream/codec.js";
-import { rowKeyBytes, rowKeyString } from "../stream/shard.js";
+import { decodeBatch, encodeBatch, type ChangeBatch, type WireChange, type WireTable } from "../wire/codec.js";
+import { rowKeyBytes, rowKeyString } from "../wire/shard.js";
 import { APPLIED_TABLE, APPLYING_TABLE, changeLogTable, LOG_ID_COLUMN, PARKED_TABLE, ROWID_KEY } from "./names.js";
 import { quoteIdent } from "./quote.js";
 import { rowidAlias } from "./schema.js";

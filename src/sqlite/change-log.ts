@@ -1,7 +1,7 @@
 // Reads pending changes out of the per-table change logs and removes them once JetStream has them.
 
 import type { Database, Statement } from "better-sqlite3";
-import type { ChangeOp, WireTable } from "../stream/codec.js";
+import type { ChangeOp, WireTable } from "../wire/codec.js";
 import { quoteIdent } from "./quote.js";
 import {
   changeLogTable,
@@ -15,7 +15,7 @@ import {
 } from "./names.js";
 import type { TableInfo } from "./table.js";
 import { NOT_MARKER } from "./trigger-sql.js";
-import type { SqlValue } from "./value.js";
+import type { SqlValue } from "../wire/value.js";
 
 export interface PendingChange {
   wireTable: WireTable;

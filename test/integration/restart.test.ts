@@ -8,7 +8,7 @@ import { after, before, describe, test } from "node:test";
 import { jetstreamManager, type JetStreamManager } from "@nats-io/jetstream";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { NOT_MARKER } from "../../src/sqlite/trigger-sql.js";
-import { decodeBatch } from "../../src/stream/codec.js";
+import { decodeBatch } from "../../src/wire/codec.js";
 import { TestCluster, waitFor, type MarmotProcess } from "../helpers/marmot.js";
 import { startNatsServer, type TestNatsServer } from "../helpers/nats.js";
 import { freePorts } from "../helpers/ports.js";

@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { jetstream } from "@nats-io/jetstream";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
-import { encodeBatch, type WireTable } from "../../src/stream/codec.js";
+import { encodeBatch, type WireTable } from "../../src/wire/codec.js";
 import { TestCluster, waitFor } from "../helpers/marmot.js";
 import { startNatsServer, type TestNatsServer } from "../helpers/nats.js";
 import { useProcessCleanup } from "../helpers/processes.js";

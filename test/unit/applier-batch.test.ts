@@ -8,7 +8,7 @@ import { Applier } from "../../src/sqlite/applier.js";
 import { installCapture } from "../../src/sqlite/capture.js";
 import { APPLIED_TABLE, PARKED_TABLE } from "../../src/sqlite/names.js";
 import { openDatabase } from "../../src/sqlite/open.js";
-import { encodeBatch, type WireTable } from "../../src/stream/codec.js";
+import { encodeBatch, type WireTable } from "../../src/wire/codec.js";
 import { createDb, recordingLogger, removeTempDirs, sqlite3, tempDir } from "../helpers/sqlite.js";
 
 after(removeTempDirs);

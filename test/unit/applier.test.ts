@@ -9,9 +9,9 @@ import { Applier, type ApplierOptions } from "../../src/sqlite/applier.js";
 import { APPLIED_TABLE, changeLogTable, PARKED_TABLE } from "../../src/sqlite/names.js";
 import { openDatabase } from "../../src/sqlite/open.js";
 import { quoteIdent } from "../../src/sqlite/quote.js";
-import type { SqlValue } from "../../src/sqlite/value.js";
-import { encodeBatch, type ChangeOp, type WireTable } from "../../src/stream/codec.js";
-import { rowKeyBytes, rowKeyString } from "../../src/stream/shard.js";
+import type { SqlValue } from "../../src/wire/value.js";
+import { encodeBatch, type ChangeOp, type WireTable } from "../../src/wire/codec.js";
+import { rowKeyBytes, rowKeyString } from "../../src/wire/shard.js";
 import { createDb, recordingLogger, removeTempDirs, sqlite3, sqlite3Async, tempDir, type RecordedLine } from "../helpers/sqlite.js";
 
 after(removeTempDirs);

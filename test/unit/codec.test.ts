@@ -3,8 +3,8 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { DecodeError } from "../../src/errors.js";
-import { decodeBatch, encodeBatch, type ChangeBatch, type WireTable } from "../../src/stream/codec.js";
-import type { SqlValue } from "../../src/sqlite/value.js";
+import { decodeBatch, encodeBatch, type ChangeBatch, type WireTable } from "../../src/wire/codec.js";
+import type { SqlValue } from "../../src/wire/value.js";
 
 const table: WireTable = { name: "t \"quoted\" ✓", columns: ["id", "v"], keyColumns: ["id"] };
 

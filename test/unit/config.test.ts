@@ -188,7 +188,8 @@ subsystem = "replication"
           useSsl: true,
         },
         webdav: { url: "https://dav.example.com/marmot?dir=/snapshots" },
-        sftp: { url: "sftp://user:pass@sftp.example.com:22/snapshots" },
+        sftp: { url: "sftp://user:pass@sftp.example.com:22/snapshots", keyFile: "", knownHostsFile: "" },
+        file: { path: "" },
       },
       nats: {
         urls: ["nats://a.example.com:4222", "tls://b.example.com:4443", "ws://c.example.com:8080", "d.example.com:4222"],
@@ -263,7 +264,7 @@ subsystem = "replication"
 
   test("an unknown snapshot store lists the allowed ones", () => {
     const message = configError('[snapshot]\nstore = "ftp"\n');
-    assert.match(message, /snapshot\.store must be one of "nats", "s3", "webdav", "sftp", got "ftp"/);
+    assert.match(message, /snapshot\.store must be one of "nats", "s3", "webdav", "sftp", "file", got "ftp"/);
   });
 
   test("an unknown logging format is an error", () => {

@@ -2,7 +2,7 @@
 
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { rowKeyBytes, shardOf } from "../../src/stream/shard.js";
+import { rowKeyBytes, shardOf } from "../../src/wire/shard.js";
 
 test("the same row always lands on the same shard, on every node and release", () => {
   // Pinned values: a change here would split a row's history over two streams in a mixed-version cluster.

@@ -9,10 +9,10 @@ import { ChangeShipper, type ShipperOptions } from "../../src/shipper.js";
 import { installCapture } from "../../src/sqlite/capture.js";
 import { ChangeLogReader } from "../../src/sqlite/change-log.js";
 import { openDatabase } from "../../src/sqlite/open.js";
-import type { SqlValue } from "../../src/sqlite/value.js";
-import { decodeBatch, type WireChange } from "../../src/stream/codec.js";
+import type { SqlValue } from "../../src/wire/value.js";
+import { decodeBatch, type WireChange } from "../../src/wire/codec.js";
 import type { BatchPublisher } from "../../src/stream/publisher.js";
-import { rowKeyBytes, rowKeyString, shardOf } from "../../src/stream/shard.js";
+import { rowKeyBytes, rowKeyString, shardOf } from "../../src/wire/shard.js";
 import { createDb, recordingLogger, removeTempDirs, sqlite3, tempDir, type RecordedLine } from "../helpers/sqlite.js";
 
 after(removeTempDirs);

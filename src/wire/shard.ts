@@ -1,7 +1,7 @@
 // Which shard a row belongs to: every change to one row goes to one stream, so its order there decides the last writer.
 
 import { ByteWriter } from "./codec.js";
-import type { SqlValue } from "../sqlite/value.js";
+import type { SqlValue } from "./value.js";
 
 /** FNV-1a, 32 bit: stable across nodes and releases (changing it would split a row's history over two streams). */
 function fnv1a32(bytes: Uint8Array): number {

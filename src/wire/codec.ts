@@ -11,7 +11,7 @@
 
 import { deflateRawSync, inflateRawSync } from "node:zlib";
 import { DecodeError } from "../errors.js";
-import type { SqlValue } from "../sqlite/value.js";
+import type { SqlValue } from "./value.js";
 
 export const MAGIC = Buffer.from("MRMT", "latin1");
 export const VERSION = 1;
