@@ -123,6 +123,57 @@ function buildDatabase(path: string, mb: number): void {
   marmot.close();
 }
 
+export interface SnapshotFigure {
+  store: string;
+  databaseMb: number;
+  save: PhaseReport;
+  restore: PhaseReport;
+}
+
+/** Build a database of about `mb` MB, then save and restore it through each store, each phase in its own process. */
+export async function measureSnapshots(options: { mb: number; stores: string[] }): Promise<SnapshotFigure[]> {
+  const dir = tempDir("marmot-bench-snapshot-");
+  const source = join(dir, "source.db");
+  buildDatabase(source, options.mb);
+  const databaseMb = statSync(source).size / 2 ** 20;
+  const figures: SnapshotFigure[] = [];
+  const server = options.stores.includes("nats") ? await startNatsServer({ storeDir: join(dir, "nats") }) : undefined;
+  try {
+    for (const store of options.stores) {
+      const where = store === "file" ? join(dir, "store") : server!.url;
+      const target = join(dir, `restored-${store}.db`);
+      const save = await runChild(["--phase", "save", source, store, where]);
+      const restore = await runChild(["--phase", "restore", target, store, where]);
+      figures.push({ store, databaseMb, save, restore });
+      await removeDatabaseFiles(target);
+    }
+  } finally {
+    await server?.stop();
+  }
+  return figures;
+}
+
+export function renderSnapshotFigures(figures: SnapshotFigure[]): string {
+  const rows: string[][] = [];
+  for (const { store, save, restore } of figures) {
+    const objectMb = save.bytes / 2 ** 20;
+    rows.push(
+      [store, "save", fixed(objectMb, 0), fixed(save.seconds, 1), fixed(objectMb / save.seconds, 1), fixed(save.baselineMb, 0), fixed(save.peakMb, 0)],
+      [
+        store,
+        `restore (download ${fixed(restore.downloadSeconds ?? NaN, 1)} s)`,
+        fixed(objectMb, 0),
+        fixed(restore.seconds, 1),
+        fixed(objectMb / restore.seconds, 1),
+        fixed(restore.baselineMb, 0),
+        fixed(restore.peakMb, 0),
+      ],
+    );
+  }
+  const db = figures[0] === undefined ? "" : `S1: database of ${fixed(figures[0].databaseMb, 0)} MB (file size, marmot installed)\n`;
+  return db + table(["store", "phase", "MB", "seconds", "MB/s", "RSS before MB", "peak RSS MB"], rows);
+}
+
 async function main(): Promise<void> {
   const argv = process.argv.slice(2);
   if (argv[0] === "--phase") {
@@ -131,45 +182,12 @@ async function main(): Promise<void> {
     process.exit(0);
   }
   const option = (name: string, fallback: string) => (argv.includes(name) ? argv[argv.indexOf(name) + 1]! : fallback);
-  const mb = Number(option("--mb", "220"));
-  const stores = option("--stores", "file,nats").split(",");
-  const dir = tempDir("marmot-bench-snapshot-");
-  const source = join(dir, "source.db");
-  const building = performance.now();
-  buildDatabase(source, mb);
-  const dbMb = statSync(source).size / 2 ** 20;
-  console.log(`S1: database of ${fixed(dbMb, 0)} MB built in ${fixed((performance.now() - building) / 1000, 1)} s at ${dir}`);
-
-  const rows: string[][] = [];
-  const server = stores.includes("nats") ? await startNatsServer({ storeDir: join(dir, "nats") }) : undefined;
-  try {
-    for (const store of stores) {
-      const where = store === "file" ? join(dir, "store") : server!.url;
-      const target = join(dir, `restored-${store}.db`);
-      const save = await runChild(["--phase", "save", source, store, where]);
-      const restore = await runChild(["--phase", "restore", target, store, where]);
-      const objectMb = save.bytes / 2 ** 20;
-      rows.push(
-        [store, "save", fixed(objectMb, 0), fixed(save.seconds, 1), fixed(objectMb / save.seconds, 1), fixed(save.baselineMb, 0), fixed(save.peakMb, 0)],
-        [
-          store,
-          `restore (download ${fixed(restore.downloadSeconds!, 1)} s)`,
-          fixed(objectMb, 0),
-          fixed(restore.seconds, 1),
-          fixed(objectMb / restore.seconds, 1),
-          fixed(restore.baselineMb, 0),
-          fixed(restore.peakMb, 0),
-        ],
-      );
-      await removeDatabaseFiles(target);
-    }
-  } finally {
-    await server?.stop();
-  }
-  console.log(table(["store", "phase", "MB", "seconds", "MB/s", "RSS before MB", "peak RSS MB"], rows));
+  const figures = await measureSnapshots({ mb: Number(option("--mb", "220")), stores: option("--stores", "file,nats").split(",") });
+  console.log(renderSnapshotFigures(figures));
   const machine = describeMachine();
-  console.log(`machine: ${machine.cores} cores ${machine.cpuModel}, load ${machine.loadAverage.join(" ")}; ${execFileSync("uptime", { encoding: "utf8" }).trim()}`);
+  console.log(`machine: ${machine.cores} cores ${machine.cpuModel}; ${execFileSync("uptime", { encoding: "utf8" }).trim()}`);
   process.exit(0);
 }
 
-await main();
+// Run directly (or as a phase child); bench/run.ts imports measureSnapshots instead.
+if (process.argv[1] === fileURLToPath(import.meta.url)) await main();
