@@ -283,6 +283,29 @@ describe("snapshot stores that cannot be used", () => {
   });
 });
 
+describe("snapshot files of another page size or journal mode", () => {
+  it("restore into a database of another page size, from a file left in WAL mode", async () => {
+    const dir = tempDir();
+    const sourcePath = createDb(join(dir, "large-pages.sqlite"), `PRAGMA page_size = 65536; ${OWN_TABLES}`);
+    const source = openDatabase(sourcePath, silentLogger);
+    installCapture(source, silentLogger);
+    const config = configFor(sourcePath, { store: "file", file: { path: join(dir, "store") } });
+    const store = openSnapshotStore(config, { logger: silentLogger });
+    const saved = await saveSnapshot(source, { config, store, logger: silentLogger });
+    source.close();
+    const file = join(dir, "snapshot-in-wal.db");
+    execFileSync("cp", [join(dir, "store", saved.object), file]);
+    assert.equal(sqlite3(file, "PRAGMA page_size; PRAGMA journal_mode = WAL;"), "65536\nwal\n");
+    const targetPath = createDb(join(dir, "small-pages.sqlite"), "PRAGMA page_size = 1024; CREATE TABLE kinds (x);");
+    const target = openDatabase(targetPath, silentLogger);
+    restoreSnapshot(target, file, { config: configFor(targetPath), logger: silentLogger });
+    target.close();
+    assert.equal(sqlite3(targetPath, "PRAGMA page_size"), "1024\n");
+    for (const table of ["kinds", "nokey", "composite", "auto", "gen"]) assert.equal(tableDiff(sourcePath, targetPath, table), "", table);
+    assert.equal(userSchema(targetPath), userSchema(sourcePath));
+  });
+});
+
 describe("restore while an app reads and writes the database", () => {
   it("the app sees the state before or after, gets no error but busy, and its writes after the commit are captured", async () => {
     const dir = tempDir();
