@@ -2,7 +2,7 @@
 // empty and different databases, under a running app process, with pending changes, and refusal of bad objects.
 
 import assert from "node:assert/strict";
-import { readdirSync, readFileSync, statSync, truncateSync, writeFileSync } from "node:fs";
+import { readdirSync, readFileSync, statSync, truncateSync, utimesSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
@@ -192,8 +192,15 @@ describe("snapshot into the file store", () => {
     );
     assert.deepEqual(await fetchLatestManifest(store), third);
     assert.deepEqual(readdirSync(folder).sort(), [MANIFEST_NAME, second.object, third.object].sort());
-    // No temporary copy is left beside the database.
+    // No temporary copy is left beside the database; one a crashed run left long ago goes at the next save.
     assert.deepEqual(readdirSync(join(source.path, "..")).filter((n) => n.includes(".tmp")), []);
+    const abandoned = join(source.path, "..", ".chinook.sqlite.snapshot-0badc0de.tmp");
+    const recent = join(source.path, "..", ".chinook.sqlite.download-0badf00d.tmp");
+    writeFileSync(abandoned, "half a copy");
+    writeFileSync(recent, "a download in progress");
+    utimesSync(abandoned, new Date(Date.now() - 7 * 3600_000), new Date(Date.now() - 7 * 3600_000));
+    await saveSnapshot(source.db, { config, store, logger: silentLogger });
+    assert.deepEqual(readdirSync(join(source.path, "..")).filter((n) => n.includes(".tmp")), [".chinook.sqlite.download-0badf00d.tmp"]);
     source.db.close();
   });
 });
