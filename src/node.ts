@@ -25,6 +25,7 @@ import { batchOrigin } from "./wire/codec.js";
 import { ShardConsumer } from "./stream/consumer.js";
 import { EmbeddedServer } from "./stream/embedded-server.js";
 import { waitForJetStream } from "./stream/jetstream-ready.js";
+import { cleanUpLargeBatches, JetStreamLargeBatches, largeBatchBucket } from "./stream/large-objects.js";
 import { readOwnMessages } from "./stream/own-messages.js";
 import { JetStreamPublisher } from "./stream/publisher.js";
 import { ensureStreams, serverVersionRisk, type ShardStream } from "./stream/streams.js";
@@ -189,10 +190,12 @@ export class MarmotNode {
     const jsm = await waitForJetStream(this.nc, logger, signal);
     const streams = await ensureStreams(jsm, config, logger, signal);
     const js = jetstream(this.nc);
+    const largeBatches = await JetStreamLargeBatches.open(js, largeBatchBucket(config.nats.streamPrefix), config.replicationLog.replicas, logger, signal);
 
     if (config.replicate) {
       this.consumers = streams.map(
-        (s) => new ShardConsumer(js, jsm, s, this.applier, { durableName: name }, logger.child({ component: "consumer", shard: s.shard }), this.metrics),
+        (s) =>
+          new ShardConsumer(js, jsm, s, this.applier, { durableName: name, largeBatches }, logger.child({ component: "consumer", shard: s.shard }), this.metrics),
       );
       if (config.publish) await this.recallOwnMessages(this.consumers, msgIdPrefix(config.nodeId, this.epoch), signal);
       for (const c of this.consumers) this.tasks.push(c.run(signal));
@@ -212,6 +215,7 @@ export class MarmotNode {
           compress: config.replicationLog.compress,
           onStored: config.replicate ? (shard, seq, rowKeys) => this.applier.noteStored(streamOf.get(shard)!, seq, rowKeys) : undefined,
           streamOf: (shard) => streamOf.get(shard)!,
+          largeBatches,
         },
         logger.child({ component: "shipper" }),
         this.metrics,
@@ -220,6 +224,7 @@ export class MarmotNode {
         ? () => this.catchUpBeforeShipping(signal)
         : () => this.forgetStoredLeftovers(js, jsm, streams, msgIdPrefix(config.nodeId, this.epoch), signal);
       this.tasks.push(this.shipLoop(shipper, leftovers, signal));
+      this.tasks.push(cleanUpLargeBatches(largeBatches, `${config.nodeId}-`, jsm, logger.child({ component: "large-changes" }), signal));
     }
     this.tasks.push(this.housekeeping(signal));
     logger.info("marmot is running", {

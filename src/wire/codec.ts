@@ -1,13 +1,17 @@
 // The wire format of a batch of row changes: compact, exact for every SQLite value, and strict when decoding.
 //
 // Layout (all integers little-endian, lengths as unsigned LEB128 varints):
-//   "MRMT" | version u8 | flags u8 (bit 0: body is raw-deflate compressed) | body
+//   "MRMT" | version u8 | flags u8 (bit 0: body is raw-deflate compressed; bit 1: body is a large-change reference)
+//   | body
 //   body: origin str | table count | tables | change count | changes
 //   table: name str | column count | column names | key count | key column names
 //   change: table index | op u8 (1 upsert, 2 delete) | change id varint | values
 //     upsert carries one value per table column, delete one per key column.
 //   value: tag u8 then 0 NULL | 1 int64 (8 bytes) | 2 float64 (8 bytes) | 3 text (len + utf8)
 //          | 4 blob (len + bytes) | 5 int32 (4 bytes)
+//   reference body (a batch too large for one message, stored as an object): object name str | size varint
+//          | sha-256 of the object (32 bytes). Never compressed. A reader that does not know bit 1 refuses the
+//          message as it refuses any unknown flag.
 
 import { deflateRawSync, inflateRawSync } from "node:zlib";
 import { DecodeError } from "../errors.js";
@@ -16,6 +20,8 @@ import type { SqlValue } from "./value.js";
 export const MAGIC = Buffer.from("MRMT", "latin1");
 export const VERSION = 1;
 const FLAG_DEFLATE = 1;
+const FLAG_REFERENCE = 2;
+const SHA256_BYTES = 32;
 const HEADER_SIZE = 6;
 /** Bodies smaller than this are not worth compressing. */
 const COMPRESS_MIN_BYTES = 1024;
@@ -63,6 +69,13 @@ const TAG_BLOB = 4;
 const TAG_INT32 = 5;
 const INT32_MIN = -(2n ** 31n);
 const INT32_MAX = 2n ** 31n - 1n;
+
+/** Where a batch too large for one message is: an object holding its encoded bytes, and how to check them. */
+export interface LargeBatchRef {
+  object: string;
+  size: number;
+  sha256: Buffer;
+}
 
 /** A growable byte buffer for encoding. */
 export class ByteWriter {
@@ -275,15 +288,73 @@ export function encodeBatch(batch: ChangeBatch, options: { compress?: boolean } 
   return out;
 }
 
-/** Decode a batch; anything that is not a well-formed marmot batch raises DecodeError. */
-export function decodeBatch(data: Uint8Array): ChangeBatch {
-  const buf = Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+/** The small message that stands for a batch stored as an object. */
+export function encodeReference(ref: LargeBatchRef): Buffer {
+  if (ref.sha256.length !== SHA256_BYTES) throw new TypeError(`a sha-256 digest has ${SHA256_BYTES} bytes, not ${ref.sha256.length}`);
+  const w = new ByteWriter(128);
+  w.str(ref.object);
+  w.varint(ref.size);
+  const body = w.finish();
+  const out = Buffer.allocUnsafe(HEADER_SIZE + body.length + SHA256_BYTES);
+  MAGIC.copy(out, 0);
+  out[4] = VERSION;
+  out[5] = FLAG_REFERENCE;
+  body.copy(out, HEADER_SIZE);
+  ref.sha256.copy(out, HEADER_SIZE + body.length);
+  return out;
+}
+
+/** The header's flags, after checking magic, version and that every flag is known. */
+function checkedFlags(buf: Buffer): number {
   if (buf.length < HEADER_SIZE || !buf.subarray(0, 4).equals(MAGIC)) {
     throw new DecodeError("not a marmot batch (bad magic)");
   }
   if (buf[4] !== VERSION) throw new DecodeError(`unsupported batch version ${buf[4]} (this marmot reads version ${VERSION})`);
   const flags = buf[5]!;
-  if (flags & ~FLAG_DEFLATE) throw new DecodeError(`unknown batch flags 0x${flags.toString(16)}`);
+  if (flags & ~(FLAG_DEFLATE | FLAG_REFERENCE)) throw new DecodeError(`unknown batch flags 0x${flags.toString(16)}`);
+  if (flags & FLAG_REFERENCE && flags & FLAG_DEFLATE) throw new DecodeError("a large-change reference cannot be compressed (flags 0x3)");
+  return flags;
+}
+
+const asBuffer = (data: Uint8Array): Buffer => (Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength));
+
+/**
+ * The reference in `data` when it is one; undefined for anything else (a batch, or bytes that are not marmot's:
+ * decodeBatch says what is wrong with those). A malformed reference raises DecodeError.
+ */
+export function decodeReference(data: Uint8Array): LargeBatchRef | undefined {
+  const buf = asBuffer(data);
+  let flags: number;
+  try {
+    flags = checkedFlags(buf);
+  } catch {
+    return undefined;
+  }
+  if (!(flags & FLAG_REFERENCE)) return undefined;
+  if (buf.length < HEADER_SIZE + SHA256_BYTES) throw new DecodeError(`truncated large-change reference: ${buf.length} bytes`);
+  const r = new ByteReader(buf.subarray(HEADER_SIZE, buf.length - SHA256_BYTES));
+  try {
+    const object = r.str("object name");
+    const size = r.varint("object size");
+    if (object === "") throw new DecodeError("a large-change reference names no object");
+    if (!r.done()) throw new DecodeError("trailing bytes in a large-change reference");
+    return { object, size, sha256: Buffer.from(buf.subarray(buf.length - SHA256_BYTES)) };
+  } catch (err) {
+    if (err instanceof TypeError) throw new DecodeError(`object name is not valid UTF-8: ${err.message}`);
+    throw err;
+  }
+}
+
+/** Decode a batch; anything that is not a well-formed marmot batch raises DecodeError. */
+export function decodeBatch(data: Uint8Array): ChangeBatch {
+  const buf = asBuffer(data);
+  const flags = checkedFlags(buf);
+  if (flags & FLAG_REFERENCE) {
+    const ref = decodeReference(buf)!;
+    throw new DecodeError(
+      `the message stands for large object "${ref.object}" (${ref.size} bytes), which this node could not read whole and intact; its log says why`,
+    );
+  }
   let body = buf.subarray(HEADER_SIZE);
   if (flags & FLAG_DEFLATE) {
     try {

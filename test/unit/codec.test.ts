@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { DecodeError } from "../../src/errors.js";
-import { decodeBatch, encodeBatch, type ChangeBatch, type WireTable } from "../../src/wire/codec.js";
+import { decodeBatch, decodeReference, encodeBatch, encodeReference, type ChangeBatch, type WireTable } from "../../src/wire/codec.js";
 import type { SqlValue } from "../../src/wire/value.js";
 
 const table: WireTable = { name: "t \"quoted\" ✓", columns: ["id", "v"], keyColumns: ["id"] };
@@ -123,4 +123,39 @@ test("invalid UTF-8 in a name is a DecodeError", () => {
   const bad = Buffer.from(good);
   bad[7] = 0xff; // first byte of the origin text
   assert.throws(() => decodeBatch(bad), DecodeError);
+});
+
+test("a large-change reference round-trips, and a batch is never taken for one", () => {
+  const ref = { object: "1-e1-abc", size: 52_428_900, sha256: Buffer.alloc(32, 9) };
+  const encoded = encodeReference(ref);
+  assert.ok(encoded.length < 100, "a reference is a small message");
+  assert.deepEqual(decodeReference(encoded), ref);
+  assert.equal(decodeReference(encodeBatch({ origin: "1/e", changes: [] })), undefined);
+  assert.equal(decodeReference(Buffer.from("not marmot at all")), undefined);
+});
+
+test("a reference decoded as a batch is refused with the object it names, not taken for changes", () => {
+  const encoded = encodeReference({ object: "1-e1-abc", size: 10, sha256: Buffer.alloc(32) });
+  assert.throws(() => decodeBatch(encoded), (err: unknown) => err instanceof DecodeError && /large object "1-e1-abc" \(10 bytes\)/.test(err.message));
+});
+
+test("a malformed reference is refused, never read as a reference to something else", () => {
+  const good = encodeReference({ object: "x", size: 10, sha256: Buffer.alloc(32, 1) });
+  const isDecodeError = (err: unknown) => err instanceof DecodeError;
+  // truncated digest
+  assert.throws(() => decodeReference(good.subarray(0, good.length - 1)), isDecodeError);
+  // trailing bytes between size and digest
+  const trailing = Buffer.concat([good.subarray(0, good.length - 32), Buffer.from([0]), good.subarray(good.length - 32)]);
+  assert.throws(() => decodeReference(trailing), isDecodeError);
+  // both flags: a reference is never compressed
+  const both = Buffer.from(good);
+  both[5] = 3;
+  assert.throws(() => decodeBatch(both), (err: unknown) => isDecodeError(err) && /cannot be compressed/.test((err as Error).message));
+  assert.equal(decodeReference(both), undefined);
+  // an unknown flag is still refused
+  const unknown = Buffer.from(good);
+  unknown[5] = 4;
+  assert.throws(() => decodeBatch(unknown), (err: unknown) => isDecodeError(err) && /unknown batch flags 0x4/.test((err as Error).message));
+  // empty object name
+  assert.throws(() => decodeReference(encodeReference({ object: "", size: 1, sha256: Buffer.alloc(32) })), isDecodeError);
 });
