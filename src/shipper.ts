@@ -229,8 +229,8 @@ export class ChangeShipper {
       await this.retrying(() => store.put(object, encoded.payload, { stream: this.options.streamOf?.(batch.shard) ?? "" }), batch.shard, signal);
       uploadedAt = Date.now();
     };
+    this.logger.info("storing a change too large for one message as an object", { shard: batch.shard, object, bytes: size });
     await upload();
-    this.logger.info("stored a change too large for one message as an object", { shard: batch.shard, object, bytes: size });
     const seq = await this.publishEncoded(batch, { payload: encodeReference({ object, size, sha256 }), msgId: encoded.msgId }, signal, upload);
     // Tells the cleanup which stream position the object belongs to; best effort (see LargeBatchStore.referenced).
     await store.referenced(object, seq).catch((err: unknown) =>
