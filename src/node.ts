@@ -25,6 +25,7 @@ import { batchOrigin } from "./wire/codec.js";
 import { ShardConsumer } from "./stream/consumer.js";
 import { EmbeddedServer } from "./stream/embedded-server.js";
 import { waitForJetStream } from "./stream/jetstream-ready.js";
+import { DUPLICATE_WINDOW_MS } from "./stream/duplicate-window.js";
 import { cleanUpLargeBatches, JetStreamLargeBatches, largeBatchBucket } from "./stream/large-objects.js";
 import { readOwnMessages } from "./stream/own-messages.js";
 import { JetStreamPublisher } from "./stream/publisher.js";
@@ -203,9 +204,10 @@ export class MarmotNode {
     if (config.publish) {
       const nc = this.nc;
       const streamOf = new Map(streams.map((s) => [s.shard, s.stream]));
+      const publisher = new JetStreamPublisher(js, jsm, streams);
       const shipper = new ChangeShipper(
         this.reader,
-        new JetStreamPublisher(js, jsm, streams),
+        publisher,
         {
           origin: config.nodeId,
           epoch: this.epoch,
@@ -216,6 +218,7 @@ export class MarmotNode {
           onStored: config.replicate ? (shard, seq, rowKeys) => this.applier.noteStored(streamOf.get(shard)!, seq, rowKeys) : undefined,
           streamOf: (shard) => streamOf.get(shard)!,
           largeBatches,
+          duplicates: { windowMs: DUPLICATE_WINDOW_MS, findStored: (...args) => publisher.findStored(...args) },
         },
         logger.child({ component: "shipper" }),
         this.metrics,

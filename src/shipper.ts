@@ -14,6 +14,7 @@ import { batchOrigin, encodeBatch, encodeReference } from "./wire/codec.js";
 import type { LargeBatchStore } from "./stream/large-objects.js";
 import type { BatchPublisher } from "./stream/publisher.js";
 import { orAbort, sleep } from "./sleep.js";
+import { checkMarginMs } from "./stream/duplicate-window.js";
 import { rowKeyBytes, rowKeyString, shardOf } from "./wire/shard.js";
 
 export interface ShipperOptions {
@@ -43,6 +44,12 @@ export interface ShipperOptions {
    * message takes its place in the stream. Without it, such a change stays in the change log, unsent.
    */
   largeBatches?: LargeBatchStore;
+  /** Keeps a retry that outlasts the streams' duplicate window from storing a batch twice (see duplicate-window.ts). */
+  duplicates: {
+    windowMs: number;
+    /** the sequence at which the shard's stream stored a message with this id since `sinceMs`, if it did */
+    findStored(shard: number, msgId: string, sinceMs: number, signal: AbortSignal): Promise<number | undefined>;
+  };
 }
 
 interface Batch {
@@ -266,12 +273,28 @@ export class ChangeShipper {
   ): Promise<number> {
     let attempt = 0;
     let reissued = 0;
+    // When the first attempt not yet looked for in the stream was made: JetStream drops a repeat of its id only
+    // within the duplicate window, so past that a lost ack must be found by looking.
+    let uncheckedSince = Date.now();
+    const { windowMs, findStored } = this.options.duplicates;
     for (;;) {
       try {
         // A stop does not wait for the ack: the next start applies the streams before it publishes, so a batch
         // stored meanwhile leaves the change log then instead of going out twice.
         await beforeAttempt?.();
-        const seq = await orAbort(this.publisher.publish(batch.shard, encoded.payload, encoded.msgId), signal);
+        let seq: number | undefined;
+        if (attempt > 0 && Date.now() - uncheckedSince > windowMs - checkMarginMs(windowMs)) {
+          const lookedAt = Date.now();
+          seq = await orAbort(findStored(batch.shard, encoded.msgId, uncheckedSince - checkMarginMs(windowMs), signal), signal);
+          uncheckedSince = lookedAt;
+          this.logger.info(
+            seq === undefined
+              ? "a batch retried longer than the duplicate window is not in the stream; sending it again"
+              : "a batch retried longer than the duplicate window was stored already; its ack was lost",
+            { shard: batch.shard, msg_id: encoded.msgId, seq },
+          );
+        }
+        seq ??= await orAbort(this.publisher.publish(batch.shard, encoded.payload, encoded.msgId), signal);
         this.options.onStored?.(batch.shard, seq, batch.rowKeys);
         const stream = this.options.streamOf?.(batch.shard);
         if (stream !== undefined) this.storedInRound.set(stream, Math.max(this.storedInRound.get(stream) ?? 0, seq));

@@ -102,7 +102,16 @@ function setup(): Setup {
       new ChangeShipper(
         reader,
         publisher,
-        { origin: "1", epoch: "e1", shards: 1, batchMaxChanges: 512, maxPayload: () => 1024 * 1024, compress: false, ...options },
+        {
+          origin: "1",
+          epoch: "e1",
+          shards: 1,
+          batchMaxChanges: 512,
+          maxPayload: () => 1024 * 1024,
+          compress: false,
+          duplicates: { windowMs: 120_000, findStored: () => Promise.reject(new Error("no retry here outlasts the duplicate window")) },
+          ...options,
+        },
         logger,
       ),
   };
@@ -511,6 +520,67 @@ describe("shipping the change log", () => {
       const working = new FakeLargeStore();
       assert.equal(await s.shipper(fake, { largeBatches: working }).shipRound(new AbortController().signal), 1);
       assert.equal(working.objects.size, 1);
+      assert.equal(pendingInFile(s.path), 0);
+    } finally {
+      s.db.close();
+    }
+  });
+
+  /**
+   * A stream as JetStream keeps one: it drops a repeat of a message id stored within its duplicate window. Its
+   * first ack is lost (the message is stored, the publisher hears a timeout), then it is unreachable for `outageMs`.
+   */
+  function lossyStream(windowMs: number, outageMs: number, storeFirst: boolean) {
+    const stored: { msgId: string; at: number; payload: Buffer }[] = [];
+    let attempts = 0;
+    let started = 0;
+    const publisher: BatchPublisher = {
+      async publish(_shard, payload, msgId) {
+        attempts++;
+        if (attempts === 1) {
+          started = Date.now();
+          if (storeFirst) stored.push({ msgId, at: Date.now(), payload: Buffer.from(payload) });
+          throw new Error("TIMEOUT");
+        }
+        if (Date.now() - started < outageMs) throw new Error("no responders");
+        const recent = stored.findIndex((m) => m.msgId === msgId && Date.now() - m.at < windowMs);
+        if (recent >= 0) return recent + 1;
+        stored.push({ msgId, at: Date.now(), payload: Buffer.from(payload) });
+        return stored.length;
+      },
+    };
+    const findStored = async (_shard: number, msgId: string, sinceMs: number) => {
+      const i = stored.findIndex((m) => m.msgId === msgId && m.at >= sinceMs);
+      return i >= 0 ? i + 1 : undefined;
+    };
+    return { stored, publisher, duplicates: { windowMs, findStored } };
+  }
+
+  it("stores a batch once though its first ack was lost and the retries outlast the duplicate window", { timeout: 20_000 }, async () => {
+    const s = setup();
+    try {
+      insertBooks(s.path, 1, 3);
+      const stream = lossyStream(400, 1000, true);
+      const seqs: number[] = [];
+      const shipper = s.shipper(stream.publisher, { duplicates: stream.duplicates, onStored: (_shard, seq) => seqs.push(seq) });
+      assert.equal(await shipper.shipRound(new AbortController().signal), 3);
+      assert.equal(stream.stored.length, 1, "the stream holds the batch once");
+      assert.deepEqual(seqs, [1], "the shipper learned where the first attempt landed");
+      assert.equal(pendingInFile(s.path), 0);
+      assert.ok(s.lines.some((l) => /was stored already; its ack was lost/.test(l.message)));
+    } finally {
+      s.db.close();
+    }
+  });
+
+  it("sends a batch again after a look finds that none of its attempts landed", { timeout: 20_000 }, async () => {
+    const s = setup();
+    try {
+      insertBooks(s.path, 1, 3);
+      const stream = lossyStream(400, 1000, false);
+      assert.equal(await s.shipper(stream.publisher, { duplicates: stream.duplicates }).shipRound(new AbortController().signal), 3);
+      assert.equal(stream.stored.length, 1);
+      assert.equal(decodeBatch(stream.stored[0]!.payload).changes.length, 3);
       assert.equal(pendingInFile(s.path), 0);
     } finally {
       s.db.close();
