@@ -25,6 +25,11 @@ const SHA256_BYTES = 32;
 const HEADER_SIZE = 6;
 /** Bodies smaller than this are not worth compressing. */
 const COMPRESS_MIN_BYTES = 1024;
+/** A body larger than this is compressed only when a sample of it compresses: a large BLOB is often compressed already. */
+const COMPRESS_SAMPLE_ABOVE = 1024 * 1024;
+const COMPRESS_SAMPLE_BYTES = 64 * 1024;
+/** Decoded BLOBs at least this large share the message's memory instead of being copied out of it. */
+const SHARE_BLOB_BYTES = 256 * 1024;
 /** Refuse to inflate beyond this: a corrupt or hostile message must not exhaust memory. */
 const MAX_INFLATED_BYTES = 256 * 1024 * 1024;
 
@@ -223,8 +228,10 @@ class ByteReader {
       case TAG_BLOB: {
         const n = this.varint(what);
         this.need(n, what);
-        // A copy, so the value does not pin the whole message buffer.
-        const v = Buffer.from(this.buf.subarray(this.offset, this.offset + n));
+        // Small values are copied, so they do not pin the whole message buffer; a large one is most of its message
+        // anyway, and a copy would double the memory a large row takes.
+        const view = this.buf.subarray(this.offset, this.offset + n);
+        const v = n >= SHARE_BLOB_BYTES ? view : Buffer.from(view);
         this.offset += n;
         return v;
       }
@@ -240,9 +247,32 @@ class ByteReader {
 
 const textDecoder = new TextDecoder("utf-8", { fatal: true });
 
+/** An upper bound of a value's encoded size, exact for TEXT and BLOB: the buffer is sized once, not grown. */
+function valueBound(v: SqlValue): number {
+  if (typeof v === "string") return 1 + 10 + Buffer.byteLength(v, "utf8");
+  if (v instanceof Uint8Array) return 1 + 10 + v.length;
+  return 9;
+}
+
+/** Whether deflating `body` pays: for a large body, judged on a sample from its middle. */
+function worthCompressing(body: Buffer): boolean {
+  if (body.length < COMPRESS_MIN_BYTES) return false;
+  if (body.length <= COMPRESS_SAMPLE_ABOVE) return true;
+  const start = Math.floor((body.length - COMPRESS_SAMPLE_BYTES) / 2);
+  const sample = body.subarray(start, start + COMPRESS_SAMPLE_BYTES);
+  return deflateRawSync(sample, { level: 1 }).length < sample.length * 0.9;
+}
+
 /** Encode a batch; compress the body when asked and when it pays. */
 export function encodeBatch(batch: ChangeBatch, options: { compress?: boolean } = {}): Buffer {
-  const body = new ByteWriter(16 * 1024);
+  let bound = HEADER_SIZE + 64 + Buffer.byteLength(batch.origin, "utf8");
+  for (const change of batch.changes) {
+    bound += 32;
+    for (const v of change.values) bound += valueBound(v);
+  }
+  // The header goes in front of the body in the same buffer, so an uncompressed batch is never copied.
+  const body = new ByteWriter(bound + 16 * 1024);
+  for (let i = 0; i < HEADER_SIZE; i++) body.u8(0);
   body.str(batch.origin);
   const tableIndex = new Map<WireTable, number>();
   const tables: WireTable[] = [];
@@ -271,20 +301,20 @@ export function encodeBatch(batch: ChangeBatch, options: { compress?: boolean } 
     body.varint(change.changeId);
     for (const v of change.values) body.value(v);
   }
-  let payload = body.finish();
+  let out = body.finish();
   let flags = 0;
-  if (options.compress && payload.length >= COMPRESS_MIN_BYTES) {
+  const payload = out.subarray(HEADER_SIZE);
+  if (options.compress && worthCompressing(payload)) {
     const deflated = deflateRawSync(payload, { level: 1 });
     if (deflated.length < payload.length * 0.9) {
-      payload = deflated;
+      out = Buffer.allocUnsafe(HEADER_SIZE + deflated.length);
+      deflated.copy(out, HEADER_SIZE);
       flags |= FLAG_DEFLATE;
     }
   }
-  const out = Buffer.allocUnsafe(HEADER_SIZE + payload.length);
   MAGIC.copy(out, 0);
   out[4] = VERSION;
   out[5] = flags;
-  payload.copy(out, HEADER_SIZE);
   return out;
 }
 

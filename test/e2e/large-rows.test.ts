@@ -36,6 +36,7 @@ describe("rows larger than one NATS message, three nodes", () => {
     server = await startNatsServer();
     cluster = await TestCluster.create({ natsUrls: [server.url], schema: SCHEMA, shards: 2 });
     await cluster.startAll();
+    console.log(`large rows: peak RSS after start: ${cluster.nodes.map((n) => `${peakRssMiB(n.pid)} MiB`).join(", ")}`);
   });
 
   test("a 409,600-character TEXT row replicates", async () => {

@@ -1,6 +1,7 @@
 // The wire format carries every SQLite value exactly and refuses anything that is not a marmot batch.
 
 import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
 import { test } from "node:test";
 import { DecodeError } from "../../src/errors.js";
 import { decodeBatch, decodeReference, encodeBatch, encodeReference, type ChangeBatch, type WireTable } from "../../src/wire/codec.js";
@@ -158,4 +159,20 @@ test("a malformed reference is refused, never read as a reference to something e
   assert.throws(() => decodeBatch(unknown), (err: unknown) => isDecodeError(err) && /unknown batch flags 0x4/.test((err as Error).message));
   // empty object name
   assert.throws(() => decodeReference(encodeReference({ object: "", size: 1, sha256: Buffer.alloc(32) })), isDecodeError);
+});
+
+test("a large body is compressed when a sample of it compresses, sent as it is when not, and decodes exactly", () => {
+  const table: WireTable = { name: "files", columns: ["id", "data"], keyColumns: ["id"] };
+  const batchOf = (data: Buffer): ChangeBatch => ({ origin: "1/e", changes: [{ table, op: "upsert", changeId: 1, values: [1n, data] }] });
+  const repetitive = Buffer.alloc(3 * 1024 * 1024, "abcdefgh");
+  const packed = encodeBatch(batchOf(repetitive), { compress: true });
+  assert.equal(packed[5], 1, "deflated");
+  assert.ok(packed.length < repetitive.length / 10);
+  assert.deepEqual(decodeBatch(packed).changes[0]!.values[1], repetitive);
+
+  const random = randomBytes(3 * 1024 * 1024);
+  const plain = encodeBatch(batchOf(random), { compress: true });
+  assert.equal(plain[5], 0, "not deflated");
+  assert.ok(plain.length < random.length + 64);
+  assert.deepEqual(decodeBatch(plain).changes[0]!.values[1], random);
 });
