@@ -225,7 +225,7 @@ export class MarmotNode {
       );
       const leftovers = config.replicate
         ? () => this.catchUpBeforeShipping(signal)
-        : () => this.forgetStoredLeftovers(js, jsm, streams, msgIdPrefix(config.nodeId, this.epoch), signal);
+        : () => this.forgetStoredLeftovers(js, jsm, streams, largeBatches, msgIdPrefix(config.nodeId, this.epoch), signal);
       this.tasks.push(this.shipLoop(shipper, leftovers, signal));
       this.tasks.push(cleanUpLargeBatches(largeBatches, `${config.nodeId}-`, jsm, logger.child({ component: "large-changes" }), signal));
     }
@@ -316,6 +316,7 @@ export class MarmotNode {
     js: JetStreamClient,
     jsm: JetStreamManager,
     streams: readonly ShardStream[],
+    largeBatches: JetStreamLargeBatches,
     prefix: string,
     signal: AbortSignal,
   ): Promise<void> {
@@ -326,7 +327,19 @@ export class MarmotNode {
       try {
         const upTo = (await jsm.streams.info(stream)).state.last_seq;
         const range = { stream, after: this.reader.lastStoredSeq(stream), upTo, msgIdPrefix: prefix };
-        await readOwnMessages(js, jsm, range, (_seq, data) => (removed += this.applier.forgetOwnMessage(data)), signal);
+        // In stream order, one at a time: a large change's reference is read back to its batch first.
+        let forgetting = Promise.resolve();
+        let failure: unknown;
+        const forget = async (data: Uint8Array) => {
+          try {
+            removed += this.applier.forgetOwnMessage(await largeBatches.batchBytes(data));
+          } catch (err) {
+            failure ??= err;
+          }
+        };
+        await readOwnMessages(js, jsm, range, (_seq, data) => void (forgetting = forgetting.then(() => forget(data))), signal);
+        await forgetting;
+        if (failure !== undefined) throw failure;
       } catch (err) {
         if (signal.aborted) return;
         this.logger.warn("could not read the stream for changes the last run had sent; they may go out again", {

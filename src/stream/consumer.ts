@@ -8,7 +8,7 @@ import type { ApplyResult, StreamMessage } from "../sqlite/applier.js";
 import { sleep } from "../sleep.js";
 import { decodeReference } from "../wire/codec.js";
 import { DecodeError } from "../errors.js";
-import type { LargeBatchRead } from "./large-objects.js";
+import type { JetStreamLargeBatches } from "./large-objects.js";
 import { readOwnMessages } from "./own-messages.js";
 import type { ShardStream } from "./streams.js";
 
@@ -45,7 +45,7 @@ export interface ShardConsumerOptions {
   /** messages fetched ahead of the applier */
   prefetch?: number;
   /** reads the batch a large-change reference stands for (see JetStreamLargeBatches) */
-  largeBatches?: { read(ref: NonNullable<ReturnType<typeof decodeReference>>): Promise<LargeBatchRead> };
+  largeBatches?: Pick<JetStreamLargeBatches, "read" | "batchBytes">;
 }
 
 /**
@@ -115,7 +115,7 @@ export class ShardConsumer {
     const found: StreamMessage[] = [];
     const count = await readOwnMessages(this.js, this.jsm, { stream, after: applied, upTo, msgIdPrefix }, (seq, data) => found.push({ seq, data }), signal);
     // A large change's rows are kept as well: its reference is read back to the batch it stands for.
-    for (const { seq, data } of found) note(stream, seq, await this.resolvedData(seq, data));
+    for (const { seq, data } of found) note(stream, seq, (await this.options.largeBatches?.batchBytes(data)) ?? data);
     return count;
   }
 

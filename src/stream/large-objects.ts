@@ -6,7 +6,7 @@ import type { JetStreamClient, JetStreamManager } from "@nats-io/jetstream";
 import { Objm, StorageType, type ObjectStore } from "@nats-io/obj";
 import type { Logger } from "../log.js";
 import { sleep } from "../sleep.js";
-import type { LargeBatchRef } from "../wire/codec.js";
+import { decodeReference, type LargeBatchRef } from "../wire/codec.js";
 
 /** Where the shipper puts a batch that does not fit in one message. */
 export interface LargeBatchStore {
@@ -110,6 +110,18 @@ export class JetStreamLargeBatches implements LargeBatchStore {
     if (filled !== ref.size) return { problem: `object "${ref.object}" holds ${filled} bytes, its reference says ${ref.size}` };
     if (!hash.digest().equals(ref.sha256)) return { problem: `object "${ref.object}" does not match the sha-256 of its reference (corrupt)` };
     return { data };
+  }
+
+  /** The batch `data` carries: `data` itself, or for a reference, its object read back (`data` when it cannot be). */
+  async batchBytes(data: Uint8Array): Promise<Uint8Array> {
+    let ref: LargeBatchRef | undefined;
+    try {
+      ref = decodeReference(data);
+    } catch {
+      return data;
+    }
+    if (ref === undefined) return data;
+    return (await this.read(ref)).data ?? data;
   }
 
   /**
