@@ -37,6 +37,7 @@ export function largeBatchBucket(streamPrefix: string): string {
 export class JetStreamLargeBatches implements LargeBatchStore {
   private constructor(
     private readonly store: ObjectStore,
+    private readonly jsm: JetStreamManager,
     readonly bucket: string,
   ) {}
 
@@ -48,7 +49,7 @@ export class JetStreamLargeBatches implements LargeBatchStore {
     for (let attempt = 1; ; attempt++) {
       try {
         const store = await new Objm(js).create(bucket, { replicas, storage: StorageType.File });
-        return new JetStreamLargeBatches(store, bucket);
+        return new JetStreamLargeBatches(store, await js.jetstreamManager(), bucket);
       } catch (err) {
         if (signal.aborted) throw err;
         if (attempt === 1) logger.warn("waiting for JetStream to create the object store of large changes", { bucket, replicas, reason: (err as Error).message });
@@ -128,7 +129,7 @@ export class JetStreamLargeBatches implements LargeBatchStore {
    * Removes this node's objects (their names begin with `prefix`) whose reference message the stream no longer
    * holds, and those never referenced that are older than a day. Returns how many went.
    */
-  async removeUnreferenced(prefix: string, firstSeq: (stream: string) => Promise<number>): Promise<number> {
+  async removeUnreferenced(prefix: string, firstSeq: (stream: string) => Promise<number>, orphanAgeMs = ORPHAN_AGE_MS): Promise<number> {
     const firstSeqs = new Map<string, number>();
     let removed = 0;
     for (const info of await this.store.list()) {
@@ -140,10 +141,31 @@ export class JetStreamLargeBatches implements LargeBatchStore {
         if (!firstSeqs.has(stream)) firstSeqs.set(stream, await firstSeq(stream));
         gone = seq < firstSeqs.get(stream)!;
       } else {
-        gone = Date.now() - Date.parse(info.mtime) > ORPHAN_AGE_MS;
+        gone = Date.now() - Date.parse(info.mtime) > orphanAgeMs;
       }
       if (!gone) continue;
       await this.store.delete(info.name);
+      removed++;
+    }
+    return removed + (await this.removeAbandonedChunks(orphanAgeMs));
+  }
+
+  /**
+   * Chunks of a put that never finished (a crash mid-upload): the object store writes an object's description only
+   * after its last chunk, so these belong to no object and nothing else removes them. Only chunks untouched for a
+   * day go: a put still under way (on any node) writes one every moment. Returns how many puts' chunks went.
+   */
+  private async removeAbandonedChunks(orphanAgeMs: number): Promise<number> {
+    const stream = `OBJ_${this.bucket}`;
+    const prefix = `$O.${this.bucket}.C.`;
+    const subjects = (await this.jsm.streams.info(stream, { subjects_filter: `${prefix}>` })).state.subjects ?? {};
+    const live = new Set((await this.store.list()).map((o) => o.nuid));
+    let removed = 0;
+    for (const subject of Object.keys(subjects)) {
+      if (live.has(subject.slice(prefix.length))) continue;
+      const last = await this.jsm.streams.getMessage(stream, { last_by_subj: subject }).catch(() => null);
+      if (last !== null && Date.now() - last.time.getTime() <= orphanAgeMs) continue;
+      await this.jsm.streams.purge(stream, { filter: subject });
       removed++;
     }
     return removed;

@@ -30,8 +30,11 @@ const COMPRESS_SAMPLE_ABOVE = 1024 * 1024;
 const COMPRESS_SAMPLE_BYTES = 64 * 1024;
 /** Decoded BLOBs at least this large share the message's memory instead of being copied out of it. */
 const SHARE_BLOB_BYTES = 256 * 1024;
-/** Refuse to inflate beyond this: a corrupt or hostile message must not exhaust memory. */
-const MAX_INFLATED_BYTES = 256 * 1024 * 1024;
+/**
+ * Refuse to inflate beyond this: a corrupt or hostile message must not exhaust memory. A little over SQLite's
+ * largest value (SQLITE_MAX_LENGTH, 1e9 bytes by default): a batch holding one such row still decodes.
+ */
+const MAX_INFLATED_BYTES = 1_000_000_000 + 64 * 1024 * 1024;
 
 export type ChangeOp = "upsert" | "delete";
 

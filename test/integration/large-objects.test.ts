@@ -97,5 +97,15 @@ describe("large-change objects", { timeout: 120_000 }, () => {
     const data = Buffer.alloc(300_000, 3);
     const read = await store.read({ object: "5-e-kept", size: data.length, sha256: sha256(data) });
     assert.ok(read.data?.equals(data));
+
+    // Chunks of a put cut short by a crash belong to no object: they go once old enough, and only they.
+    await js.publish("$O.cleanup-test.C.abandoned-put", Buffer.alloc(1000));
+    const chunkSubjects = async () =>
+      Object.keys((await jsm.streams.info("OBJ_cleanup-test", { subjects_filter: "$O.cleanup-test.C.>" })).state.subjects ?? {}).length;
+    assert.equal(await chunkSubjects(), 4);
+    assert.equal(await store.removeUnreferenced("nobody-", async () => 0), 0, "not before they are a day old");
+    assert.equal(await store.removeUnreferenced("nobody-", async () => 0, 0), 1);
+    assert.equal(await chunkSubjects(), 3);
+    assert.ok((await store.read({ object: "5-e-kept", size: data.length, sha256: sha256(data) })).data?.equals(data));
   });
 });
