@@ -3,7 +3,7 @@
 
 import { createHash } from "node:crypto";
 import type { JetStreamClient, JetStreamManager } from "@nats-io/jetstream";
-import { Objm, StorageType, type ObjectStore } from "@nats-io/obj";
+import { Objm, setSha256Backend, StorageType, type ObjectStore } from "@nats-io/obj";
 import type { Logger } from "../log.js";
 import { sleep } from "../sleep.js";
 import { decodeReference, type LargeBatchRef } from "../wire/codec.js";
@@ -46,6 +46,9 @@ export class JetStreamLargeBatches implements LargeBatchStore {
    * cannot place it yet, saying so once.
    */
   static async open(js: JetStreamClient, bucket: string, replicas: number, logger: Logger, signal: AbortSignal): Promise<JetStreamLargeBatches> {
+    // Node's own SHA-256 instead of the client's portable one: a 50 MB object took 1.7 s to put and 2.8 s to read
+    // back on one server with the portable one (see the README's figures).
+    setSha256Backend("native");
     for (let attempt = 1; ; attempt++) {
       try {
         const store = await new Objm(js).create(bucket, { replicas, storage: StorageType.File });
