@@ -25,6 +25,8 @@ import { batchOrigin } from "./wire/codec.js";
 import { ShardConsumer } from "./stream/consumer.js";
 import { EmbeddedServer, type EmbeddedServerOptions } from "./stream/embedded-server.js";
 import { waitForJetStream } from "./stream/jetstream-ready.js";
+import { DUPLICATE_WINDOW_MS } from "./stream/duplicate-window.js";
+import { cleanUpLargeBatches, JetStreamLargeBatches, largeBatchBucket } from "./stream/large-objects.js";
 import { readOwnMessages } from "./stream/own-messages.js";
 import { JetStreamPublisher } from "./stream/publisher.js";
 import { ensureStreams, serverVersionRisk, type ShardStream } from "./stream/streams.js";
@@ -191,10 +193,12 @@ export class MarmotNode {
     const jsm = await waitForJetStream(this.nc, logger, signal);
     const streams = await ensureStreams(jsm, config, logger, signal);
     const js = jetstream(this.nc);
+    const largeBatches = await JetStreamLargeBatches.open(js, largeBatchBucket(config.nats.streamPrefix), config.replicationLog.replicas, logger, signal);
 
     if (config.replicate) {
       this.consumers = streams.map(
-        (s) => new ShardConsumer(js, jsm, s, this.applier, { durableName: name }, logger.child({ component: "consumer", shard: s.shard }), this.metrics),
+        (s) =>
+          new ShardConsumer(js, jsm, s, this.applier, { durableName: name, largeBatches }, logger.child({ component: "consumer", shard: s.shard }), this.metrics),
       );
       if (config.publish) await this.recallOwnMessages(this.consumers, msgIdPrefix(config.nodeId, this.epoch), signal);
       for (const c of this.consumers) this.tasks.push(c.run(signal));
@@ -202,9 +206,10 @@ export class MarmotNode {
     if (config.publish) {
       const nc = this.nc;
       const streamOf = new Map(streams.map((s) => [s.shard, s.stream]));
+      const publisher = new JetStreamPublisher(js, jsm, streams);
       const shipper = new ChangeShipper(
         this.reader,
-        new JetStreamPublisher(js, jsm, streams),
+        publisher,
         {
           origin: config.nodeId,
           epoch: this.epoch,
@@ -214,14 +219,17 @@ export class MarmotNode {
           compress: config.replicationLog.compress,
           onStored: config.replicate ? (shard, seq, rowKeys) => this.applier.noteStored(streamOf.get(shard)!, seq, rowKeys) : undefined,
           streamOf: (shard) => streamOf.get(shard)!,
+          largeBatches,
+          duplicates: { windowMs: DUPLICATE_WINDOW_MS, findStored: (...args) => publisher.findStored(...args) },
         },
         logger.child({ component: "shipper" }),
         this.metrics,
       );
       const leftovers = config.replicate
         ? () => this.catchUpBeforeShipping(signal)
-        : () => this.forgetStoredLeftovers(js, jsm, streams, msgIdPrefix(config.nodeId, this.epoch), signal);
+        : () => this.forgetStoredLeftovers(js, jsm, streams, largeBatches, msgIdPrefix(config.nodeId, this.epoch), signal);
       this.tasks.push(this.shipLoop(shipper, leftovers, signal));
+      this.tasks.push(cleanUpLargeBatches(largeBatches, `${config.nodeId}-`, jsm, logger.child({ component: "large-changes" }), signal));
     }
     this.tasks.push(this.housekeeping(signal));
     logger.info("marmot is running", {
@@ -310,6 +318,7 @@ export class MarmotNode {
     js: JetStreamClient,
     jsm: JetStreamManager,
     streams: readonly ShardStream[],
+    largeBatches: JetStreamLargeBatches,
     prefix: string,
     signal: AbortSignal,
   ): Promise<void> {
@@ -320,7 +329,19 @@ export class MarmotNode {
       try {
         const upTo = (await jsm.streams.info(stream)).state.last_seq;
         const range = { stream, after: this.reader.lastStoredSeq(stream), upTo, msgIdPrefix: prefix };
-        await readOwnMessages(js, jsm, range, (_seq, data) => (removed += this.applier.forgetOwnMessage(data)), signal);
+        // In stream order, one at a time: a large change's reference is read back to its batch first.
+        let forgetting = Promise.resolve();
+        let failure: unknown;
+        const forget = async (data: Uint8Array) => {
+          try {
+            removed += this.applier.forgetOwnMessage(await largeBatches.batchBytes(data));
+          } catch (err) {
+            failure ??= err;
+          }
+        };
+        await readOwnMessages(js, jsm, range, (_seq, data) => void (forgetting = forgetting.then(() => forget(data))), signal);
+        await forgetting;
+        if (failure !== undefined) throw failure;
       } catch (err) {
         if (signal.aborted) return;
         this.logger.warn("could not read the stream for changes the last run had sent; they may go out again", {

@@ -10,9 +10,11 @@ import { PhantomDuplicateError } from "./errors.js";
 import type { Logger } from "./log.js";
 import type { Metrics } from "./metrics.js";
 import type { ChangeLogReader, PendingChange } from "./sqlite/change-log.js";
-import { batchOrigin, encodeBatch } from "./wire/codec.js";
+import { batchOrigin, encodeBatch, encodeReference } from "./wire/codec.js";
+import type { LargeBatchStore } from "./stream/large-objects.js";
 import type { BatchPublisher } from "./stream/publisher.js";
 import { orAbort, sleep } from "./sleep.js";
+import { checkMarginMs } from "./stream/duplicate-window.js";
 import { rowKeyBytes, rowKeyString, shardOf } from "./wire/shard.js";
 
 export interface ShipperOptions {
@@ -37,6 +39,17 @@ export interface ShipperOptions {
    * recorded as their changes leave the change log (see ChangeLogReader.lastStoredSeq).
    */
   streamOf?: (shard: number) => string;
+  /**
+   * Where a change too large for one message goes: its batch is stored as an object, and a small reference
+   * message takes its place in the stream. Without it, such a change stays in the change log, unsent.
+   */
+  largeBatches?: LargeBatchStore;
+  /** Keeps a retry that outlasts the streams' duplicate window from storing a batch twice (see duplicate-window.ts). */
+  duplicates: {
+    windowMs: number;
+    /** the sequence at which the shard's stream stored a message with this id since `sinceMs`, if it did */
+    findStored(shard: number, msgId: string, sinceMs: number, signal: AbortSignal): Promise<number | undefined>;
+  };
 }
 
 interface Batch {
@@ -46,8 +59,12 @@ interface Batch {
   rowKeys: string[];
 }
 
-/** Room left in a message for the header and the encoding's own bytes. */
+/** Room left in a message for the header and the encoding's own bytes, when packing by the size estimate. */
 const PAYLOAD_MARGIN = 8 * 1024;
+/** Room left for the message's NATS headers (the message id) when deciding on the exact encoded size. */
+const HEADER_ROOM = 1024;
+/** A stored object older than this is put again before its reference goes out (see publishLarge). */
+const REUPLOAD_AFTER_MS = 60 * 60 * 1000;
 
 /** How the JetStream message id of every batch of this node and epoch begins. */
 export function msgIdPrefix(origin: string, epoch: string): string {
@@ -118,8 +135,10 @@ export class ChangeShipper {
       // A later change of the row supersedes a change that was too large: that one may now leave the log.
       const stale = this.oversize.get(rowKey);
       if (stale && stale.changeId < change.changeId) this.oversize.delete(rowKey);
+      // The estimate only plans the packing (it counts text at 3 bytes a character): a change it puts over the limit
+      // goes in a message of its own, and the exact encoded size decides how that travels (see publishWithRetry).
       if (change.size > limit) {
-        this.keepOversize(change, rowKey, limit);
+        batches.push({ shard, changes: [change], rowKeys: [rowKey] });
         continue;
       }
       let current = open.get(shard);
@@ -138,14 +157,14 @@ export class ChangeShipper {
     return batches;
   }
 
-  private keepOversize(change: PendingChange, rowKey: string, limit: number): void {
+  private keepOversize(change: PendingChange, rowKey: string, bytes: number): void {
     if (this.oversize.get(rowKey)?.changeId === change.changeId) return;
     this.oversize.set(rowKey, { table: change.wireTable.name, changeId: change.changeId });
     this.logger.error("a change is larger than one NATS message and stays in the change log, unsent", {
       table: change.wireTable.name,
       change_id: change.changeId,
-      bytes: change.size,
-      max_payload: limit + PAYLOAD_MARGIN,
+      bytes,
+      max_payload: this.options.maxPayload(),
       fix: "raise max_payload in the nats-server config ([nats] server_config) on every server",
     });
   }
@@ -180,20 +199,102 @@ export class ChangeShipper {
 
   private async publishWithRetry(batch: Batch, signal: AbortSignal): Promise<void> {
     const encoded = this.encode(batch);
-    if (encoded.payload.length > this.options.maxPayload()) {
-      // The size estimate was off; halve the batch rather than fail it.
-      const half = Math.ceil(batch.changes.length / 2);
-      await this.publishWithRetry({ shard: batch.shard, changes: batch.changes.slice(0, half), rowKeys: batch.rowKeys.slice(0, half) }, signal);
-      await this.publishWithRetry({ shard: batch.shard, changes: batch.changes.slice(half), rowKeys: batch.rowKeys.slice(half) }, signal);
+    const bytes = encoded.payload.length;
+    // Fit is decided here, on the exact bytes: the estimate that packed the batch is only an estimate.
+    if (bytes > this.options.maxPayload() - HEADER_ROOM) {
+      if (batch.changes.length > 1) {
+        const half = Math.ceil(batch.changes.length / 2);
+        await this.publishWithRetry({ shard: batch.shard, changes: batch.changes.slice(0, half), rowKeys: batch.rowKeys.slice(0, half) }, signal);
+        await this.publishWithRetry({ shard: batch.shard, changes: batch.changes.slice(half), rowKeys: batch.rowKeys.slice(half) }, signal);
+        return;
+      }
+      // One change that does not fit: halving cannot help.
+      const store = this.options.largeBatches;
+      if (store === undefined) {
+        this.keepOversize(batch.changes[0]!, batch.rowKeys[0]!, bytes);
+        return;
+      }
+      await this.publishLarge(batch, encoded, store, signal);
       return;
     }
+    await this.publishEncoded(batch, encoded, signal);
+  }
+
+  /**
+   * A batch too large for one message: stored whole as an object first, then a small reference message goes into
+   * the row's stream, whose position there is the change's position. A crash before the reference is stored leaves
+   * the change in the change log, to go again; no node ever sees a reference to an object not fully stored.
+   */
+  private async publishLarge(batch: Batch, encoded: { payload: Buffer; msgId: string }, store: LargeBatchStore, signal: AbortSignal): Promise<void> {
+    const object = encoded.msgId;
+    const sha256 = createHash("sha256").update(encoded.payload).digest();
+    const size = encoded.payload.length;
+    let uploadedAt = 0;
+    const upload = async () => {
+      // Put again when the first put is old: the cleanup takes unreferenced objects away after a while.
+      if (Date.now() - uploadedAt < REUPLOAD_AFTER_MS) return;
+      await this.retrying(() => store.put(object, encoded.payload, { stream: this.options.streamOf?.(batch.shard) ?? "" }), batch.shard, signal);
+      uploadedAt = Date.now();
+    };
+    this.logger.info("storing a change too large for one message as an object", { shard: batch.shard, object, bytes: size });
+    await upload();
+    const seq = await this.publishEncoded(batch, { payload: encodeReference({ object, size, sha256 }), msgId: encoded.msgId }, signal, upload);
+    // Tells the cleanup which stream position the object belongs to; best effort (see LargeBatchStore.referenced).
+    await store.referenced(object, seq).catch((err: unknown) =>
+      this.logger.warn("could not record where a large change's reference is; its object is removed later by age", {
+        object,
+        reason: (err as Error).message ?? String(err),
+      }),
+    );
+  }
+
+  /** Retries `work` with backoff until it succeeds or `signal` aborts, reporting the outage. */
+  private async retrying(work: () => Promise<void>, shard: number, signal: AbortSignal): Promise<void> {
+    let attempt = 0;
+    for (;;) {
+      try {
+        await orAbort(work(), signal);
+        return;
+      } catch (err) {
+        if (signal.aborted) throw signal.reason ?? err;
+        attempt++;
+        this.reportOutage(err, shard);
+        await sleep(Math.min(100 * 2 ** Math.min(attempt, 6), 5000), signal);
+      }
+    }
+  }
+
+  /** Publish until stored; `beforeAttempt` runs before each try. Returns the sequence the message was stored at. */
+  private async publishEncoded(
+    batch: Batch,
+    encoded: { payload: Buffer; msgId: string },
+    signal: AbortSignal,
+    beforeAttempt?: () => Promise<void>,
+  ): Promise<number> {
     let attempt = 0;
     let reissued = 0;
+    // When the first attempt not yet looked for in the stream was made: JetStream drops a repeat of its id only
+    // within the duplicate window, so past that a lost ack must be found by looking.
+    let uncheckedSince = Date.now();
+    const { windowMs, findStored } = this.options.duplicates;
     for (;;) {
       try {
         // A stop does not wait for the ack: the next start applies the streams before it publishes, so a batch
         // stored meanwhile leaves the change log then instead of going out twice.
-        const seq = await orAbort(this.publisher.publish(batch.shard, encoded.payload, encoded.msgId), signal);
+        await beforeAttempt?.();
+        let seq: number | undefined;
+        if (attempt > 0 && Date.now() - uncheckedSince > windowMs - checkMarginMs(windowMs)) {
+          const lookedAt = Date.now();
+          seq = await orAbort(findStored(batch.shard, encoded.msgId, uncheckedSince - checkMarginMs(windowMs), signal), signal);
+          uncheckedSince = lookedAt;
+          this.logger.info(
+            seq === undefined
+              ? "a batch retried longer than the duplicate window is not in the stream; sending it again"
+              : "a batch retried longer than the duplicate window was stored already; its ack was lost",
+            { shard: batch.shard, msg_id: encoded.msgId, seq },
+          );
+        }
+        seq ??= await orAbort(this.publisher.publish(batch.shard, encoded.payload, encoded.msgId), signal);
         this.options.onStored?.(batch.shard, seq, batch.rowKeys);
         const stream = this.options.streamOf?.(batch.shard);
         if (stream !== undefined) this.storedInRound.set(stream, Math.max(this.storedInRound.get(stream) ?? 0, seq));
@@ -202,7 +303,7 @@ export class ChangeShipper {
           this.logger.info("JetStream accepts changes again", { after_seconds: Math.round((Date.now() - this.outageSince) / 1000) });
           this.outageSince = 0;
         }
-        return;
+        return seq;
       } catch (err) {
         if (signal.aborted) throw signal.reason ?? err;
         if (err instanceof PhantomDuplicateError) {

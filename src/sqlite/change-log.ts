@@ -24,7 +24,10 @@ export interface PendingChange {
   /** upsert: one per wireTable.columns; delete: one per wireTable.keyColumns */
   values: SqlValue[];
   key: SqlValue[];
-  /** rough encoded size, to cut batches under the message size limit */
+  /**
+   * Rough encoded size (text counted at 3 bytes a character), to plan how changes are packed into messages. Never
+   * a test of fit: the shipper decides that on the encoded bytes.
+   */
   size: number;
 }
 
@@ -114,7 +117,8 @@ export class ChangeLogReader {
     const ordered = [...all.slice(this.startAt), ...all.slice(0, this.startAt)];
     for (const reader of ordered) {
       if (out.length >= limit || bytes >= maxBytes) break;
-      const rows = reader.select.all(BigInt(reader.cursor), limit - out.length) as unknown[][];
+      // Row by row: a log holding several large rows must not be read into memory whole when the round's bytes are full.
+      const rows = reader.select.iterate(BigInt(reader.cursor), limit - out.length) as IterableIterator<unknown[]>;
       for (const row of rows) {
         const changeId = Number(row[0] as bigint);
         const op = row[1] as ChangeOp;

@@ -6,6 +6,9 @@ import type { Logger } from "../log.js";
 import type { Metrics } from "../metrics.js";
 import type { ApplyResult, StreamMessage } from "../sqlite/applier.js";
 import { sleep } from "../sleep.js";
+import { decodeReference } from "../wire/codec.js";
+import { DecodeError } from "../errors.js";
+import type { JetStreamLargeBatches } from "./large-objects.js";
 import { readOwnMessages } from "./own-messages.js";
 import type { ShardStream } from "./streams.js";
 
@@ -41,6 +44,8 @@ export interface ShardConsumerOptions {
   durableName: string;
   /** messages fetched ahead of the applier */
   prefetch?: number;
+  /** reads the batch a large-change reference stands for (see JetStreamLargeBatches) */
+  largeBatches?: Pick<JetStreamLargeBatches, "read" | "batchBytes">;
 }
 
 /**
@@ -107,7 +112,11 @@ export class ShardConsumer {
     // the log is kept by the log itself), and never past the stream's end.
     if (lastStored <= applied) return 0;
     const upTo = Math.min(lastStored, await this.streamEnd());
-    return readOwnMessages(this.js, this.jsm, { stream, after: applied, upTo, msgIdPrefix }, (seq, data) => note(stream, seq, data), signal);
+    const found: StreamMessage[] = [];
+    const count = await readOwnMessages(this.js, this.jsm, { stream, after: applied, upTo, msgIdPrefix }, (seq, data) => found.push({ seq, data }), signal);
+    // A large change's rows are kept as well: its reference is read back to the batch it stands for.
+    for (const { seq, data } of found) note(stream, seq, (await this.options.largeBatches?.batchBytes(data)) ?? data);
+    return count;
   }
 
   /** The stream's last sequence now. */
@@ -178,7 +187,9 @@ export class ShardConsumer {
       let batchBytes = 0;
       for await (const m of messages) {
         batch.push(m);
-        batchBytes += m.data.length;
+        // A reference stands for a large batch: it is applied in a transaction of its own, not with others.
+        const ref = this.referenceIn(m.data);
+        batchBytes += ref === undefined ? m.data.length : MAX_BATCH_BYTES;
         // More messages are already here: take them into the same transaction rather than commit each one.
         // Nothing waits for a message that has not arrived. Counted as received minus yielded: getPending() also
         // counts the client's queued pull requests, so it can stay above 0 with no message left and stall the batch.
@@ -213,14 +224,46 @@ export class ShardConsumer {
       for (const m of batch) if (!(await this.handle(m))) return false;
       return true;
     }
-    const results = this.applier.applyMessages(
-      stream,
-      batch.map((m) => ({ seq: m.seq, data: m.data })),
-    );
+    const messages: StreamMessage[] = [];
+    for (const m of batch) messages.push({ seq: m.seq, data: await this.resolvedData(m.seq, m.data) });
+    const results = this.applier.applyMessages(stream, messages);
     // Acked only now: the transaction that applied them and recorded the last sequence has committed.
     for (const m of batch) m.ack();
     for (const [i, result] of results.entries()) this.record(batch[i]!, result);
     return true;
+  }
+
+  /** The reference in a message, if it is one; a malformed one is left to the applier, which parks it. */
+  private referenceIn(data: Uint8Array): ReturnType<typeof decodeReference> {
+    try {
+      return decodeReference(data);
+    } catch (err) {
+      if (err instanceof DecodeError) return undefined;
+      throw err;
+    }
+  }
+
+  /**
+   * The batch bytes a message carries: its data, or for a reference, the object it stands for, read whole and
+   * checked before anything is applied. A missing or corrupt object cannot get better: the reference itself goes
+   * to the applier, which parks it as a message it cannot decode. Failing to reach JetStream throws, and the
+   * consumer starts again after the last applied message.
+   */
+  private async resolvedData(seq: number, data: Uint8Array): Promise<Uint8Array> {
+    const ref = this.referenceIn(data);
+    if (ref === undefined) return data;
+    const store = this.options.largeBatches;
+    if (store === undefined) return data;
+    const read = await store.read(ref);
+    if (read.data !== undefined) return read.data;
+    this.logger.error("a large change's object cannot be read; its message is set aside", {
+      stream: this.shard.stream,
+      seq,
+      object: ref.object,
+      reason: read.problem,
+      fix: "the row stays as it was on this node; write it again on any node to send it anew",
+    });
+    return data;
   }
 
   private record(m: JsMsg, result: ApplyResult): void {
@@ -255,7 +298,7 @@ export class ShardConsumer {
         return false;
       }
     }
-    const result = this.applier.applyMessage(stream, m.seq, m.data);
+    const result = this.applier.applyMessage(stream, m.seq, await this.resolvedData(m.seq, m.data));
     m.ack();
     this.record(m, result);
     return true;

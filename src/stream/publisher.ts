@@ -2,6 +2,7 @@
 
 import type { JetStreamClient, JetStreamManager, StoredMsg } from "@nats-io/jetstream";
 import { NatsError, PhantomDuplicateError } from "../errors.js";
+import { findStoredMessage } from "./duplicate-window.js";
 import type { ShardStream } from "./streams.js";
 
 /**
@@ -22,6 +23,13 @@ export class JetStreamPublisher implements BatchPublisher {
     private readonly timeoutMs = 10_000,
   ) {
     for (const s of streams) this.shards.set(s.shard, s);
+  }
+
+  /** Where a message with this id was stored in the shard's stream since `sinceMs`, if it was (see duplicate-window.ts). */
+  findStored(shard: number, msgId: string, sinceMs: number, signal: AbortSignal): Promise<number | undefined> {
+    const target = this.shards.get(shard);
+    if (!target) throw new Error(`no stream for shard ${shard}`);
+    return findStoredMessage(this.js, this.jsm, target.stream, msgId, sinceMs, signal);
   }
 
   async publish(shard: number, payload: Uint8Array, msgId: string): Promise<number> {

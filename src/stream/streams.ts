@@ -1,8 +1,10 @@
 // One JetStream stream per shard: names, subjects, and creating or updating them to match the config.
 
 import { DiscardPolicy, RetentionPolicy, StorageType, type JetStreamManager, type StreamConfig } from "@nats-io/jetstream";
+import { nanos } from "@nats-io/transport-node";
 import type { Logger } from "../log.js";
 import type { Config } from "../config/types.js";
+import { DUPLICATE_WINDOW_MS } from "./duplicate-window.js";
 
 export interface ShardStream {
   shard: number;
@@ -40,8 +42,9 @@ export function serverVersionRisk(version: string | undefined, replicas: number)
   );
 }
 
-function wantedConfig(s: ShardStream, config: Config): Partial<StreamConfig> & { name: string } {
+function wantedConfig(s: ShardStream, config: Config, duplicateWindowMs: number): Partial<StreamConfig> & { name: string } {
   return {
+    duplicate_window: nanos(duplicateWindowMs),
     name: s.stream,
     subjects: [s.subject],
     retention: RetentionPolicy.Limits,
@@ -94,10 +97,11 @@ export async function ensureStreams(
   logger: Logger,
   signal?: AbortSignal,
   stuckAfterMs = STUCK_PLACEMENT_MS,
+  duplicateWindowMs = DUPLICATE_WINDOW_MS,
 ): Promise<ShardStream[]> {
   const streams = shardStreams(config);
   for (const s of streams) {
-    const wanted = wantedConfig(s, config);
+    const wanted = wantedConfig(s, config, duplicateWindowMs);
     let attempt = 0;
     let lastLog = 0;
     let waitingSince = 0;
@@ -115,14 +119,28 @@ export async function ensureStreams(
           logger.info("created stream", { stream: s.stream, subject: s.subject, replicas: wanted.num_replicas, max_entries: wanted.max_msgs });
         } else {
           const diffs = differences(info.config, wanted);
+          // Never shorter than the stream has: a longer window, set by hand, only adds safety.
+          const window = Math.max(info.config.duplicate_window ?? 0, wanted.duplicate_window!);
           if (diffs.length > 0 && config.replicationLog.updateExisting) {
-            await jsm.streams.update(s.stream, { ...info.config, ...wanted });
+            await jsm.streams.update(s.stream, { ...info.config, ...wanted, duplicate_window: window });
             logger.info("updated stream to match the config", { stream: s.stream, changed: diffs.join("; ") });
-          } else if (diffs.length > 0) {
-            logger.warn("stream differs from the config; set [replication_log] update_existing = true to update it", {
-              stream: s.stream,
-              differences: diffs.join("; "),
-            });
+          } else {
+            if (diffs.length > 0) {
+              logger.warn("stream differs from the config; set [replication_log] update_existing = true to update it", {
+                stream: s.stream,
+                differences: diffs.join("; "),
+              });
+            }
+            // Not a setting of the user's but what marmot's retries rely on (see duplicate-window.ts): a stream an
+            // older marmot created gets it whatever update_existing says. It changes no message the stream holds.
+            if ((info.config.duplicate_window ?? 0) < window) {
+              await jsm.streams.update(s.stream, { ...info.config, duplicate_window: window });
+              logger.info("set the stream's duplicate window, so that a publish retried after a lost ack is not stored twice", {
+                stream: s.stream,
+                duplicate_window_seconds: window / 1e9,
+                was_seconds: (info.config.duplicate_window ?? 0) / 1e9,
+              });
+            }
           }
         }
         break;

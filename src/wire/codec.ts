@@ -1,13 +1,17 @@
 // The wire format of a batch of row changes: compact, exact for every SQLite value, and strict when decoding.
 //
 // Layout (all integers little-endian, lengths as unsigned LEB128 varints):
-//   "MRMT" | version u8 | flags u8 (bit 0: body is raw-deflate compressed) | body
+//   "MRMT" | version u8 | flags u8 (bit 0: body is raw-deflate compressed; bit 1: body is a large-change reference)
+//   | body
 //   body: origin str | table count | tables | change count | changes
 //   table: name str | column count | column names | key count | key column names
 //   change: table index | op u8 (1 upsert, 2 delete) | change id varint | values
 //     upsert carries one value per table column, delete one per key column.
 //   value: tag u8 then 0 NULL | 1 int64 (8 bytes) | 2 float64 (8 bytes) | 3 text (len + utf8)
 //          | 4 blob (len + bytes) | 5 int32 (4 bytes)
+//   reference body (a batch too large for one message, stored as an object): object name str | size varint
+//          | sha-256 of the object (32 bytes). Never compressed. A reader that does not know bit 1 refuses the
+//          message as it refuses any unknown flag.
 
 import { deflateRawSync, inflateRawSync } from "node:zlib";
 import { DecodeError } from "../errors.js";
@@ -16,11 +20,21 @@ import type { SqlValue } from "./value.js";
 export const MAGIC = Buffer.from("MRMT", "latin1");
 export const VERSION = 1;
 const FLAG_DEFLATE = 1;
+const FLAG_REFERENCE = 2;
+const SHA256_BYTES = 32;
 const HEADER_SIZE = 6;
 /** Bodies smaller than this are not worth compressing. */
 const COMPRESS_MIN_BYTES = 1024;
-/** Refuse to inflate beyond this: a corrupt or hostile message must not exhaust memory. */
-const MAX_INFLATED_BYTES = 256 * 1024 * 1024;
+/** A body larger than this is compressed only when a sample of it compresses: a large BLOB is often compressed already. */
+const COMPRESS_SAMPLE_ABOVE = 1024 * 1024;
+const COMPRESS_SAMPLE_BYTES = 64 * 1024;
+/** Decoded BLOBs at least this large share the message's memory instead of being copied out of it. */
+const SHARE_BLOB_BYTES = 256 * 1024;
+/**
+ * Refuse to inflate beyond this: a corrupt or hostile message must not exhaust memory. A little over SQLite's
+ * largest value (SQLITE_MAX_LENGTH, 1e9 bytes by default): a batch holding one such row still decodes.
+ */
+const MAX_INFLATED_BYTES = 1_000_000_000 + 64 * 1024 * 1024;
 
 export type ChangeOp = "upsert" | "delete";
 
@@ -63,6 +77,13 @@ const TAG_BLOB = 4;
 const TAG_INT32 = 5;
 const INT32_MIN = -(2n ** 31n);
 const INT32_MAX = 2n ** 31n - 1n;
+
+/** Where a batch too large for one message is: an object holding its encoded bytes, and how to check them. */
+export interface LargeBatchRef {
+  object: string;
+  size: number;
+  sha256: Buffer;
+}
 
 /** A growable byte buffer for encoding. */
 export class ByteWriter {
@@ -210,8 +231,10 @@ class ByteReader {
       case TAG_BLOB: {
         const n = this.varint(what);
         this.need(n, what);
-        // A copy, so the value does not pin the whole message buffer.
-        const v = Buffer.from(this.buf.subarray(this.offset, this.offset + n));
+        // Small values are copied, so they do not pin the whole message buffer; a large one is most of its message
+        // anyway, and a copy would double the memory a large row takes.
+        const view = this.buf.subarray(this.offset, this.offset + n);
+        const v = n >= SHARE_BLOB_BYTES ? view : Buffer.from(view);
         this.offset += n;
         return v;
       }
@@ -227,9 +250,32 @@ class ByteReader {
 
 const textDecoder = new TextDecoder("utf-8", { fatal: true });
 
+/** An upper bound of a value's encoded size, exact for TEXT and BLOB: the buffer is sized once, not grown. */
+function valueBound(v: SqlValue): number {
+  if (typeof v === "string") return 1 + 10 + Buffer.byteLength(v, "utf8");
+  if (v instanceof Uint8Array) return 1 + 10 + v.length;
+  return 9;
+}
+
+/** Whether deflating `body` pays: for a large body, judged on a sample from its middle. */
+function worthCompressing(body: Buffer): boolean {
+  if (body.length < COMPRESS_MIN_BYTES) return false;
+  if (body.length <= COMPRESS_SAMPLE_ABOVE) return true;
+  const start = Math.floor((body.length - COMPRESS_SAMPLE_BYTES) / 2);
+  const sample = body.subarray(start, start + COMPRESS_SAMPLE_BYTES);
+  return deflateRawSync(sample, { level: 1 }).length < sample.length * 0.9;
+}
+
 /** Encode a batch; compress the body when asked and when it pays. */
 export function encodeBatch(batch: ChangeBatch, options: { compress?: boolean } = {}): Buffer {
-  const body = new ByteWriter(16 * 1024);
+  let bound = HEADER_SIZE + 64 + Buffer.byteLength(batch.origin, "utf8");
+  for (const change of batch.changes) {
+    bound += 32;
+    for (const v of change.values) bound += valueBound(v);
+  }
+  // The header goes in front of the body in the same buffer, so an uncompressed batch is never copied.
+  const body = new ByteWriter(bound + 16 * 1024);
+  for (let i = 0; i < HEADER_SIZE; i++) body.u8(0);
   body.str(batch.origin);
   const tableIndex = new Map<WireTable, number>();
   const tables: WireTable[] = [];
@@ -258,32 +304,90 @@ export function encodeBatch(batch: ChangeBatch, options: { compress?: boolean } 
     body.varint(change.changeId);
     for (const v of change.values) body.value(v);
   }
-  let payload = body.finish();
+  let out = body.finish();
   let flags = 0;
-  if (options.compress && payload.length >= COMPRESS_MIN_BYTES) {
+  const payload = out.subarray(HEADER_SIZE);
+  if (options.compress && worthCompressing(payload)) {
     const deflated = deflateRawSync(payload, { level: 1 });
     if (deflated.length < payload.length * 0.9) {
-      payload = deflated;
+      out = Buffer.allocUnsafe(HEADER_SIZE + deflated.length);
+      deflated.copy(out, HEADER_SIZE);
       flags |= FLAG_DEFLATE;
     }
   }
-  const out = Buffer.allocUnsafe(HEADER_SIZE + payload.length);
   MAGIC.copy(out, 0);
   out[4] = VERSION;
   out[5] = flags;
-  payload.copy(out, HEADER_SIZE);
   return out;
 }
 
-/** Decode a batch; anything that is not a well-formed marmot batch raises DecodeError. */
-export function decodeBatch(data: Uint8Array): ChangeBatch {
-  const buf = Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+/** The small message that stands for a batch stored as an object. */
+export function encodeReference(ref: LargeBatchRef): Buffer {
+  if (ref.sha256.length !== SHA256_BYTES) throw new TypeError(`a sha-256 digest has ${SHA256_BYTES} bytes, not ${ref.sha256.length}`);
+  const w = new ByteWriter(128);
+  w.str(ref.object);
+  w.varint(ref.size);
+  const body = w.finish();
+  const out = Buffer.allocUnsafe(HEADER_SIZE + body.length + SHA256_BYTES);
+  MAGIC.copy(out, 0);
+  out[4] = VERSION;
+  out[5] = FLAG_REFERENCE;
+  body.copy(out, HEADER_SIZE);
+  ref.sha256.copy(out, HEADER_SIZE + body.length);
+  return out;
+}
+
+/** The header's flags, after checking magic, version and that every flag is known. */
+function checkedFlags(buf: Buffer): number {
   if (buf.length < HEADER_SIZE || !buf.subarray(0, 4).equals(MAGIC)) {
     throw new DecodeError("not a marmot batch (bad magic)");
   }
   if (buf[4] !== VERSION) throw new DecodeError(`unsupported batch version ${buf[4]} (this marmot reads version ${VERSION})`);
   const flags = buf[5]!;
-  if (flags & ~FLAG_DEFLATE) throw new DecodeError(`unknown batch flags 0x${flags.toString(16)}`);
+  if (flags & ~(FLAG_DEFLATE | FLAG_REFERENCE)) throw new DecodeError(`unknown batch flags 0x${flags.toString(16)}`);
+  if (flags & FLAG_REFERENCE && flags & FLAG_DEFLATE) throw new DecodeError("a large-change reference cannot be compressed (flags 0x3)");
+  return flags;
+}
+
+const asBuffer = (data: Uint8Array): Buffer => (Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength));
+
+/**
+ * The reference in `data` when it is one; undefined for anything else (a batch, or bytes that are not marmot's:
+ * decodeBatch says what is wrong with those). A malformed reference raises DecodeError.
+ */
+export function decodeReference(data: Uint8Array): LargeBatchRef | undefined {
+  const buf = asBuffer(data);
+  let flags: number;
+  try {
+    flags = checkedFlags(buf);
+  } catch {
+    return undefined;
+  }
+  if (!(flags & FLAG_REFERENCE)) return undefined;
+  if (buf.length < HEADER_SIZE + SHA256_BYTES) throw new DecodeError(`truncated large-change reference: ${buf.length} bytes`);
+  const r = new ByteReader(buf.subarray(HEADER_SIZE, buf.length - SHA256_BYTES));
+  try {
+    const object = r.str("object name");
+    const size = r.varint("object size");
+    if (object === "") throw new DecodeError("a large-change reference names no object");
+    if (!r.done()) throw new DecodeError("trailing bytes in a large-change reference");
+    return { object, size, sha256: Buffer.from(buf.subarray(buf.length - SHA256_BYTES)) };
+  } catch (err) {
+    if (err instanceof TypeError) throw new DecodeError(`object name is not valid UTF-8: ${err.message}`);
+    throw err;
+  }
+}
+
+/** Decode a batch; anything that is not a well-formed marmot batch raises DecodeError. */
+export function decodeBatch(data: Uint8Array): ChangeBatch {
+  const buf = asBuffer(data);
+  const flags = checkedFlags(buf);
+  if (flags & FLAG_REFERENCE) {
+    const ref = decodeReference(buf)!;
+    throw new DecodeError(
+      `the message stands for large object "${ref.object}" (${ref.size} bytes), which this node could not read whole and intact; its log says why`,
+    );
+  }
   let body = buf.subarray(HEADER_SIZE);
   if (flags & FLAG_DEFLATE) {
     try {

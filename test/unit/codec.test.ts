@@ -1,9 +1,10 @@
 // The wire format carries every SQLite value exactly and refuses anything that is not a marmot batch.
 
 import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
 import { test } from "node:test";
 import { DecodeError } from "../../src/errors.js";
-import { decodeBatch, encodeBatch, type ChangeBatch, type WireTable } from "../../src/wire/codec.js";
+import { decodeBatch, decodeReference, encodeBatch, encodeReference, type ChangeBatch, type WireTable } from "../../src/wire/codec.js";
 import type { SqlValue } from "../../src/wire/value.js";
 
 const table: WireTable = { name: "t \"quoted\" ✓", columns: ["id", "v"], keyColumns: ["id"] };
@@ -123,4 +124,55 @@ test("invalid UTF-8 in a name is a DecodeError", () => {
   const bad = Buffer.from(good);
   bad[7] = 0xff; // first byte of the origin text
   assert.throws(() => decodeBatch(bad), DecodeError);
+});
+
+test("a large-change reference round-trips, and a batch is never taken for one", () => {
+  const ref = { object: "1-e1-abc", size: 52_428_900, sha256: Buffer.alloc(32, 9) };
+  const encoded = encodeReference(ref);
+  assert.ok(encoded.length < 100, "a reference is a small message");
+  assert.deepEqual(decodeReference(encoded), ref);
+  assert.equal(decodeReference(encodeBatch({ origin: "1/e", changes: [] })), undefined);
+  assert.equal(decodeReference(Buffer.from("not marmot at all")), undefined);
+});
+
+test("a reference decoded as a batch is refused with the object it names, not taken for changes", () => {
+  const encoded = encodeReference({ object: "1-e1-abc", size: 10, sha256: Buffer.alloc(32) });
+  assert.throws(() => decodeBatch(encoded), (err: unknown) => err instanceof DecodeError && /large object "1-e1-abc" \(10 bytes\)/.test(err.message));
+});
+
+test("a malformed reference is refused, never read as a reference to something else", () => {
+  const good = encodeReference({ object: "x", size: 10, sha256: Buffer.alloc(32, 1) });
+  const isDecodeError = (err: unknown) => err instanceof DecodeError;
+  // truncated digest
+  assert.throws(() => decodeReference(good.subarray(0, good.length - 1)), isDecodeError);
+  // trailing bytes between size and digest
+  const trailing = Buffer.concat([good.subarray(0, good.length - 32), Buffer.from([0]), good.subarray(good.length - 32)]);
+  assert.throws(() => decodeReference(trailing), isDecodeError);
+  // both flags: a reference is never compressed
+  const both = Buffer.from(good);
+  both[5] = 3;
+  assert.throws(() => decodeBatch(both), (err: unknown) => isDecodeError(err) && /cannot be compressed/.test((err as Error).message));
+  assert.equal(decodeReference(both), undefined);
+  // an unknown flag is still refused
+  const unknown = Buffer.from(good);
+  unknown[5] = 4;
+  assert.throws(() => decodeBatch(unknown), (err: unknown) => isDecodeError(err) && /unknown batch flags 0x4/.test((err as Error).message));
+  // empty object name
+  assert.throws(() => decodeReference(encodeReference({ object: "", size: 1, sha256: Buffer.alloc(32) })), isDecodeError);
+});
+
+test("a large body is compressed when a sample of it compresses, sent as it is when not, and decodes exactly", () => {
+  const table: WireTable = { name: "files", columns: ["id", "data"], keyColumns: ["id"] };
+  const batchOf = (data: Buffer): ChangeBatch => ({ origin: "1/e", changes: [{ table, op: "upsert", changeId: 1, values: [1n, data] }] });
+  const repetitive = Buffer.alloc(3 * 1024 * 1024, "abcdefgh");
+  const packed = encodeBatch(batchOf(repetitive), { compress: true });
+  assert.equal(packed[5], 1, "deflated");
+  assert.ok(packed.length < repetitive.length / 10);
+  assert.deepEqual(decodeBatch(packed).changes[0]!.values[1], repetitive);
+
+  const random = randomBytes(3 * 1024 * 1024);
+  const plain = encodeBatch(batchOf(random), { compress: true });
+  assert.equal(plain[5], 0, "not deflated");
+  assert.ok(plain.length < random.length + 64);
+  assert.deepEqual(decodeBatch(plain).changes[0]!.values[1], random);
 });

@@ -10,7 +10,9 @@ import { installCapture } from "../../src/sqlite/capture.js";
 import { ChangeLogReader } from "../../src/sqlite/change-log.js";
 import { openDatabase } from "../../src/sqlite/open.js";
 import type { SqlValue } from "../../src/wire/value.js";
-import { decodeBatch, type WireChange } from "../../src/wire/codec.js";
+import { createHash } from "node:crypto";
+import { decodeBatch, decodeReference, type WireChange } from "../../src/wire/codec.js";
+import type { LargeBatchStore } from "../../src/stream/large-objects.js";
 import type { BatchPublisher } from "../../src/stream/publisher.js";
 import { rowKeyBytes, rowKeyString, shardOf } from "../../src/wire/shard.js";
 import { createDb, recordingLogger, removeTempDirs, sqlite3, tempDir, type RecordedLine } from "../helpers/sqlite.js";
@@ -59,6 +61,24 @@ class FakePublisher implements BatchPublisher {
   }
 }
 
+/** An object store in memory: what was put, and which references were recorded. */
+class FakeLargeStore implements LargeBatchStore {
+  readonly objects = new Map<string, Buffer>();
+  readonly references: { object: string; seq: number }[] = [];
+  puts = 0;
+  constructor(private readonly decide: (object: string) => void | Promise<void> = () => {}) {}
+
+  async put(object: string, payload: Buffer): Promise<void> {
+    this.puts++;
+    await this.decide(object);
+    this.objects.set(object, Buffer.from(payload));
+  }
+
+  async referenced(object: string, seq: number): Promise<void> {
+    this.references.push({ object, seq });
+  }
+}
+
 interface Setup {
   path: string;
   db: Database.Database;
@@ -82,7 +102,16 @@ function setup(): Setup {
       new ChangeShipper(
         reader,
         publisher,
-        { origin: "1", epoch: "e1", shards: 1, batchMaxChanges: 512, maxPayload: () => 1024 * 1024, compress: false, ...options },
+        {
+          origin: "1",
+          epoch: "e1",
+          shards: 1,
+          batchMaxChanges: 512,
+          maxPayload: () => 1024 * 1024,
+          compress: false,
+          duplicates: { windowMs: 120_000, findStored: () => Promise.reject(new Error("no retry here outlasts the duplicate window")) },
+          ...options,
+        },
         logger,
       ),
   };
@@ -399,6 +428,160 @@ describe("shipping the change log", () => {
       // 100 books (10 deleted, 5 re-keyed: old keys deleted, new keys upserted) + 40 ratings + 3 notes + 2 files
       assert.equal(total, 100 + 5 + 40 + 3 + 2);
       for (const a of fake.acknowledged) assert.ok(decodeBatch(a.payload).changes.length <= 16);
+    } finally {
+      s.db.close();
+    }
+  });
+
+  it("ships a 409,600-character text row in one message: fit is decided on its encoded bytes, not the estimate", async () => {
+    const s = setup();
+    try {
+      const text = "a".repeat(409_600);
+      sqlite3(s.path, "INSERT INTO Books VALUES (1, printf('%.*c', 409600, 'a'), 'author');");
+      const fake = new FakePublisher();
+      assert.equal(await s.shipper(fake).shipRound(new AbortController().signal), 1);
+      assert.equal(fake.acknowledged.length, 1);
+      assert.ok(fake.acknowledged[0]!.payload.length < 1024 * 1024);
+      assert.deepEqual(fake.changes()[0]!.change.values, [1n, text, "author"]);
+      assert.equal(pendingInFile(s.path), 0, "the row left the change log");
+      assert.equal(s.lines.filter((l) => l.level === "error").length, 0);
+    } finally {
+      s.db.close();
+    }
+  });
+
+  it("does not recurse on one change that does not fit, though the estimate said it would", { timeout: 20_000 }, async () => {
+    const s = setup();
+    try {
+      // The server's max_payload shrank between packing and publishing (a reconnect to another server).
+      let calls = 0;
+      const maxPayload = () => (calls++ === 0 ? 1024 * 1024 : 100 * 1024);
+      sqlite3(s.path, "INSERT INTO files VALUES ('big', randomblob(300000));");
+      const fake = new FakePublisher();
+      assert.equal(await s.shipper(fake, { maxPayload }).shipRound(new AbortController().signal), 1);
+      assert.equal(fake.attempts.length, 0, "nothing was published");
+      const errors = s.lines.filter((l) => l.level === "error");
+      assert.equal(errors.length, 1);
+      assert.match(errors[0]!.message, /larger than one NATS message/);
+      assert.equal(sqlite3(s.path, "SELECT v_name FROM __marmot__files_change_log WHERE __marmot_op <> 'marker';").trim(), "big");
+    } finally {
+      s.db.close();
+    }
+  });
+
+  it("stores a change larger than one message as an object first, then publishes a reference to it", async () => {
+    const s = setup();
+    try {
+      sqlite3(s.path, "INSERT INTO files VALUES ('small', x'01'), ('huge', randomblob(3000000));");
+      const fake = new FakePublisher();
+      const store = new FakeLargeStore((object) => {
+        // The reference never goes out before its object is stored whole.
+        assert.equal(fake.attempts.filter((a) => decodeReference(a.payload)?.object === object).length, 0);
+      });
+      const stored: { seq: number; rowKeys: readonly string[] }[] = [];
+      const shipper = s.shipper(fake, { largeBatches: store, onStored: (_shard, seq, rowKeys) => stored.push({ seq, rowKeys }) });
+      assert.equal(await shipper.shipRound(new AbortController().signal), 2);
+      assert.equal(pendingInFile(s.path), 0);
+      for (const a of fake.acknowledged) assert.ok(a.payload.length <= 1024 * 1024);
+      const refs = fake.acknowledged.map((a) => decodeReference(a.payload)).filter((r) => r !== undefined);
+      assert.equal(refs.length, 1);
+      const ref = refs[0]!;
+      const object = store.objects.get(ref.object)!;
+      assert.equal(object.length, ref.size);
+      assert.deepEqual(createHash("sha256").update(object).digest(), ref.sha256);
+      const change = decodeBatch(object).changes[0]!;
+      assert.equal(change.values[0], "huge");
+      assert.deepEqual(change.values[1], s.db.prepare("SELECT content FROM files WHERE name = 'huge'").pluck(true).get());
+      // The rule that keeps the app's newer writes hears of the large row as of any other.
+      const refSeq = fake.acknowledged.findIndex((a) => decodeReference(a.payload) !== undefined) + 1;
+      const note = stored.find((n) => n.seq === refSeq)!;
+      assert.deepEqual(note.rowKeys, [rowKeyString(rowKeyBytes("files", ["huge"]))]);
+      assert.deepEqual(store.references, [{ object: ref.object, seq: refSeq }]);
+    } finally {
+      s.db.close();
+    }
+  });
+
+  it("keeps a large change in the log when its object cannot be stored before the node stops", async () => {
+    const s = setup();
+    try {
+      sqlite3(s.path, "INSERT INTO files VALUES ('huge', randomblob(2000000));");
+      const stop = new AbortController();
+      const fake = new FakePublisher();
+      const store = new FakeLargeStore(() => {
+        if (store.puts >= 2) stop.abort(new Error("marmot is stopping"));
+        throw new Error("no responders");
+      });
+      await assert.rejects(s.shipper(fake, { largeBatches: store }).shipRound(stop.signal), /marmot is stopping|no responders/);
+      assert.equal(fake.attempts.length, 0, "no reference to an object not stored");
+      assert.equal(pendingInFile(s.path), 1, "the change stays in the log, to go again");
+
+      s.reader.rewind();
+      const working = new FakeLargeStore();
+      assert.equal(await s.shipper(fake, { largeBatches: working }).shipRound(new AbortController().signal), 1);
+      assert.equal(working.objects.size, 1);
+      assert.equal(pendingInFile(s.path), 0);
+    } finally {
+      s.db.close();
+    }
+  });
+
+  /**
+   * A stream as JetStream keeps one: it drops a repeat of a message id stored within its duplicate window. Its
+   * first ack is lost (the message is stored, the publisher hears a timeout), then it is unreachable for `outageMs`.
+   */
+  function lossyStream(windowMs: number, outageMs: number, storeFirst: boolean) {
+    const stored: { msgId: string; at: number; payload: Buffer }[] = [];
+    let attempts = 0;
+    let started = 0;
+    const publisher: BatchPublisher = {
+      async publish(_shard, payload, msgId) {
+        attempts++;
+        if (attempts === 1) {
+          started = Date.now();
+          if (storeFirst) stored.push({ msgId, at: Date.now(), payload: Buffer.from(payload) });
+          throw new Error("TIMEOUT");
+        }
+        if (Date.now() - started < outageMs) throw new Error("no responders");
+        const recent = stored.findIndex((m) => m.msgId === msgId && Date.now() - m.at < windowMs);
+        if (recent >= 0) return recent + 1;
+        stored.push({ msgId, at: Date.now(), payload: Buffer.from(payload) });
+        return stored.length;
+      },
+    };
+    const findStored = async (_shard: number, msgId: string, sinceMs: number) => {
+      const i = stored.findIndex((m) => m.msgId === msgId && m.at >= sinceMs);
+      return i >= 0 ? i + 1 : undefined;
+    };
+    return { stored, publisher, duplicates: { windowMs, findStored } };
+  }
+
+  it("stores a batch once though its first ack was lost and the retries outlast the duplicate window", { timeout: 20_000 }, async () => {
+    const s = setup();
+    try {
+      insertBooks(s.path, 1, 3);
+      const stream = lossyStream(400, 1000, true);
+      const seqs: number[] = [];
+      const shipper = s.shipper(stream.publisher, { duplicates: stream.duplicates, onStored: (_shard, seq) => seqs.push(seq) });
+      assert.equal(await shipper.shipRound(new AbortController().signal), 3);
+      assert.equal(stream.stored.length, 1, "the stream holds the batch once");
+      assert.deepEqual(seqs, [1], "the shipper learned where the first attempt landed");
+      assert.equal(pendingInFile(s.path), 0);
+      assert.ok(s.lines.some((l) => /was stored already; its ack was lost/.test(l.message)));
+    } finally {
+      s.db.close();
+    }
+  });
+
+  it("sends a batch again after a look finds that none of its attempts landed", { timeout: 20_000 }, async () => {
+    const s = setup();
+    try {
+      insertBooks(s.path, 1, 3);
+      const stream = lossyStream(400, 1000, false);
+      assert.equal(await s.shipper(stream.publisher, { duplicates: stream.duplicates }).shipRound(new AbortController().signal), 3);
+      assert.equal(stream.stored.length, 1);
+      assert.equal(decodeBatch(stream.stored[0]!.payload).changes.length, 3);
+      assert.equal(pendingInFile(s.path), 0);
     } finally {
       s.db.close();
     }
