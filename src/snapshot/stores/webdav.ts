@@ -1,0 +1,218 @@
+// The WebDAV snapshot store: the original's [snapshot.webdav] url, with the folder, login and secret as query parameters.
+
+import { randomBytes } from "node:crypto";
+import { createReadStream, createWriteStream, statSync } from "node:fs";
+import { Readable } from "node:stream";
+import { pipeline } from "node:stream/promises";
+import type { ReadableStream as WebReadableStream } from "node:stream/web";
+import type { SnapshotConfig } from "../../config/types.js";
+import { ConfigError, SnapshotAccessError, SnapshotNotFoundError, SnapshotStoreError } from "../../errors.js";
+import type { Logger } from "../../log.js";
+import type { SnapshotStore, TransferOptions } from "../store.js";
+import { progressCounter } from "./progress.js";
+
+/** The original's query parameters; they are taken off the URL before any request. */
+const DIR_PARAM = "dir";
+const LOGIN_PARAM = "login";
+const SECRET_PARAM = "secret";
+
+/** A WebDAV store for `[snapshot.webdav] url`; throws ConfigError when the url cannot work. */
+export function createWebDavStore(config: SnapshotConfig["webdav"], logger: Logger): SnapshotStore {
+  return new WebDavStore(config.url, logger);
+}
+
+interface WebDavTarget {
+  /** the server's URL without marmot's parameters, ending in "/" */
+  base: URL;
+  /** the folder under `base`, as path segments */
+  dir: string[];
+  authorization?: string;
+}
+
+function parseWebDavUrl(text: string): WebDavTarget {
+  const example = "https://host/path?dir=/snapshots&login=user&secret=pass";
+  if (text === "") {
+    throw new ConfigError(`[snapshot.webdav] url is empty: give the server's address, e.g. url = "${example}"`);
+  }
+  let url: URL;
+  try {
+    url = new URL(text);
+  } catch {
+    throw new ConfigError(`[snapshot.webdav] url is not a URL: give one such as "${example}"`);
+  }
+  if (url.protocol !== "http:" && url.protocol !== "https:") {
+    throw new ConfigError(`[snapshot.webdav] url must start with http:// or https:// (e.g. "${example}"), not ${url.protocol}//`);
+  }
+  const login = url.searchParams.get(LOGIN_PARAM) ?? (url.username === "" ? "" : decodeURIComponent(url.username));
+  const secret = url.searchParams.get(SECRET_PARAM) ?? (url.password === "" ? "" : decodeURIComponent(url.password));
+  if ((login === "") !== (secret === "")) {
+    throw new ConfigError(
+      `[snapshot.webdav] url has a ${login === "" ? "secret but no login" : "login but no secret"}: give both query parameters (...&login=user&secret=pass), or neither for a server without authentication`,
+    );
+  }
+  // As in the original, "dir" is a folder below the URL's own path ("/" when absent).
+  const dir = (url.searchParams.get(DIR_PARAM) ?? "/").split("/").filter((segment) => segment !== "" && segment !== ".");
+  if (dir.includes("..")) {
+    throw new ConfigError(`[snapshot.webdav] url: the dir parameter may not contain ".."`);
+  }
+  url.searchParams.delete(DIR_PARAM);
+  url.searchParams.delete(LOGIN_PARAM);
+  url.searchParams.delete(SECRET_PARAM);
+  url.username = "";
+  url.password = "";
+  url.hash = "";
+  if (!url.pathname.endsWith("/")) url.pathname += "/";
+  const authorization = login === "" ? undefined : `Basic ${Buffer.from(`${login}:${secret}`).toString("base64")}`;
+  return { base: url, dir, authorization };
+}
+
+class WebDavStore implements SnapshotStore {
+  readonly description: string;
+  private readonly target: WebDavTarget;
+  private folderReady = false;
+
+  constructor(
+    url: string,
+    private readonly logger: Logger,
+  ) {
+    this.target = parseWebDavUrl(url);
+    this.description = `WebDAV ${this.folderUrl(this.target.dir.length).toString()}`;
+  }
+
+  /** The URL of the first `depth` folders of dir. */
+  private folderUrl(depth: number): URL {
+    const path = this.target.dir.slice(0, depth).map(encodeURIComponent).join("/");
+    return new URL(path === "" ? "" : `${path}/`, this.target.base);
+  }
+
+  private objectUrl(name: string): URL {
+    return new URL(encodeURIComponent(name), this.folderUrl(this.target.dir.length));
+  }
+
+  private async request(
+    method: string,
+    url: URL,
+    action: string,
+    init: { headers?: Record<string, string>; body?: unknown; signal?: AbortSignal } = {},
+  ): Promise<Response> {
+    const headers: Record<string, string> = { ...init.headers };
+    if (this.target.authorization !== undefined) headers.Authorization = this.target.authorization;
+    let response: Response;
+    try {
+      response = await fetch(url, {
+        method,
+        headers,
+        body: init.body as BodyInit | undefined,
+        signal: init.signal,
+        // A streamed request body needs half duplex in Node's fetch.
+        ...(init.body !== undefined ? { duplex: "half" } : {}),
+      } as RequestInit);
+    } catch (err) {
+      if (init.signal?.aborted) throw init.signal.reason;
+      const cause = (err as { cause?: { message?: string } }).cause?.message ?? (err as Error).message;
+      throw new SnapshotStoreError(`cannot ${action} at ${this.description}: ${cause} (is ${url.host} reachable? marmot retries)`, {
+        cause: err,
+      });
+    }
+    if (response.status === 401 || response.status === 403) {
+      await response.body?.cancel();
+      throw new SnapshotAccessError(
+        `cannot ${action} at ${this.description}: the server answered ${response.status} ${response.statusText}; ` +
+          "fix the login and secret parameters of [snapshot.webdav] url (and that user's rights on the folder)",
+      );
+    }
+    return response;
+  }
+
+  private async failure(response: Response, action: string): Promise<SnapshotStoreError> {
+    const text = (await response.text().catch(() => "")).slice(0, 200).replace(/\s+/g, " ");
+    return new SnapshotStoreError(`cannot ${action} at ${this.description}: the server answered ${response.status} ${response.statusText} ${text}`.trim());
+  }
+
+  /** MKCOL each missing folder of dir, like `mkdir -p`; once per store. */
+  private async ensureFolder(): Promise<void> {
+    if (this.folderReady) return;
+    for (let depth = 1; depth <= this.target.dir.length; depth++) {
+      const response = await this.request("MKCOL", this.folderUrl(depth), "create the folder");
+      await response.body?.cancel();
+      // 405: it exists already. 409 would mean a missing parent, which the previous round created.
+      if (!response.ok && response.status !== 405) {
+        throw new SnapshotAccessError(
+          `cannot create the folder ${this.folderUrl(depth)} for snapshots: the server answered ${response.status} ${response.statusText}; fix the dir parameter of [snapshot.webdav] url or create the folder`,
+        );
+      }
+    }
+    this.folderReady = true;
+  }
+
+  /** PUT under a temporary name, then MOVE onto `name`: the old object stays until the new one is whole. */
+  private async put(name: string, body: () => unknown, signal?: AbortSignal): Promise<void> {
+    await this.ensureFolder();
+    const temporary = this.objectUrl(`${name}.tmp-${randomBytes(6).toString("hex")}`);
+    try {
+      const put = await this.request("PUT", temporary, `upload ${name}`, { body: body(), signal });
+      if (!put.ok) throw await this.failure(put, `upload ${name}`);
+      await put.body?.cancel();
+      const move = await this.request("MOVE", temporary, `rename the upload of ${name}`, {
+        headers: { Destination: this.objectUrl(name).toString(), Overwrite: "T" },
+        signal,
+      });
+      if (!move.ok) throw await this.failure(move, `rename the upload of ${name}`);
+      await move.body?.cancel();
+    } catch (err) {
+      await this.request("DELETE", temporary, `remove the unfinished upload of ${name}`)
+        .then((response) => response.body?.cancel())
+        .catch(() => undefined);
+      throw err;
+    }
+  }
+
+  async upload(name: string, localPath: string, options?: TransferOptions): Promise<void> {
+    const total = statSync(localPath).size;
+    await this.put(name, () => createReadStream(localPath).pipe(progressCounter(options, total)), options?.signal);
+    this.logger.debug("snapshot object uploaded", { store: this.description, object: name, bytes: total });
+  }
+
+  async download(name: string, localPath: string, options?: TransferOptions): Promise<void> {
+    const response = await this.request("GET", this.objectUrl(name), `download ${name}`, { signal: options?.signal });
+    if (response.status === 404) {
+      await response.body?.cancel();
+      throw new SnapshotNotFoundError(`no object ${name} in ${this.description}`);
+    }
+    if (!response.ok || response.body === null) throw await this.failure(response, `download ${name}`);
+    const length = Number(response.headers.get("content-length") ?? Number.NaN);
+    try {
+      await pipeline(
+        Readable.fromWeb(response.body as WebReadableStream<Uint8Array>),
+        progressCounter(options, Number.isFinite(length) ? length : undefined),
+        createWriteStream(localPath),
+        { signal: options?.signal },
+      );
+    } catch (err) {
+      if (options?.signal?.aborted) throw options.signal.reason;
+      throw new SnapshotStoreError(`the download of ${name} from ${this.description} broke off: ${(err as Error).message}`, { cause: err });
+    }
+  }
+
+  async writeSmall(name: string, content: Uint8Array): Promise<void> {
+    await this.put(name, () => content);
+  }
+
+  async readSmall(name: string): Promise<Uint8Array | null> {
+    const response = await this.request("GET", this.objectUrl(name), `read ${name}`);
+    if (response.status === 404) {
+      await response.body?.cancel();
+      return null;
+    }
+    if (!response.ok) throw await this.failure(response, `read ${name}`);
+    return new Uint8Array(await response.arrayBuffer());
+  }
+
+  async remove(name: string): Promise<void> {
+    const response = await this.request("DELETE", this.objectUrl(name), `remove ${name}`);
+    await response.body?.cancel();
+    if (!response.ok && response.status !== 404) throw await this.failure(response, `remove ${name}`);
+  }
+
+  async close(): Promise<void> {}
+}
