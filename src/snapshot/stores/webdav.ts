@@ -16,6 +16,8 @@ const DIR_PARAM = "dir";
 const LOGIN_PARAM = "login";
 const SECRET_PARAM = "secret";
 
+const CLEANUP_RETRY_DELAYS_MS = [1_000, 5_000];
+
 /** A WebDAV store for `[snapshot.webdav] url`; throws ConfigError when the url cannot work. */
 export function createWebDavStore(config: SnapshotConfig["webdav"], logger: Logger): SnapshotStore {
   return new WebDavStore(config.url, logger);
@@ -160,11 +162,20 @@ class WebDavStore implements SnapshotStore {
       if (!move.ok) throw await this.failure(move, `rename the upload of ${name}`);
       await move.body?.cancel();
     } catch (err) {
-      await this.request("DELETE", temporary, `remove the unfinished upload of ${name}`)
-        .then((response) => response.body?.cancel())
-        .catch(() => undefined);
+      await this.removeTemporary(temporary);
+      // A server may still be writing what it got of a broken PUT when the first DELETE arrives, and keep it:
+      // the later attempts remove it then.
+      for (const delayMs of CLEANUP_RETRY_DELAYS_MS) {
+        setTimeout(() => void this.removeTemporary(temporary), delayMs).unref();
+      }
       throw err;
     }
+  }
+
+  private async removeTemporary(temporary: URL): Promise<void> {
+    await this.request("DELETE", temporary, "remove an unfinished upload")
+      .then((response) => response.body?.cancel())
+      .catch(() => undefined);
   }
 
   async upload(name: string, localPath: string, options?: TransferOptions): Promise<void> {
