@@ -1,17 +1,20 @@
 // The SFTP snapshot store: the original's [snapshot.sftp] url, plus a private key and a verified host key.
 
 import { randomBytes } from "node:crypto";
-import { createReadStream, createWriteStream, readFileSync, statSync } from "node:fs";
+import { readFileSync, statSync } from "node:fs";
 import { homedir } from "node:os";
 import { posix } from "node:path";
-import { pipeline } from "node:stream/promises";
-import { Client, type ConnectConfig, type SFTPWrapper, type Stats, utils } from "ssh2";
+import ssh2, { type ConnectConfig, type SFTPWrapper, type Stats } from "ssh2";
 import type { SnapshotConfig } from "../../config/types.js";
 import { ConfigError, SnapshotAccessError, SnapshotNotFoundError, SnapshotStoreError } from "../../errors.js";
 import type { Logger } from "../../log.js";
 import type { SnapshotStore, TransferOptions } from "../store.js";
 import { checkHostKey, knownHostsName, sha256Fingerprint } from "./known-hosts.js";
-import { progressCounter } from "./progress.js";
+import { sftpDownload, sftpUpload } from "./sftp-transfer.js";
+
+// ssh2 is CommonJS: Node names only some of its exports for ESM imports.
+const { Client, utils } = ssh2;
+type Client = InstanceType<typeof Client>;
 
 /** SFTP status codes (draft-ietf-secsh-filexfer) the store tells apart. */
 const NO_SUCH_FILE = 2;
@@ -61,9 +64,10 @@ function parseSftpConfig(config: SftpConfig): SftpTarget {
       throw new ConfigError(`[snapshot.sftp] key_file ${config.keyFile} cannot be read: ${(err as Error).message}`);
     }
     const parsed = utils.parseKey(privateKey);
-    if (parsed instanceof Error) {
+    const problem = parsed instanceof Error ? parsed.message : parsed.isPrivateKey() ? undefined : "it is a public key";
+    if (problem !== undefined) {
       throw new ConfigError(
-        `[snapshot.sftp] key_file ${config.keyFile} is not a usable private key (${parsed.message}); keys protected by a passphrase are not supported: use a key without one, readable only by marmot's user`,
+        `[snapshot.sftp] key_file ${config.keyFile} is not a usable private key (${problem}); keys protected by a passphrase are not supported: use a key without one, readable only by marmot's user`,
       );
     }
   }
@@ -265,11 +269,7 @@ class SftpStore implements SnapshotStore {
   async upload(name: string, localPath: string, options?: TransferOptions): Promise<void> {
     const total = statSync(localPath).size;
     try {
-      await this.put(name, (sftp, temporary) =>
-        pipeline(createReadStream(localPath), progressCounter(options, total), sftp.createWriteStream(temporary), {
-          signal: options?.signal,
-        }),
-      );
+      await this.put(name, (sftp, temporary) => sftpUpload(sftp, localPath, temporary, total, options));
       this.logger.debug("snapshot object uploaded", { store: this.description, object: name, bytes: total });
     } catch (err) {
       if (options?.signal?.aborted) throw options.signal.reason;
@@ -281,9 +281,7 @@ class SftpStore implements SnapshotStore {
     try {
       const { sftp } = await this.connect();
       const stats = await call<Stats>((done) => sftp.stat(this.path(name), done));
-      await pipeline(sftp.createReadStream(this.path(name)), progressCounter(options, stats.size), createWriteStream(localPath), {
-        signal: options?.signal,
-      });
+      await sftpDownload(sftp, this.path(name), localPath, stats.size, options);
     } catch (err) {
       if (options?.signal?.aborted) throw options.signal.reason;
       throw this.translate(err, "download", name);
