@@ -65,6 +65,13 @@ export class Metrics {
   readonly parked: Metric;
   /** per shard: messages in the stream this node has not applied yet */
   readonly shardLag: Metric;
+  /** size of the last snapshot this node saved */
+  readonly snapshotSizeBytes: Metric;
+  /** unix seconds the last snapshot this node saved or restored was taken */
+  readonly snapshotTime: Metric;
+  readonly snapshotSaveSeconds: Metric;
+  readonly snapshotRestoreSeconds: Metric;
+  readonly snapshotRestores: Metric;
   private readonly all: Metric[];
 
   constructor(namespace = "marmot", subsystem = "") {
@@ -76,7 +83,25 @@ export class Metrics {
     this.applied = new Metric(name("applied"), "Replicated changes applied to the local database.", "counter");
     this.parked = new Metric(name("parked"), "Replicated changes set aside because this node cannot apply them yet.", "counter");
     this.shardLag = new Metric(name("shard_lag"), "Messages in the shard's stream not yet applied by this node.", "gauge");
-    this.all = [this.published, this.pendingPublish, this.countChanges, this.scanChanges, this.applied, this.parked, this.shardLag];
+    this.snapshotSizeBytes = new Metric(name("snapshot_size_bytes"), "Size of the last snapshot saved by this node.", "gauge");
+    this.snapshotTime = new Metric(name("snapshot_timestamp_seconds"), "Unix time the last snapshot this node saved or restored was taken.", "gauge");
+    this.snapshotSaveSeconds = new Metric(name("snapshot_save_seconds"), "Duration of the last snapshot save.", "gauge");
+    this.snapshotRestoreSeconds = new Metric(name("snapshot_restore_seconds"), "Duration of the last snapshot restore.", "gauge");
+    this.snapshotRestores = new Metric(name("snapshot_restores"), "Snapshots restored into the local database.", "counter");
+    this.all = [
+      this.published,
+      this.pendingPublish,
+      this.countChanges,
+      this.scanChanges,
+      this.applied,
+      this.parked,
+      this.shardLag,
+      this.snapshotSizeBytes,
+      this.snapshotTime,
+      this.snapshotSaveSeconds,
+      this.snapshotRestoreSeconds,
+      this.snapshotRestores,
+    ];
   }
 
   render(): string {
