@@ -20,7 +20,7 @@ import {
 } from "../../errors.js";
 import type { Logger } from "../../log.js";
 import type { SnapshotStore, TransferOptions } from "../store.js";
-import { progressCounter } from "./progress.js";
+import { progressCounter } from "../progress.js";
 
 /** S3's smallest multipart part; with two parts in flight an upload holds about 10 MB whatever the file's size. */
 const PART_SIZE = 5 * 1024 * 1024;
@@ -150,7 +150,7 @@ class S3Store implements SnapshotStore {
       });
       await pipeline(
         response.Body as Readable,
-        progressCounter(options, response.ContentLength),
+        progressCounter(options ?? {}, response.ContentLength),
         createWriteStream(localPath),
         { signal: options?.signal },
       );

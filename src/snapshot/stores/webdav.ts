@@ -9,7 +9,7 @@ import type { SnapshotConfig } from "../../config/types.js";
 import { ConfigError, SnapshotAccessError, SnapshotNotFoundError, SnapshotStoreError } from "../../errors.js";
 import type { Logger } from "../../log.js";
 import type { SnapshotStore, TransferOptions } from "../store.js";
-import { progressCounter } from "./progress.js";
+import { progressCounter } from "../progress.js";
 
 /** The original's query parameters; they are taken off the URL before any request. */
 const DIR_PARAM = "dir";
@@ -180,7 +180,7 @@ class WebDavStore implements SnapshotStore {
 
   async upload(name: string, localPath: string, options?: TransferOptions): Promise<void> {
     const total = statSync(localPath).size;
-    await this.put(name, () => createReadStream(localPath).pipe(progressCounter(options, total)), options?.signal);
+    await this.put(name, () => createReadStream(localPath).pipe(progressCounter(options ?? {}, total)), options?.signal);
     this.logger.debug("snapshot object uploaded", { store: this.description, object: name, bytes: total });
   }
 
@@ -195,7 +195,7 @@ class WebDavStore implements SnapshotStore {
     try {
       await pipeline(
         Readable.fromWeb(response.body as WebReadableStream<Uint8Array>),
-        progressCounter(options, Number.isFinite(length) ? length : undefined),
+        progressCounter(options ?? {}, Number.isFinite(length) ? length : undefined),
         createWriteStream(localPath),
         { signal: options?.signal },
       );
