@@ -3,14 +3,7 @@
 import { createReadStream, createWriteStream, statSync } from "node:fs";
 import type { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
-import {
-  DeleteObjectCommand,
-  GetObjectCommand,
-  PutObjectCommand,
-  S3Client,
-  type S3ClientConfig,
-} from "@aws-sdk/client-s3";
-import { Upload } from "@aws-sdk/lib-storage";
+import type { S3Client, S3ClientConfig } from "@aws-sdk/client-s3";
 import type { SnapshotConfig } from "../../config/types.js";
 import {
   ConfigError,
@@ -37,6 +30,13 @@ const CREDENTIAL_ERRORS = new Set([
 ]);
 
 type S3Config = SnapshotConfig["s3"];
+
+/** The AWS SDK takes about half a second to load: only nodes that use this store pay for it, on first use. */
+async function loadSdk() {
+  const [client, storage] = await Promise.all([import("@aws-sdk/client-s3"), import("@aws-sdk/lib-storage")]);
+  return { ...client, Upload: storage.Upload };
+}
+type Sdk = Awaited<ReturnType<typeof loadSdk>>;
 
 /** An S3 store for `[snapshot.s3]`; throws ConfigError naming the key when the keys cannot work. */
 export function createS3Store(config: S3Config, logger: Logger): SnapshotStore {
@@ -75,7 +75,8 @@ function checkCredentialKeys(config: S3Config): void {
 
 class S3Store implements SnapshotStore {
   readonly description: string;
-  private readonly client: S3Client;
+  private readonly clientConfig: S3ClientConfig;
+  private connection: Promise<{ sdk: Sdk; client: S3Client }> | undefined;
   private readonly bucket: string;
   private readonly prefix: string;
   private readonly endpoint: string;
@@ -108,7 +109,12 @@ class S3Store implements SnapshotStore {
         ...(config.sessionToken === "" ? {} : { sessionToken: config.sessionToken }),
       };
     }
-    this.client = new S3Client(clientConfig);
+    this.clientConfig = clientConfig;
+  }
+
+  private connect(): Promise<{ sdk: Sdk; client: S3Client }> {
+    this.connection ??= loadSdk().then((sdk) => ({ sdk, client: new sdk.S3Client(this.clientConfig) }));
+    return this.connection;
   }
 
   private key(name: string): string {
@@ -117,14 +123,15 @@ class S3Store implements SnapshotStore {
 
   async upload(name: string, localPath: string, options?: TransferOptions): Promise<void> {
     const total = statSync(localPath).size;
+    const { sdk, client } = await this.connect();
     const abortController = new AbortController();
     const onAbort = () => abortController.abort(options?.signal?.reason);
     options?.signal?.addEventListener("abort", onAbort, { once: true });
     if (options?.signal?.aborted) onAbort();
     // A multipart upload becomes the object only when completed; on failure or abort Upload aborts it (the
     // default leavePartsOnError = false), so the previous object stays as it was.
-    const upload = new Upload({
-      client: this.client,
+    const upload = new sdk.Upload({
+      client,
       params: { Bucket: this.bucket, Key: this.key(name), Body: createReadStream(localPath), ContentLength: total },
       partSize: PART_SIZE,
       queueSize: PARTS_IN_FLIGHT,
@@ -145,7 +152,8 @@ class S3Store implements SnapshotStore {
 
   async download(name: string, localPath: string, options?: TransferOptions): Promise<void> {
     try {
-      const response = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key: this.key(name) }), {
+      const { sdk, client } = await this.connect();
+      const response = await client.send(new sdk.GetObjectCommand({ Bucket: this.bucket, Key: this.key(name) }), {
         abortSignal: options?.signal,
       });
       await pipeline(
@@ -161,7 +169,8 @@ class S3Store implements SnapshotStore {
 
   async writeSmall(name: string, content: Uint8Array): Promise<void> {
     try {
-      await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key: this.key(name), Body: content }));
+      const { sdk, client } = await this.connect();
+      await client.send(new sdk.PutObjectCommand({ Bucket: this.bucket, Key: this.key(name), Body: content }));
     } catch (err) {
       throw this.translate(err, name, "write");
     }
@@ -169,7 +178,8 @@ class S3Store implements SnapshotStore {
 
   async readSmall(name: string): Promise<Uint8Array | null> {
     try {
-      const response = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key: this.key(name) }));
+      const { sdk, client } = await this.connect();
+      const response = await client.send(new sdk.GetObjectCommand({ Bucket: this.bucket, Key: this.key(name) }));
       if (response.Body === undefined) return new Uint8Array();
       return await response.Body.transformToByteArray();
     } catch (err) {
@@ -182,7 +192,8 @@ class S3Store implements SnapshotStore {
   async remove(name: string): Promise<void> {
     try {
       // S3 answers a delete of a missing key with success, so a second remove is no error.
-      await this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: this.key(name) }));
+      const { sdk, client } = await this.connect();
+      await client.send(new sdk.DeleteObjectCommand({ Bucket: this.bucket, Key: this.key(name) }));
     } catch (err) {
       const translated = this.translate(err, name, "remove");
       if (!(translated instanceof SnapshotNotFoundError)) throw translated;
@@ -190,7 +201,9 @@ class S3Store implements SnapshotStore {
   }
 
   async close(): Promise<void> {
-    this.client.destroy();
+    const connection = this.connection;
+    this.connection = undefined;
+    (await connection)?.client.destroy();
   }
 
   /** One of the store's error classes, or the abort reason when the caller aborted. */
