@@ -2,6 +2,8 @@
 
 import { randomBytes } from "node:crypto";
 import { createReadStream, createWriteStream, statSync } from "node:fs";
+import { type ClientRequest, type IncomingMessage, request as httpRequest } from "node:http";
+import { request as httpsRequest } from "node:https";
 import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import type { ReadableStream as WebReadableStream } from "node:stream/web";
@@ -91,31 +93,67 @@ class WebDavStore implements SnapshotStore {
     return new URL(encodeURIComponent(name), this.folderUrl(this.target.dir.length));
   }
 
+  private headers(extra: Record<string, string> = {}): Record<string, string> {
+    return this.target.authorization === undefined ? extra : { ...extra, Authorization: this.target.authorization };
+  }
+
   private async request(
     method: string,
     url: URL,
     action: string,
-    init: { headers?: Record<string, string>; body?: unknown; signal?: AbortSignal } = {},
+    init: { headers?: Record<string, string>; body?: Uint8Array; signal?: AbortSignal } = {},
   ): Promise<Response> {
-    const headers: Record<string, string> = { ...init.headers };
-    if (this.target.authorization !== undefined) headers.Authorization = this.target.authorization;
     let response: Response;
     try {
-      response = await fetch(url, {
-        method,
-        headers,
-        body: init.body as BodyInit | undefined,
-        signal: init.signal,
-        // A streamed request body needs half duplex in Node's fetch.
-        ...(init.body !== undefined ? { duplex: "half" } : {}),
-      } as RequestInit);
+      response = await fetch(url, { method, headers: this.headers(init.headers), body: init.body as BodyInit | undefined, signal: init.signal });
     } catch (err) {
-      if (init.signal?.aborted) throw init.signal.reason;
-      const cause = (err as { cause?: { message?: string } }).cause?.message ?? (err as Error).message;
-      throw new SnapshotStoreError(`cannot ${action} at ${this.description}: ${cause} (is ${url.host} reachable? marmot retries)`, {
-        cause: err,
-      });
+      throw this.unreachable(err, url, action, init.signal);
     }
+    return this.checkAccess(response, action);
+  }
+
+  /**
+   * PUT of a local file, streamed. Not with fetch: Node's fetch reads a streamed request body ahead of the
+   * network, and a whole snapshot then ends up in memory; node:http's pipeline waits for the socket.
+   */
+  private async putFile(url: URL, localPath: string, total: number, action: string, options: TransferOptions): Promise<Response> {
+    const send = url.protocol === "https:" ? httpsRequest : httpRequest;
+    let request: ClientRequest | undefined;
+    try {
+      request = send(url, {
+        method: "PUT",
+        headers: this.headers({ "Content-Length": String(total) }),
+        signal: options.signal,
+      });
+      const answered = new Promise<IncomingMessage>((resolve, reject) => {
+        request!.once("response", resolve);
+        request!.once("error", reject);
+      });
+      const sent = pipeline(createReadStream(localPath), progressCounter(options, total), request);
+      // A server may answer (401, say) before it read the whole body, and stop reading it.
+      sent.catch(() => undefined);
+      const answer = await answered;
+      if (answer.statusCode !== undefined && answer.statusCode < 300) await sent;
+      const chunks: Buffer[] = [];
+      for await (const chunk of answer) chunks.push(chunk as Buffer);
+      const status = answer.statusCode ?? 500;
+      return this.checkAccess(new Response(status === 204 ? null : Buffer.concat(chunks), { status, statusText: answer.statusMessage }), action);
+    } catch (err) {
+      request?.destroy();
+      if (err instanceof SnapshotAccessError) throw err;
+      throw this.unreachable(err, url, action, options.signal);
+    }
+  }
+
+  private unreachable(err: unknown, url: URL, action: string, signal?: AbortSignal): unknown {
+    if (signal?.aborted) return signal.reason;
+    const cause = (err as { cause?: { message?: string } }).cause?.message ?? (err as Error).message;
+    return new SnapshotStoreError(`cannot ${action} at ${this.description}: ${cause} (is ${url.host} reachable? marmot retries)`, {
+      cause: err,
+    });
+  }
+
+  private async checkAccess(response: Response, action: string): Promise<Response> {
     if (response.status === 401 || response.status === 403) {
       await response.body?.cancel();
       throw new SnapshotAccessError(
@@ -148,11 +186,11 @@ class WebDavStore implements SnapshotStore {
   }
 
   /** PUT under a temporary name, then MOVE onto `name`: the old object stays until the new one is whole. */
-  private async put(name: string, body: () => unknown, signal?: AbortSignal): Promise<void> {
+  private async put(name: string, send: (temporary: URL, action: string) => Promise<Response>, signal?: AbortSignal): Promise<void> {
     await this.ensureFolder();
     const temporary = this.objectUrl(`${name}.tmp-${randomBytes(6).toString("hex")}`);
     try {
-      const put = await this.request("PUT", temporary, `upload ${name}`, { body: body(), signal });
+      const put = await send(temporary, `upload ${name}`);
       if (!put.ok) throw await this.failure(put, `upload ${name}`);
       await put.body?.cancel();
       const move = await this.request("MOVE", temporary, `rename the upload of ${name}`, {
@@ -180,7 +218,7 @@ class WebDavStore implements SnapshotStore {
 
   async upload(name: string, localPath: string, options?: TransferOptions): Promise<void> {
     const total = statSync(localPath).size;
-    await this.put(name, () => createReadStream(localPath).pipe(progressCounter(options ?? {}, total)), options?.signal);
+    await this.put(name, (temporary, action) => this.putFile(temporary, localPath, total, action, options ?? {}), options?.signal);
     this.logger.debug("snapshot object uploaded", { store: this.description, object: name, bytes: total });
   }
 
@@ -206,7 +244,7 @@ class WebDavStore implements SnapshotStore {
   }
 
   async writeSmall(name: string, content: Uint8Array): Promise<void> {
-    await this.put(name, () => content);
+    await this.put(name, (temporary, action) => this.request("PUT", temporary, action, { body: content }));
   }
 
   async readSmall(name: string): Promise<Uint8Array | null> {
