@@ -6,10 +6,11 @@ import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import type { SnapshotConfig } from "../../src/config/types.js";
-import { ConfigError, SnapshotAccessError } from "../../src/errors.js";
+import { ConfigError, SnapshotAccessError, SnapshotStoreError } from "../../src/errors.js";
 import { silentLogger } from "../../src/log.js";
 import type { SnapshotStore } from "../../src/snapshot/store.js";
 import { createSftpStore } from "../../src/snapshot/stores/sftp.js";
+import { freePort } from "../helpers/ports.js";
 import { useProcessCleanup } from "../helpers/processes.js";
 import { storeConformance } from "../helpers/store-conformance.js";
 import { startSshd, type TestSshServer } from "../helpers/store-servers.js";
@@ -107,6 +108,16 @@ describe("SFTP snapshot store on OpenSSH sshd", () => {
       assert.match(err.message, /refused the login/);
       assert.match(err.message, /\[snapshot\.sftp\] key_file/);
       assert.ok(!err.message.includes("wrong-password"), "the message shows the password");
+      return true;
+    });
+  });
+
+  test("a server nobody listens on is a SnapshotStoreError naming it (worth a retry)", async () => {
+    const closedPort = await freePort();
+    const store = open({ url: `sftp://${server!.user}@127.0.0.1:${closedPort}/tmp` });
+    await assert.rejects(store.readSmall("manifest.json"), (err: Error) => {
+      assert.ok(err instanceof SnapshotStoreError, `${err.name}: ${err.message}`);
+      assert.ok(err.message.includes(`127.0.0.1:${closedPort}`), err.message);
       return true;
     });
   });
