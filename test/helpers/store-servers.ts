@@ -15,6 +15,8 @@ export interface TestStoreServer {
   port: number;
   /** the folder on disk where the server keeps what it is sent */
   dataDir: string;
+  /** what the server printed so far (s3rver logs every request) */
+  output(): string;
   stop(): Promise<void>;
 }
 
@@ -60,7 +62,7 @@ async function startServer(command: string, args: string[], port: number, dataDi
     await stop();
     throw err;
   }
-  return { pid, port, dataDir, stop };
+  return { pid, port, dataDir, output: () => output, stop };
 }
 
 export const S3RVER_BUCKET = "snapshots";
@@ -68,14 +70,14 @@ export const S3RVER_BUCKET = "snapshots";
 export const S3RVER_ACCESS_KEY = "S3RVER";
 export const S3RVER_SECRET = "S3RVER";
 
-/** s3rver (npm) in its own Node process with one bucket. */
+/** s3rver (npm) in its own Node process with one bucket; it logs each request with its method, path and status. */
 export async function startS3rver(): Promise<TestStoreServer> {
   const bin = requireProgram([join(repoRoot, "node_modules", "s3rver", "bin", "s3rver.js")], "(npm) s3rver");
   const port = await freePort();
   const dataDir = tempDir("marmot-s3rver-");
   return startServer(
     process.execPath,
-    [bin, "--directory", dataDir, "--address", "127.0.0.1", "--port", String(port), "--silent", "--configure-bucket", S3RVER_BUCKET],
+    [bin, "--directory", dataDir, "--address", "127.0.0.1", "--port", String(port), "--configure-bucket", S3RVER_BUCKET],
     port,
     dataDir,
   );

@@ -1,6 +1,7 @@
 // The S3 snapshot store against s3rver in its own process: the shared store tests, credentials, a missing bucket.
 
 import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
 import { writeFileSync } from "node:fs";
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
@@ -11,6 +12,7 @@ import { ConfigError, SnapshotAccessError, SnapshotStoreError } from "../../src/
 import { silentLogger } from "../../src/log.js";
 import type { SnapshotStore } from "../../src/snapshot/store.js";
 import { createS3Store } from "../../src/snapshot/stores/s3.js";
+import { waitFor } from "../helpers/marmot.js";
 import { freePort } from "../helpers/ports.js";
 import { useProcessCleanup } from "../helpers/processes.js";
 import { tempDir } from "../helpers/sqlite.js";
@@ -53,6 +55,26 @@ describe("S3 snapshot store on s3rver", () => {
 
   let shared: SnapshotStore | undefined;
   storeConformance({ store: () => (shared ??= open()) });
+
+  test("an aborted multipart upload is aborted on the server too (its parts are dropped)", async () => {
+    const store = open();
+    const file = join(tempDir(), "aborted.db");
+    writeFileSync(file, randomBytes(16 * 1024 * 1024));
+    const abort = new AbortController();
+    const upload = store.upload("snapshot-aborted.db", file, {
+      signal: abort.signal,
+      onProgress: () => abort.abort(new Error("stop")),
+    });
+    await assert.rejects(upload, /stop/);
+    // s3rver logs each request; it does not implement AbortMultipartUpload (it answers 405), but the request
+    // that AWS and MinIO act on must have been sent.
+    await waitFor(
+      () => /cluster-a\/snapshots\/snapshot-aborted\.db\?uploadId=\w+&x-id=AbortMultipartUpload/.test(server!.output()),
+      20_000,
+      () => `no AbortMultipartUpload request in s3rver's log:\n${server!.output().slice(-2000)}`,
+    );
+    assert.equal(await store.readSmall("snapshot-aborted.db"), null, "the aborted upload became an object");
+  });
 
   // s3rver checks that the access key exists but not V4 signatures (its authentication middleware says so), so a
   // wrong secret cannot be caught there. This stand-in answers as S3 does to a bad signature (403,
