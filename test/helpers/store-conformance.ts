@@ -2,10 +2,10 @@
 
 import assert from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";
-import { readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
-import { SnapshotNotFoundError } from "../../src/errors.js";
+import { SnapshotNotFoundError, SnapshotStoreError } from "../../src/errors.js";
 import type { SnapshotStore, TransferProgress } from "../../src/snapshot/store.js";
 import { waitFor } from "./marmot.js";
 import { tempDir } from "./sqlite.js";
@@ -140,4 +140,22 @@ export function storeConformance(subject: StoreUnderTest): void {
     await store.download("snapshot-kept.db", back);
     assert.equal(sha256(readFileSync(back)), sha256(next.bytes));
   });
+
+  if (subject.serverFolder !== undefined) {
+    test("a folder removed behind the store's back is created again: at worst one retryable failure", async () => {
+      const store = subject.store();
+      const file = randomFile(dir, "after-removal.db", 256 * 1024);
+      await store.upload("snapshot-before-removal.db", file.path);
+      rmSync(subject.serverFolder!(), { recursive: true, force: true });
+      try {
+        await store.upload("snapshot-after-removal.db", file.path);
+      } catch (err) {
+        assert.ok(err instanceof SnapshotStoreError, `the first upload after the removal failed with ${String(err)}`);
+        await store.upload("snapshot-after-removal.db", file.path);
+      }
+      const back = join(dir, "after-removal-back.db");
+      await store.download("snapshot-after-removal.db", back);
+      assert.equal(sha256(readFileSync(back)), sha256(file.bytes));
+    });
+  }
 }

@@ -208,7 +208,10 @@ class SftpStore implements SnapshotStore {
   private translate(err: unknown, action: string, name: string): Error {
     if (err instanceof SnapshotStoreError || err instanceof SnapshotAccessError || err instanceof SnapshotNotFoundError) return err;
     const message = (err as Error).message ?? String(err);
-    if (sftpCode(err) === NO_SUCH_FILE) return new SnapshotNotFoundError(`no object ${name} in ${this.description}`, { cause: err });
+    // Only a read can miss its object; a write that meets "no such file" lost its folder, which the next try recreates.
+    if (sftpCode(err) === NO_SUCH_FILE && ["download", "read", "remove"].includes(action)) {
+      return new SnapshotNotFoundError(`no object ${name} in ${this.description}`, { cause: err });
+    }
     if (sftpCode(err) === PERMISSION_DENIED) {
       return new SnapshotAccessError(
         `cannot ${action} ${this.path(name)} on ${this.description}: permission denied; fix the path in [snapshot.sftp] url or the folder's rights for ${this.target.username}`,
@@ -261,6 +264,7 @@ class SftpStore implements SnapshotStore {
       await write(sftp, temporary);
       await this.replace(sftp, temporary, this.path(name));
     } catch (err) {
+      if (sftpCode(err) === NO_SUCH_FILE) this.folderReady = false;
       await call((done) => sftp.unlink(temporary, done)).catch(() => undefined);
       throw err;
     }

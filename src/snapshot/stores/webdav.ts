@@ -191,6 +191,8 @@ class WebDavStore implements SnapshotStore {
     const temporary = this.objectUrl(`${name}.tmp-${randomBytes(6).toString("hex")}`);
     try {
       const put = await send(temporary, `upload ${name}`);
+      // 409: the folder is gone (removed by hand, say); the next try creates it again.
+      if (put.status === 409) this.folderReady = false;
       if (!put.ok) throw await this.failure(put, `upload ${name}`);
       await put.body?.cancel();
       const move = await this.request("MOVE", temporary, `rename the upload of ${name}`, {
