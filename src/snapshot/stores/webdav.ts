@@ -19,6 +19,7 @@ const LOGIN_PARAM = "login";
 const SECRET_PARAM = "secret";
 
 const CLEANUP_RETRY_DELAYS_MS = [1_000, 5_000];
+const IDLE_TIMEOUT_MS = 300_000;
 
 /** A WebDAV store for `[snapshot.webdav] url`; throws ConfigError when the url cannot work. */
 export function createWebDavStore(config: SnapshotConfig["webdav"], logger: Logger): SnapshotStore {
@@ -125,6 +126,8 @@ class WebDavStore implements SnapshotStore {
         headers: this.headers({ "Content-Length": String(total) }),
         signal: options.signal,
       });
+      // As fetch does, give up on a server that goes silent rather than wait forever.
+      request.setTimeout(IDLE_TIMEOUT_MS, () => request!.destroy(new Error(`no answer for ${IDLE_TIMEOUT_MS / 1000} s`)));
       const answered = new Promise<IncomingMessage>((resolve, reject) => {
         request!.once("response", resolve);
         request!.once("error", reject);
