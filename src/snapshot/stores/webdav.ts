@@ -48,8 +48,11 @@ function parseWebDavUrl(text: string): WebDavTarget {
   if (url.protocol !== "http:" && url.protocol !== "https:") {
     throw new ConfigError(`[snapshot.webdav] url must start with http:// or https:// (e.g. "${example}"), not ${url.protocol}//`);
   }
-  const login = url.searchParams.get(LOGIN_PARAM) ?? (url.username === "" ? "" : decodeURIComponent(url.username));
-  const secret = url.searchParams.get(SECRET_PARAM) ?? (url.password === "" ? "" : decodeURIComponent(url.password));
+  const login = url.searchParams.get(LOGIN_PARAM) ?? "";
+  const secret = url.searchParams.get(SECRET_PARAM) ?? "";
+  if (url.username !== "" || url.password !== "") {
+    throw new ConfigError(`[snapshot.webdav] url: put the login and password in its query (...?dir=/snapshots&login=user&secret=pass), not before the host`);
+  }
   if ((login === "") !== (secret === "")) {
     throw new ConfigError(
       `[snapshot.webdav] url has a ${login === "" ? "secret but no login" : "login but no secret"}: give both query parameters (...&login=user&secret=pass), or neither for a server without authentication`,
@@ -63,8 +66,6 @@ function parseWebDavUrl(text: string): WebDavTarget {
   url.searchParams.delete(DIR_PARAM);
   url.searchParams.delete(LOGIN_PARAM);
   url.searchParams.delete(SECRET_PARAM);
-  url.username = "";
-  url.password = "";
   url.hash = "";
   if (!url.pathname.endsWith("/")) url.pathname += "/";
   const authorization = login === "" ? undefined : `Basic ${Buffer.from(`${login}:${secret}`).toString("base64")}`;
