@@ -176,3 +176,50 @@ export async function startSshd(): Promise<TestSshServer> {
     dir,
   };
 }
+
+export const SFTP_PASSWORD_USER = "marmot";
+export const SFTP_PASSWORD = "sftp-pass";
+
+export interface TestPasswordSftpServer extends TestStoreServer {
+  /** the server's public host key, "ssh-ed25519 AAAA..." */
+  hostPublicKey: string;
+  dir: string;
+}
+
+/**
+ * `rclone serve sftp` of a temporary folder with a password login: a second SFTP server, which (without a VFS
+ * cache) takes writes only in order.
+ */
+export async function startRcloneSftp(): Promise<TestPasswordSftpServer> {
+  const rclone = requireProgram(["/usr/bin/rclone"], "rclone");
+  const port = await freePort();
+  const dir = tempDir("marmot-rclone-sftp-");
+  const dataDir = join(dir, "data");
+  mkdirSync(dataDir);
+  sshKeygen(join(dir, "host_key"));
+  writeFileSync(join(dir, "authorized_keys"), "");
+  const server = await startServer(
+    rclone,
+    [
+      "serve",
+      "sftp",
+      dataDir,
+      "--addr",
+      `127.0.0.1:${port}`,
+      "--user",
+      SFTP_PASSWORD_USER,
+      "--pass",
+      SFTP_PASSWORD,
+      "--key",
+      join(dir, "host_key"),
+      "--authorized-keys",
+      join(dir, "authorized_keys"),
+      "--config",
+      "/dev/null",
+    ],
+    port,
+    dataDir,
+  );
+  const hostPublicKey = readFileSync(join(dir, "host_key.pub"), "utf8").trim().split(/\s+/).slice(0, 2).join(" ");
+  return { ...server, hostPublicKey, dir };
+}

@@ -1,4 +1,6 @@
-// The SFTP snapshot store against OpenSSH's sshd: the shared store tests, and host keys checked against known_hosts.
+// The SFTP snapshot store against OpenSSH's sshd (key login; the shared store tests, host keys checked against
+// known_hosts) and rclone's SFTP server (password login; without a cache it refuses pipelined writes, so the
+// store's fallback to one write at a time runs there).
 
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
@@ -13,7 +15,14 @@ import { createSftpStore } from "../../src/snapshot/stores/sftp.js";
 import { freePort } from "../helpers/ports.js";
 import { useProcessCleanup } from "../helpers/processes.js";
 import { storeConformance } from "../helpers/store-conformance.js";
-import { startSshd, type TestSshServer } from "../helpers/store-servers.js";
+import {
+  SFTP_PASSWORD,
+  SFTP_PASSWORD_USER,
+  startRcloneSftp,
+  startSshd,
+  type TestPasswordSftpServer,
+  type TestSshServer,
+} from "../helpers/store-servers.js";
 
 useProcessCleanup();
 
@@ -141,5 +150,47 @@ describe("SFTP snapshot store on OpenSSH sshd", () => {
         return true;
       });
     }
+  });
+});
+
+describe("SFTP snapshot store on rclone serve sftp, with a password", () => {
+  let server: TestPasswordSftpServer | undefined;
+  let knownHosts = "";
+  const opened: SnapshotStore[] = [];
+
+  before(async () => {
+    server = await startRcloneSftp();
+    knownHosts = join(server.dir, "known_hosts");
+    writeFileSync(knownHosts, `[127.0.0.1]:${server.port} ${server.hostPublicKey}\n`);
+  });
+
+  after(async () => {
+    await Promise.all(opened.map((store) => store.close()));
+    await server?.stop();
+  });
+
+  let shared: SnapshotStore | undefined;
+  storeConformance({
+    store: () => {
+      if (shared === undefined) {
+        const url = `sftp://${SFTP_PASSWORD_USER}:${encodeURIComponent(SFTP_PASSWORD)}@127.0.0.1:${server!.port}/snapshots`;
+        shared = createSftpStore({ url, keyFile: "", knownHostsFile: knownHosts }, silentLogger);
+        opened.push(shared);
+      }
+      return shared;
+    },
+    serverFolder: () => join(server!.dataDir, "snapshots"),
+  });
+
+  test("a wrong password is a SnapshotAccessError that does not show the password", async () => {
+    const url = `sftp://${SFTP_PASSWORD_USER}:not-the-password@127.0.0.1:${server!.port}/snapshots`;
+    const store = createSftpStore({ url, keyFile: "", knownHostsFile: knownHosts }, silentLogger);
+    opened.push(store);
+    await assert.rejects(store.readSmall("manifest.json"), (err: Error) => {
+      assert.ok(err instanceof SnapshotAccessError, `${err.name}: ${err.message}`);
+      assert.match(err.message, /refused the login of marmot/);
+      assert.ok(!err.message.includes("not-the-password"), "the message shows the password");
+      return true;
+    });
   });
 });

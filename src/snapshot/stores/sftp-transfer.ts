@@ -8,14 +8,14 @@ import type { TransferOptions } from "../store.js";
 
 /** SFTP servers must accept 32 KB requests; 64 of them in flight hold 2 MB at most. */
 const CHUNK = 32 * 1024;
-const IN_FLIGHT = 64;
+export const PIPELINED = 64;
 
 function call<T = void>(run: (callback: (err: Error | null | undefined, value?: T) => void) => void): Promise<T> {
   return new Promise((resolve, reject) => run((err, value) => (err ? reject(err) : resolve(value as T))));
 }
 
-/** Runs the tasks `next` yields with at most IN_FLIGHT at once; the first failure stops it. */
-async function windowed(next: () => Promise<(() => Promise<void>) | undefined>, signal?: AbortSignal): Promise<void> {
+/** Runs the tasks `next` yields with at most `inFlight` at once; the first failure stops it. */
+async function windowed(next: () => Promise<(() => Promise<void>) | undefined>, inFlight: number, signal?: AbortSignal): Promise<void> {
   const running = new Set<Promise<void>>();
   let failure: unknown;
   for (;;) {
@@ -31,15 +31,25 @@ async function windowed(next: () => Promise<(() => Promise<void>) | undefined>, 
       },
     );
     running.add(run);
-    if (running.size >= IN_FLIGHT) await Promise.race(running);
+    if (running.size >= inFlight) await Promise.race(running);
   }
   await Promise.all(running);
   if (failure !== undefined) throw failure;
   signal?.throwIfAborted();
 }
 
-/** Copies the local file into `remotePath` (created or truncated). */
-export async function sftpUpload(sftp: SFTPWrapper, localPath: string, remotePath: string, total: number, options?: TransferOptions): Promise<void> {
+/**
+ * Copies the local file into `remotePath` (created or truncated), `inFlight` writes at a time: 1 for servers that
+ * take writes only in order (rclone's without a cache, some gateways), which may handle pipelined ones out of order.
+ */
+export async function sftpUpload(
+  sftp: SFTPWrapper,
+  localPath: string,
+  remotePath: string,
+  total: number,
+  inFlight: number,
+  options?: TransferOptions,
+): Promise<void> {
   const handle = await call<Buffer>((done) => sftp.open(remotePath, "w", done));
   const chunks = createReadStream(localPath, { highWaterMark: CHUNK })[Symbol.asyncIterator]();
   let position = 0;
@@ -56,7 +66,7 @@ export async function sftpUpload(sftp: SFTPWrapper, localPath: string, remotePat
         written += chunk.length;
         options?.onProgress?.({ bytes: written, total });
       };
-    }, options?.signal);
+    }, inFlight, options?.signal);
   } finally {
     await chunks.return?.();
     await call((done) => sftp.close(handle, done)).catch(() => undefined);
@@ -90,7 +100,7 @@ export async function sftpDownload(sftp: SFTPWrapper, remotePath: string, localP
         received += length;
         options?.onProgress?.({ bytes: received, total: size });
       };
-    }, options?.signal);
+    }, PIPELINED, options?.signal);
   } finally {
     await local.close();
     await call((done) => sftp.close(handle, done)).catch(() => undefined);

@@ -10,7 +10,7 @@ import { ConfigError, SnapshotAccessError, SnapshotNotFoundError, SnapshotStoreE
 import type { Logger } from "../../log.js";
 import type { SnapshotStore, TransferOptions } from "../store.js";
 import { checkHostKey, knownHostsName, sha256Fingerprint } from "./known-hosts.js";
-import { sftpDownload, sftpUpload } from "./sftp-transfer.js";
+import { PIPELINED, sftpDownload, sftpUpload } from "./sftp-transfer.js";
 
 // ssh2 is CommonJS: Node names only some of its exports for ESM imports.
 const { Client, utils } = ssh2;
@@ -19,6 +19,7 @@ type Client = InstanceType<typeof Client>;
 /** SFTP status codes (draft-ietf-secsh-filexfer) the store tells apart. */
 const NO_SUCH_FILE = 2;
 const PERMISSION_DENIED = 3;
+const FAILURE = 4;
 
 type SftpConfig = SnapshotConfig["sftp"];
 
@@ -104,6 +105,8 @@ class SftpStore implements SnapshotStore {
   private readonly target: SftpTarget;
   private session: Promise<{ client: Client; sftp: SFTPWrapper }> | undefined;
   private folderReady = false;
+  /** set once the server refused pipelined writes */
+  private writesInOrder = false;
 
   constructor(
     config: SftpConfig,
@@ -273,7 +276,29 @@ class SftpStore implements SnapshotStore {
   async upload(name: string, localPath: string, options?: TransferOptions): Promise<void> {
     const total = statSync(localPath).size;
     try {
-      await this.put(name, (sftp, temporary) => sftpUpload(sftp, localPath, temporary, total, options));
+      await this.put(name, async (sftp, temporary) => {
+        if (this.writesInOrder) return sftpUpload(sftp, localPath, temporary, total, 1, options);
+        // Progress starts again at 0 if the upload is sent again one write at a time: report only new highs.
+        let reported = 0;
+        const progress: TransferOptions = {
+          signal: options?.signal,
+          onProgress: (p) => {
+            if (p.bytes > reported) options?.onProgress?.(p);
+            reported = Math.max(reported, p.bytes);
+          },
+        };
+        try {
+          await sftpUpload(sftp, localPath, temporary, total, PIPELINED, progress);
+        } catch (err) {
+          if (options?.signal?.aborted || sftpCode(err) !== FAILURE) throw err;
+          this.logger.info("the SFTP server refused a write of a pipelined upload; sending writes one at a time from now on", {
+            store: this.description,
+            error: (err as Error).message,
+          });
+          this.writesInOrder = true;
+          await sftpUpload(sftp, localPath, temporary, total, 1, progress);
+        }
+      });
       this.logger.debug("snapshot object uploaded", { store: this.description, object: name, bytes: total });
     } catch (err) {
       if (options?.signal?.aborted) throw options.signal.reason;
