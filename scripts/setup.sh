@@ -96,6 +96,10 @@ fi
 command -v sqlite3 >/dev/null 2>&1 || need+=(sqlite3)
 command -v sqldiff >/dev/null 2>&1 || need+=(sqlite3-tools)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# the snapshot store tests' servers: rclone's WebDAV server, OpenSSH's sshd, ssh-keygen and ssh-keyscan
+command -v rclone >/dev/null 2>&1 || need+=(rclone)
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v ssh-keyscan >/dev/null 2>&1 || need+=(openssh-client)
 # ip netns, for the partition test (it needs root, and is skipped without)
 [ "$(id -u)" -eq 0 ] && ! command -v ip >/dev/null 2>&1 && need+=(iproute2)
 if [ ${#need[@]} -gt 0 ]; then

@@ -8,7 +8,7 @@ import { defaultConfig, defaultSeqMapPath } from "./defaults.js";
 import { deriveNodeId, NODE_ID_RULE, readNodeId } from "./node-id.js";
 import { describe, Problems, TableReader } from "./reader.js";
 import type { Config, SnapshotStoreKind } from "./types.js";
-import { checkNatsFiles, listenAddressProblem, natsNameProblem, natsUrlProblem } from "./validate.js";
+import { checkNatsFiles, checkSnapshotStoreKeys, listenAddressProblem, natsNameProblem, natsUrlProblem } from "./validate.js";
 
 export interface LoadedConfig {
   config: Config;
@@ -168,6 +168,7 @@ function readConfig(root: TableReader, problems: Problems, file: string): Config
     },
   };
   checkNatsFiles(config.nats, problems);
+  checkSnapshotStoreKeys(config.snapshot, problems);
   return config;
 }
 

@@ -5,7 +5,7 @@ import { dirname } from "node:path";
 import { ConfigError } from "../errors.js";
 import { isUrlWithScheme, parseHostPort } from "./address.js";
 import type { Problems } from "./reader.js";
-import type { NatsConfig } from "./types.js";
+import type { NatsConfig, SnapshotConfig } from "./types.js";
 
 const SQLITE_HEADER = Buffer.from("SQLite format 3\0", "latin1");
 
@@ -111,5 +111,21 @@ export function checkDatabaseFile(dbPath: string): void {
     throw new ConfigError(
       `db_path ${dbPath} is not a SQLite database (bad header): check that db_path names the database file itself`,
     );
+  }
+}
+
+/**
+ * The key the chosen snapshot store cannot do without, so that a missing one stops marmot at start; the store
+ * checks the rest (credentials, key files) when it opens.
+ */
+export function checkSnapshotStoreKeys(snapshot: SnapshotConfig, problems: Problems): void {
+  if (snapshot.store === "s3" && snapshot.s3.bucket === "") {
+    problems.error("snapshot.s3.bucket", 'is empty: name the bucket that holds the snapshots (store = "s3")');
+  }
+  if (snapshot.store === "webdav" && !isUrlWithScheme(snapshot.webdav.url, ["http", "https"])) {
+    problems.error("snapshot.webdav.url", 'must be the server\'s address, e.g. "https://host/path?dir=/snapshots&login=user&secret=pass" (store = "webdav")');
+  }
+  if (snapshot.store === "sftp" && !isUrlWithScheme(snapshot.sftp.url, ["sftp"])) {
+    problems.error("snapshot.sftp.url", 'must be "sftp://user[:password]@host[:port]/path", e.g. "sftp://marmot@backup.example.com/srv/snapshots" (store = "sftp")');
   }
 }

@@ -7,6 +7,9 @@ import type { Logger } from "../log.js";
 import type { SnapshotStore } from "./store.js";
 import { FileSnapshotStore } from "./stores/file.js";
 import { defaultSnapshotBucket, NatsSnapshotStore } from "./stores/nats.js";
+import { createS3Store } from "./stores/s3.js";
+import { createSftpStore } from "./stores/sftp.js";
+import { createWebDavStore } from "./stores/webdav.js";
 
 export interface SnapshotStoreDeps {
   /** marmot's NATS connection; the nats store needs it */
@@ -24,10 +27,11 @@ export function openSnapshotStore(config: Config, deps: SnapshotStoreDeps): Snap
     }
     case "file":
       return new FileSnapshotStore(snapshot.file.path);
-    // The s3, webdav and sftp stores (src/snapshot/stores/{s3,webdav,sftp}.ts) are wired in here.
     case "s3":
+      return createS3Store(snapshot.s3, deps.logger);
     case "webdav":
+      return createWebDavStore(snapshot.webdav, deps.logger);
     case "sftp":
-      throw new ConfigError(`[snapshot] store "${snapshot.store}" is not available in this version of marmot; use "nats" or "file"`);
+      return createSftpStore(snapshot.sftp, deps.logger);
   }
 }

@@ -272,3 +272,28 @@ export class TestCluster {
 export function tableDiff(a: string, b: string, table: string): string {
   return execFileSync("sqldiff", ["--primarykey", "--table", table, a, b], { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
 }
+
+export interface MarmotRun {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs bin/marmot with `args` to its exit (a one-shot command such as -save-snapshot); killed by pid after timeoutMs. */
+export async function runMarmotCommand(args: string[], timeoutMs = 60_000): Promise<MarmotRun> {
+  const child = spawnTracked(process.execPath, [marmotBin, ...args], { cwd: repoRoot, stdio: ["ignore", "pipe", "pipe"] });
+  let stdout = "";
+  let stderr = "";
+  child.stdout!.on("data", (chunk: Buffer) => (stdout += chunk.toString("utf8")));
+  child.stderr!.on("data", (chunk: Buffer) => (stderr += chunk.toString("utf8")));
+  const closed = new Promise<number | null>((resolve) => child.once("close", (code) => resolve(code)));
+  let timer: NodeJS.Timeout | undefined;
+  const timedOut = new Promise<"timeout">((resolve) => (timer = setTimeout(() => resolve("timeout"), timeoutMs)));
+  const result = await Promise.race([closed, timedOut]).finally(() => clearTimeout(timer));
+  if (result === "timeout") {
+    await killPid(child.pid!, 0);
+    throw new Error(`marmot ${args.join(" ")} did not exit within ${timeoutMs} ms:\n${stdout}${stderr}`);
+  }
+  untrackPid(child.pid!);
+  return { code: result, stdout, stderr };
+}

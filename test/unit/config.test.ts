@@ -418,3 +418,16 @@ test("[tables] include and exclude name the tables to capture", () => {
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+describe("the chosen snapshot store's required key", () => {
+  test("a missing bucket, webdav url or sftp url stops loading, naming the key", () => {
+    assert.match(configError('[snapshot]\nstore = "s3"\n[snapshot.s3]\nendpoint = "minio:9000"\n'), /snapshot\.s3\.bucket is empty/);
+    assert.match(configError('[snapshot]\nstore = "webdav"\n'), /snapshot\.webdav\.url must be the server's address/);
+    assert.match(configError('[snapshot]\nstore = "sftp"\n[snapshot.sftp]\nurl = "backup:/srv"\n'), /snapshot\.sftp\.url must be "sftp:\/\//);
+  });
+
+  test("keys of a store that is not chosen are not required", () => {
+    const loaded = loadConfig(writeConfig('[snapshot]\nstore = "sftp"\n[snapshot.sftp]\nurl = "sftp://marmot@backup/srv"\n'));
+    assert.equal(loaded.config.snapshot.sftp.url, "sftp://marmot@backup/srv");
+  });
+});
