@@ -80,5 +80,7 @@ function toTomlValue(value: SettingValue, key: string, source: string): TomlValu
   if (Array.isArray(value)) return value.map((v) => toTomlValue(v, key, source));
   if (typeof value === "object" && value !== null) return toToml(value, key, source);
   if (typeof value === "string" || typeof value === "bigint" || typeof value === "boolean") return value;
-  throw new ConfigError(`${source}: ${key} is ${value === null ? "null" : typeof value}, which config.toml cannot hold: give a string, number, boolean, array or section`);
+  throw new ConfigError(
+    `${source}: ${key} is ${value === null ? "null" : typeof value}, which config.toml cannot hold: give a string, number, boolean, array or section`,
+  );
 }

@@ -70,7 +70,13 @@ describe("marmot as a library", () => {
     const app = new App(
       spawnTracked(
         process.execPath,
-        [join(repoRoot, "test", "fixtures", "embedded-app.mjs"), appNode.spec.configPath, appNode.spec.dbPath, flag("-cluster-addr"), flag("-cluster-peers")],
+        [
+          join(repoRoot, "test", "fixtures", "embedded-app.mjs"),
+          appNode.spec.configPath,
+          appNode.spec.dbPath,
+          flag("-cluster-addr"),
+          flag("-cluster-peers"),
+        ],
         { cwd: repoRoot },
       ),
     );
@@ -81,7 +87,11 @@ describe("marmot as a library", () => {
       if (app.child.exitCode === null) app.child.kill("SIGKILL");
       if (natsPid !== undefined) await waitForExit(natsPid, 10_000);
     });
-    await waitFor(() => existsSync(pidFile), 90_000, () => `the app's nats-server to start; the app logged:\n${app.output}`);
+    await waitFor(
+      () => existsSync(pidFile),
+      90_000,
+      () => `the app's nats-server to start; the app logged:\n${app.output}`,
+    );
     natsPid = Number(readFileSync(pidFile, "utf8").trim());
     trackPid(natsPid);
 

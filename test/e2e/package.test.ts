@@ -14,7 +14,12 @@ after(removeTempDirs);
 const version = (JSON.parse(readFileSync(join(repoRoot, "package.json"), "utf8")) as { version: string }).version;
 
 function run(command: string, args: string[], options: { cwd: string; env?: NodeJS.ProcessEnv; timeoutMs?: number }) {
-  const result = spawnSync(command, args, { encoding: "utf8", cwd: options.cwd, env: options.env ?? process.env, timeout: options.timeoutMs ?? 60_000 });
+  const result = spawnSync(command, args, {
+    encoding: "utf8",
+    cwd: options.cwd,
+    env: options.env ?? process.env,
+    timeout: options.timeoutMs ?? 60_000,
+  });
   return { status: result.status, out: `${result.stdout ?? ""}${result.stderr ?? ""}${result.error ? String(result.error) : ""}` };
 }
 
@@ -66,7 +71,9 @@ describe("the npm package", () => {
     const app = join(elsewhere, "app.mjs");
     writeFileSync(app, 'import { startMarmot, ConfigError } from "marmot-ts";\nconsole.log(typeof startMarmot, ConfigError.name);\n');
     mkdirSync(join(elsewhere, "node_modules"));
-    const linked = run("ln", ["-s", join(prefix, "lib", "node_modules", "marmot-ts"), join(elsewhere, "node_modules", "marmot-ts")], { cwd: elsewhere });
+    const linked = run("ln", ["-s", join(prefix, "lib", "node_modules", "marmot-ts"), join(elsewhere, "node_modules", "marmot-ts")], {
+      cwd: elsewhere,
+    });
     assert.equal(linked.status, 0, linked.out);
     const imported = run(process.execPath, [app], { cwd: elsewhere, env });
     assert.equal(imported.out.trim(), "function ConfigError", imported.out);
