@@ -172,19 +172,40 @@ function readConfig(root: TableReader, problems: Problems, file: string): Config
   return config;
 }
 
+/** Settings shaped like config.toml (its keys and sections) laid over the file's: from a program embedding marmot. */
+export interface ConfigOverrides {
+  table: TomlTable;
+  /** names them in error messages, as a file name would */
+  source: string;
+}
+
+/** `over` on top of `base`: sections merge key by key, any other value replaces the base's. */
+function overlay(base: TomlTable, over: TomlTable): TomlTable {
+  const isSection = (v: unknown): v is TomlTable => typeof v === "object" && v !== null && !Array.isArray(v) && !(v instanceof Date);
+  const merged: TomlTable = { ...base };
+  for (const [key, value] of Object.entries(over)) {
+    const below = merged[key];
+    merged[key] = isSection(value) && isSection(below) ? overlay(below, value) : value;
+  }
+  return merged;
+}
+
 /**
  * Loads the config file at `path`, or the defaults when there is none ("" counts as none, as an unset
  * -config flag does). Throws ConfigError listing every problem, one a line, each naming the file and the dotted key.
  */
-export function loadConfig(path: string | undefined): LoadedConfig {
-  if (path === undefined || path === "") {
+export function loadConfig(path: string | undefined, overrides?: ConfigOverrides): LoadedConfig {
+  const noFile = path === undefined || path === "";
+  if (noFile && overrides === undefined) {
     const config = defaultConfig();
     config.nodeId = deriveNodeId();
     return { config, warnings: [] };
   }
-  const file = resolve(path);
-  const table = parseToml(readFile(file), file);
-  const problems = new Problems(file);
+  const file = noFile ? "" : resolve(path);
+  let table = noFile ? {} : parseToml(readFile(file), file);
+  if (overrides !== undefined) table = overlay(table, overrides.table);
+  const source = overrides === undefined ? file : noFile ? overrides.source : `${file} (with ${overrides.source})`;
+  const problems = new Problems(source);
   const config = readConfig(new TableReader(table, "", problems), problems, file);
   if (problems.errors.length > 0) throw new ConfigError(problems.errors.join("\n"));
   problems.warnUnknownKeys();

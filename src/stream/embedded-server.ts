@@ -8,6 +8,7 @@ import { ConfigError, ServerError } from "../errors.js";
 import type { Logger } from "../log.js";
 import { readServerInfo } from "./connect.js";
 import { findNatsServer } from "./nats-binary.js";
+import { isProcessAlive, processCommandLine } from "./process-check.js";
 
 export interface EmbeddedServerOptions {
   /** unique in the cluster, e.g. "marmot-node-1" (JetStream clustering needs it) */
@@ -301,13 +302,9 @@ export function runningServerPid(storeDir: string): number | undefined {
   } catch {
     return undefined;
   }
-  if (!Number.isInteger(pid) || pid <= 1 || pid === process.pid || !isAlive(pid)) return undefined;
-  try {
-    const argv = readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0");
-    return argv.some((arg) => arg.includes("nats-server")) && argv.includes(join(dir, CONFIG_FILE)) ? pid : undefined;
-  } catch {
-    return undefined;
-  }
+  if (!Number.isInteger(pid) || pid <= 1 || pid === process.pid || !isProcessAlive(pid)) return undefined;
+  const command = processCommandLine(pid);
+  return command?.includes("nats-server") && command.includes(join(dir, CONFIG_FILE)) ? pid : undefined;
 }
 
 async function killOrphanedServer(pidFile: string, configPath: string, logger: Logger): Promise<void> {
@@ -317,18 +314,16 @@ async function killOrphanedServer(pidFile: string, configPath: string, logger: L
   } catch {
     return;
   }
-  if (!Number.isInteger(pid) || pid <= 1 || pid === process.pid || !isAlive(pid)) {
+  if (!Number.isInteger(pid) || pid <= 1 || pid === process.pid || !isProcessAlive(pid)) {
     rmSync(pidFile, { force: true });
     return;
   }
-  let argv: string[];
-  try {
-    argv = readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0");
-  } catch {
+  const command = processCommandLine(pid);
+  if (command === undefined) {
     return;
   }
   // The pid may have been reused: only a nats-server running our config file is ours to kill.
-  if (!argv.some((arg) => arg.includes("nats-server")) || !argv.includes(configPath)) {
+  if (!command.includes("nats-server") || !command.includes(configPath)) {
     logger.debug("pid file names a process that is not our nats-server; ignoring it", { pid, pidFile });
     rmSync(pidFile, { force: true });
     return;
@@ -447,25 +442,9 @@ class OutputTail {
   }
 }
 
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === "EPERM";
-  }
-  // An orphan's zombie lingers where PID 1 does not reap (some containers): it counts as dead.
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    const state = stat.charAt(stat.lastIndexOf(")") + 2);
-    return state !== "Z" && state !== "X";
-  } catch {
-    return false;
-  }
-}
-
 async function waitForDeath(pid: number, timeoutMs: number): Promise<boolean> {
   const deadline = Date.now() + timeoutMs;
-  while (isAlive(pid)) {
+  while (isProcessAlive(pid)) {
     if (Date.now() >= deadline) {
       return false;
     }

@@ -1,8 +1,8 @@
 // A registry of every process a test file starts, so none outlives the file, even when a test fails.
 
 import { spawn, type ChildProcess, type SpawnOptions } from "node:child_process";
-import { readFileSync } from "node:fs";
 import { after } from "node:test";
+import { isProcessAlive } from "../../src/stream/process-check.js";
 
 const trackedPids = new Set<number>();
 let cleanupInstalled = false;
@@ -29,22 +29,9 @@ export function untrackPid(pid: number): void {
   trackedPids.delete(pid);
 }
 
-/** True while the process exists and is not a zombie waiting to be reaped. */
+/** True while the process exists and is not a zombie waiting to be reaped (marmot's own check). */
 export function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-  } catch (err) {
-    // EPERM: it exists but belongs to someone else.
-    return (err as NodeJS.ErrnoException).code === "EPERM";
-  }
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    // The state letter follows the command name in parentheses, which may itself contain spaces.
-    const state = stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3);
-    return state !== "Z" && state !== "X";
-  } catch {
-    return false;
-  }
+  return isProcessAlive(pid);
 }
 
 /** Resolves true once the pid is gone, false if it is still alive after timeoutMs. */
