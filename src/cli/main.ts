@@ -1,6 +1,5 @@
 // The marmot executable: parse flags, load the config, and run the chosen command.
 
-import { readFileSync } from "node:fs";
 import { ConfigError } from "../errors.js";
 import { loadConfig } from "../config/load.js";
 import { checkDatabaseFile } from "../config/validate.js";
@@ -9,11 +8,7 @@ import { parseArgs } from "./args.js";
 import { cleanupCommand } from "./cleanup.js";
 import { runCommand } from "./run.js";
 import { usage } from "./usage.js";
-
-function version(): string {
-  const pkg = JSON.parse(readFileSync(new URL("../../../package.json", import.meta.url), "utf8")) as { version: string };
-  return pkg.version;
-}
+import { marmotVersion } from "../version.js";
 
 export async function main(argv: string[]): Promise<number> {
   let cli;
@@ -25,7 +20,7 @@ export async function main(argv: string[]): Promise<number> {
       return 0;
     }
     if (cli.version) {
-      process.stdout.write(`marmot ${version()}\n`);
+      process.stdout.write(`marmot ${marmotVersion()}\n`);
       return 0;
     }
     loaded = loadConfig(cli.configPath || undefined);
