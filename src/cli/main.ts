@@ -6,6 +6,8 @@ import { checkDatabaseFile } from "../config/validate.js";
 import { createLogger } from "../logger.js";
 import { parseArgs } from "./args.js";
 import { cleanupCommand } from "./cleanup.js";
+import { parkedCommand } from "./parked.js";
+import { statusCommand } from "./status.js";
 import { runCommand } from "./run.js";
 import { usage } from "./usage.js";
 import { marmotVersion } from "../version.js";
@@ -37,6 +39,8 @@ export async function main(argv: string[]): Promise<number> {
   for (const w of warnings) logger.warn(w);
   try {
     if (cli.cleanup) return cleanupCommand(config, logger);
+    if (cli.status) return await statusCommand(config, logger);
+    if (cli.parked) return await parkedCommand(config, cli, logger);
     if (cli.saveSnapshot) {
       logger.error("-save-snapshot: snapshots are not available in this version of marmot yet");
       return 2;

@@ -363,6 +363,22 @@ async function waitUntilReady(opts: {
   throw new Error(`it was not ready within ${opts.timeoutMs / 1000} s (${lastProblem})`);
 }
 
+/**
+ * The client URL of the embedded server a running marmot started with this store dir, for commands that read the
+ * cluster without running a node (marmot -status); undefined when no server runs there.
+ */
+export function runningServerUrl(storeDir: string, bindAddress: string): string | undefined {
+  let pid: number;
+  try {
+    pid = Number.parseInt(readFileSync(join(storeDir, PID_FILE), "utf8").trim(), 10);
+  } catch {
+    return undefined;
+  }
+  if (!Number.isInteger(pid) || pid <= 1 || !isAlive(pid)) return undefined;
+  const urls = readClientUrls(storeDir, pid);
+  return urls === undefined ? undefined : pickClientUrl(urls, parseHostPort(bindAddress || DEFAULT_BIND, "[nats] bind_address").host);
+}
+
 /** nats-server writes <exe>_<pid>.ports, JSON with the client URLs, once its listeners are up. */
 function readClientUrls(storeDir: string, pid: number): string[] | undefined {
   const name = readdirSync(storeDir).find((n) => n.endsWith(`_${pid}.ports`));
