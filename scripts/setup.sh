@@ -96,6 +96,8 @@ fi
 command -v sqlite3 >/dev/null 2>&1 || need+=(sqlite3)
 command -v sqldiff >/dev/null 2>&1 || need+=(sqlite3-tools)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# Debian's chromium, for the status page test (driven by playwright-core; nothing downloads a browser)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 # ip netns, for the partition test (it needs root, and is skipped without)
 [ "$(id -u)" -eq 0 ] && ! command -v ip >/dev/null 2>&1 && need+=(iproute2)
 if [ ${#need[@]} -gt 0 ]; then

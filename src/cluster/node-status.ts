@@ -177,7 +177,8 @@ export class NodeStatusTracker {
       id: this.config.nodeId,
       version: this.version,
       state: this.state(),
-      reason: readiness.ready ? "" : readiness.reason,
+      // A stopped node is not waiting for anything: no reason to show.
+      reason: readiness.ready || this.stopping ? "" : readiness.reason,
       lastSeen: Date.now(),
       startedAt: this.startedAt,
       pendingChanges: this.safeCount(() => this.counts.pendingChanges()),

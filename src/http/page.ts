@@ -29,8 +29,9 @@ td.num, th.num { text-align:right; }
 .bad { color:var(--bad); font-weight:600; } .ok { color:var(--ok); }
 .scroll { overflow-x:auto; }
 #banner { display:none; background:var(--bad); color:#fff; padding:8px 18px; }
-.plot { width:100%; height:140px; display:block; }
-.legend { font-size:12px; color:var(--muted); display:flex; gap:14px; flex-wrap:wrap; }
+.plot { width:100%; height:140px; display:block; margin-top:6px; }
+.legend { font-size:12px; color:var(--muted); display:flex; gap:4px 14px; flex-wrap:wrap; }
+.legend b { color:var(--ink); font-weight:600; }
 .legend i { display:inline-block; width:10px; height:3px; vertical-align:middle; margin-right:4px; }
 @media (max-width:520px) { main { padding:10px; } header { padding:10px; } .grid { grid-template-columns:1fr; } }
 `;
@@ -73,16 +74,21 @@ function natsCard(nats) {
     '<div class="scroll"><table><tr><th>stream</th><th>leader</th><th>replicas</th><th class="num">messages</th></tr>' + streams + '</table></div></section>';
 }
 
-function plot(history, key, color) {
+/** Lines over time on one scale; labels stay in HTML, since the SVG is stretched to the card's width. */
+function plot(history, series) {
   const w = 600, h = 140, pad = 4;
-  if (history.length < 2) return '<svg class="plot" viewBox="0 0 ' + w + ' ' + h + '"><text x="8" y="20" fill="#66707c" font-size="12">collecting\\u2026</text></svg>';
-  const t0 = history[0].at, t1 = history[history.length - 1].at, span = Math.max(t1 - t0, 1);
-  const max = Math.max(1, ...history.map((p) => p[key]));
-  const pts = history.map((p) => ((p.at - t0) / span * (w - 2 * pad) + pad).toFixed(1) + "," + (h - pad - p[key] / max * (h - 2 * pad - 14)).toFixed(1)).join(" ");
-  return '<svg class="plot" viewBox="0 0 ' + w + ' ' + h + '" preserveAspectRatio="none" role="img">' +
-    '<line x1="0" y1="' + (h - pad) + '" x2="' + w + '" y2="' + (h - pad) + '" stroke="#e2e5ea"/>' +
-    '<polyline fill="none" stroke="' + color + '" stroke-width="2" vector-effect="non-scaling-stroke" points="' + pts + '"/>' +
-    '<text x="' + (w - 6) + '" y="14" text-anchor="end" fill="#66707c" font-size="12">max ' + max + '</text></svg>';
+  if (history.length < 2) return '<svg class="plot" viewBox="0 0 ' + w + ' ' + h + '" preserveAspectRatio="none"></svg><div class="legend">collecting\u2026</div>';
+  const t0 = history[0].at, span = Math.max(history[history.length - 1].at - t0, 1);
+  const max = Math.max(1, ...history.flatMap((p) => series.map((s) => p[s.key])));
+  const line = (s, i) => '<polyline fill="none" stroke="' + s.color + '" stroke-width="2"' + (i > 0 ? ' stroke-dasharray="6 4"' : '') + ' vector-effect="non-scaling-stroke" points="' +
+    history.map((p) => ((p.at - t0) / span * (w - 2 * pad) + pad).toFixed(1) + "," + (h - pad - p[s.key] / max * (h - 2 * pad)).toFixed(1)).join(" ") + '"/>';
+  const last = history[history.length - 1];
+  const minutes = Math.round(span / 60000);
+  return '<div class="legend">' + series.map((s) => '<span><i style="background:' + s.color + '"></i>' + esc(s.label) + ': <b>' + last[s.key] + '</b> now</span>').join("") +
+    '<span>scale 0\u2013' + max + ', last ' + (minutes < 1 ? "minute" : minutes + " min") + '</span></div>' +
+    '<svg class="plot" viewBox="0 0 ' + w + ' ' + h + '" preserveAspectRatio="none" role="img">' +
+    '<line x1="0" y1="' + (h - pad) + '" x2="' + w + '" y2="' + (h - pad) + '" stroke="#e2e5ea" vector-effect="non-scaling-stroke"/>' +
+    series.map(line).join("") + '</svg>';
 }
 
 function render(st) {
@@ -95,11 +101,11 @@ function render(st) {
   summary.className = notReady.length === 0 && parked === 0 ? "ok" : "bad";
   $("nodes").innerHTML = st.nodes.map((n) => nodeCard(n, now)).join("");
   $("nats").innerHTML = natsCard(st.nats);
-  const minutes = st.history.length > 1 ? Math.round((st.history[st.history.length - 1].at - st.history[0].at) / 60000) : 0;
-  $("plots").innerHTML = '<section class="card"><div class="legend"><span><i style="background:#cf222e"></i>lag on node ' + esc(st.self) +
-    ' (messages not applied yet)</span><span>last ' + (minutes || "<1") + ' min</span></div>' + plot(st.history, "lag", "#cf222e") + '</section>' +
-    '<section class="card"><div class="legend"><span><i style="background:#0969da"></i>applied/s</span><span><i style="background:#1a7f37"></i>published/s</span></div>' +
-    plot(st.history, "appliedPerSecond", "#0969da") + plot(st.history, "publishedPerSecond", "#1a7f37") + '</section>';
+  $("plots").innerHTML =
+    '<section class="card"><h3>lag on node ' + esc(st.self) + '</h3>' +
+    plot(st.history, [{ key: "lag", color: "#cf222e", label: "messages not applied yet" }]) + '</section>' +
+    '<section class="card"><h3>throughput on node ' + esc(st.self) + '</h3>' +
+    plot(st.history, [{ key: "appliedPerSecond", color: "#0969da", label: "applied/s" }, { key: "publishedPerSecond", color: "#1a7f37", label: "published/s" }]) + '</section>';
   $("updated").textContent = "node " + st.self + " \\u00b7 updated " + new Date(now).toLocaleTimeString();
 }
 
