@@ -6,6 +6,7 @@ import type { NatsConnection } from "@nats-io/transport-node";
 import { readHeartbeats } from "../cluster/membership.js";
 import { readNatsHealth } from "../cluster/nats-health.js";
 import { clusterProblems, observed, type ClusterStatus, type NatsHealth, type NodeStatus } from "../cluster/status-model.js";
+import { parseHostPort } from "../config/address.js";
 import type { Config } from "../config/types.js";
 import type { Logger } from "../log.js";
 import { embeddedStoreDir } from "../node.js";
@@ -29,6 +30,9 @@ function natsServers(config: Config): string[] | string {
   const storeDir = embeddedStoreDir(config);
   const url = runningServerUrl(storeDir, config.nats.bindAddress);
   if (url !== undefined) return [url];
+  // A fixed client port: the server may run from elsewhere (a store dir moved, a wrapper); worth a try.
+  const bind = parseHostPort(config.nats.bindAddress, { anyPort: true });
+  if (bind !== undefined && bind.port > 0) return [`nats://${["", "0.0.0.0", "[::]"].includes(bind.host) ? "127.0.0.1" : bind.host}:${bind.port}`];
   return (
     `no NATS server to ask: this config uses the embedded nats-server, and none runs from ${storeDir} ` +
     `(is marmot running with this config, node ${config.nodeId}?). Start it, or set [nats] urls to reach the cluster's servers`
@@ -53,7 +57,8 @@ export async function statusCommand(config: Config, logger: Logger, out: NodeJS.
       signal: AbortSignal.timeout(CONNECT_TIMEOUT_MS),
     });
   } catch (err) {
-    logger.error(`cannot reach NATS at ${servers.join(", ")} within ${CONNECT_TIMEOUT_MS / 1000} s: ${(err as Error).message}`);
+    const hint = config.nats.urls.length === 0 ? ` (the embedded server of node ${config.nodeId}: is marmot running with this config?)` : "";
+    logger.error(`cannot reach NATS at ${servers.join(", ")}${hint} within ${CONNECT_TIMEOUT_MS / 1000} s: ${(err as Error).message}`);
     return STATUS_NO_NATS;
   }
   try {

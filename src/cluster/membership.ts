@@ -28,12 +28,15 @@ export class HeartbeatWriter {
     private readonly key: string,
   ) {}
 
-  /** `replicas` must be at most the servers JetStream has: the node passes its streams' replica count, placed already. */
-  static async open(nc: NatsConnection, config: Config): Promise<HeartbeatWriter> {
+  /**
+   * `replicas` must be at most the servers JetStream has: the node passes the replica count of its streams, which
+   * JetStream has placed already. An existing bucket is used as it is.
+   */
+  static async open(nc: NatsConnection, config: Config, replicas: number): Promise<HeartbeatWriter> {
     const kv = await new Kvm(nc).create(membershipBucket(config), {
       history: 1,
       ttl: HEARTBEAT_KEEP_MS,
-      replicas: config.replicationLog.replicas,
+      replicas,
       description: "marmot: one heartbeat per node, its status as JSON",
     });
     return new HeartbeatWriter(kv, heartbeatKey(config.nodeId));
@@ -46,10 +49,10 @@ export class HeartbeatWriter {
 
 /** Every heartbeat in the bucket, by node id; an empty list when the bucket does not exist (no node ran yet). */
 export async function readHeartbeats(nc: NatsConnection, config: Pick<Config, "nats">): Promise<NodeStatus[]> {
-  const kv = await new Kvm(nc).open(membershipBucket(config));
-  let keys: string[];
+  let kv: KV;
+  const keys: string[] = [];
   try {
-    keys = [];
+    kv = await new Kvm(nc).open(membershipBucket(config));
     for await (const key of await kv.keys()) keys.push(key);
   } catch (err) {
     if (/stream not found|bucket not found|not found/i.test((err as Error).message ?? "")) return [];

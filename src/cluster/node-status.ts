@@ -8,7 +8,7 @@ import type { Logger } from "../log.js";
 import type { Metrics } from "../metrics.js";
 import { orAbort, sleep } from "../sleep.js";
 import type { ShardStream } from "../stream/streams.js";
-import { HeartbeatWriter, readHeartbeats } from "./membership.js";
+import { HeartbeatWriter, membershipBucket, readHeartbeats } from "./membership.js";
 import { disconnectedHealth, readNatsHealth } from "./nats-health.js";
 import {
   HEARTBEAT_INTERVAL_MS,
@@ -68,6 +68,8 @@ export class NodeStatusTracker {
   private streams: readonly ShardStream[] = [];
   private shards: ShardEntry[] = [];
   private writer: HeartbeatWriter | undefined;
+  private heartbeatReplicas = 1;
+  private heartbeatFailing = false;
   /** why NATS is not usable now, "" when it is */
   private natsProblem = "";
   private others: NodeStatus[] = [];
@@ -125,6 +127,8 @@ export class NodeStatusTracker {
       const target = await progress.streamEnd();
       this.shards.push({ shard: shardOf.get(progress.stream) ?? 0, progress, target, lastSeq: target });
     }
+    const first = streams[0];
+    this.heartbeatReplicas = first ? ((await jsm.streams.info(first.stream)).config.num_replicas ?? 1) : 1;
     this.watchConnection(nc);
     this.attached = true;
     this.checkCaughtUp();
@@ -244,11 +248,19 @@ export class NodeStatusTracker {
     this.checkCaughtUp();
     const nc = this.nc;
     try {
-      this.writer ??= await call(HeartbeatWriter.open(nc, this.config));
+      this.writer ??= await call(HeartbeatWriter.open(nc, this.config, this.heartbeatReplicas));
       await call(this.writer.write(this.selfStatus()));
+      if (this.heartbeatFailing) this.logger.info("writing this node's heartbeat again");
+      this.heartbeatFailing = false;
     } catch (err) {
       if (signal.aborted) return;
-      this.logger.debug("could not write the heartbeat", { reason: (err as Error).message });
+      // Once per outage: the other nodes show this one unreachable meanwhile.
+      const level = this.heartbeatFailing ? "debug" : "warn";
+      this.heartbeatFailing = true;
+      this.logger[level]("could not write this node's heartbeat; the others show it unreachable until it can; trying every heartbeat", {
+        bucket: membershipBucket(this.config),
+        reason: (err as Error).message,
+      });
     }
     try {
       this.others = await call(readHeartbeats(nc, this.config));
