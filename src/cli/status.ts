@@ -119,7 +119,10 @@ function render(status: ClusterStatus, problems: string[], now: number): string 
 }
 
 function renderNats(nats: NatsHealth): string {
-  const head = `NATS: connected to ${nats.serverName || "?"} (${nats.server}); meta leader: ${nats.metaLeader ?? "not visible to this account (the servers' /jsz shows it)"}\n`;
+  const leader =
+    nats.metaLeader ??
+    (nats.jetstreamAnswering === true ? "elected (name not visible to this account; the servers' /jsz shows it)" : nats.jetstreamAnswering === false ? "none: JetStream does not answer" : "unknown");
+  const head = `NATS: connected to ${nats.serverName || "?"} (${nats.server}); meta leader: ${leader}\n`;
   const streams = formatTable(
     ["STREAM", "LEADER", "REPLICAS", "MESSAGES"],
     nats.streams.map((s) => [

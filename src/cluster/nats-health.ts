@@ -11,8 +11,16 @@ export async function readNatsHealth(nc: NatsConnection, jsm: JetStreamManager, 
     server: nc.getServer(),
     serverName: nc.info?.server_name ?? "",
     metaLeader: null,
+    jetstreamAnswering: null,
     streams: [],
   };
+  try {
+    await jsm.getAccountInfo();
+    health.jetstreamAnswering = true;
+  } catch (err) {
+    health.jetstreamAnswering = false;
+    health.error = `JetStream does not answer (no meta leader?): ${(err as Error).message}`;
+  }
   for (const { stream } of streams) health.streams.push(await streamHealth(jsm, stream));
   return health;
 }
@@ -34,5 +42,5 @@ async function streamHealth(jsm: JetStreamManager, stream: string): Promise<Stre
 
 /** What a reader without a connection shows. */
 export function disconnectedHealth(reason: string): NatsHealth {
-  return { connected: false, server: "", serverName: "", metaLeader: null, streams: [], error: reason };
+  return { connected: false, server: "", serverName: "", metaLeader: null, jetstreamAnswering: null, streams: [], error: reason };
 }

@@ -85,6 +85,11 @@ export interface NatsHealth {
    * filled only where it can be known, else null (the servers' /jsz monitoring endpoint shows it).
    */
   metaLeader: string | null;
+  /**
+   * Whether JetStream's account API answers: in a cluster only with a meta leader elected, so false means none
+   * (a majority of the servers is down or cut off); null when not checked.
+   */
+  jetstreamAnswering: boolean | null;
   streams: StreamHealth[];
   error?: string;
 }
@@ -131,6 +136,7 @@ export function observed(node: NodeStatus, now: number): NodeStatus {
 export function clusterProblems(status: ClusterStatus): string[] {
   const problems: string[] = [];
   if (status.nodes.length === 0) problems.push("no node has written a heartbeat");
+  if (status.nats.jetstreamAnswering === false) problems.push(`JetStream does not answer: ${status.nats.error ?? "no meta leader?"}`);
   for (const node of status.nodes) {
     if (node.state !== "ready") problems.push(`node ${node.id} is ${node.state}${node.reason ? `: ${node.reason}` : ""}`);
     if (node.parkedChanges > 0) problems.push(`node ${node.id} has ${node.parkedChanges} parked change(s) (see marmot -parked)`);

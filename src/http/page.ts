@@ -70,7 +70,9 @@ function natsCard(nats) {
   return '<section class="card"><dl class="facts"><dt>connection</dt><dd class="' + (nats.connected ? "ok" : "bad") + '">' +
     (nats.connected ? "connected" : "not connected") + (nats.error ? " \\u2014 " + esc(nats.error) : "") + '</dd>' +
     '<dt>server</dt><dd>' + esc(nats.serverName ? nats.serverName + " (" + nats.server + ")" : nats.server || "none") + '</dd>' +
-    '<dt>meta leader</dt><dd>' + esc(nats.metaLeader ?? "not visible to this account (see the servers' /jsz)") + '</dd></dl>' +
+    '<dt>meta leader</dt><dd class="' + (nats.jetstreamAnswering === false ? "bad" : "") + '">' + esc(nats.metaLeader ??
+      (nats.jetstreamAnswering === true ? "elected (its name is not visible to this account; the servers' /jsz shows it)" :
+       nats.jetstreamAnswering === false ? "none: JetStream does not answer" : "unknown")) + '</dd></dl>' +
     '<div class="scroll"><table><tr><th>stream</th><th>leader</th><th>replicas</th><th class="num">messages</th></tr>' + streams + '</table></div></section>';
 }
 

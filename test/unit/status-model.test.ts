@@ -46,6 +46,8 @@ describe("status model", () => {
     assert.match(clusterProblems(cluster([node("1", { parkedChanges: 2 })]))[0]!, /node 1 has 2 parked change/);
     const differs = node("3", { shards: [{ shard: 1, stream: "s", applied: 1, lastSeq: 1, lag: 0, agreement: "differ" }] });
     assert.deepEqual(clusterProblems(cluster([differs])), ["node 3 differs from the others on shard 1"]);
+    const noLeader = { ...cluster([node("1")]), nats: { ...disconnectedHealth("x"), jetstreamAnswering: false, error: "timeout" } };
+    assert.deepEqual(clusterProblems(noLeader), ["JetStream does not answer: timeout"]);
   });
 });
 
