@@ -14,7 +14,7 @@ import type { Logger } from "./log.js";
 import { Metrics } from "./metrics.js";
 import { startHttpServer } from "./http/server.js";
 import { ChangeShipper, msgIdPrefix } from "./shipper.js";
-import { sleep } from "./sleep.js";
+import { orAbort, sleep } from "./sleep.js";
 import { Applier } from "./sqlite/applier.js";
 import { installCapture, schemaVersion } from "./sqlite/capture.js";
 import { ChangeLogReader } from "./sqlite/change-log.js";
@@ -259,14 +259,11 @@ export class MarmotNode {
       );
       if (config.publish) await this.recallOwnMessages(this.consumers, msgIdPrefix(config.nodeId, this.epoch), signal);
       const storeDir = this.server ? embeddedStoreDir(config) : undefined;
-      await warnAboutEarlierStreams(jsm, streams, (s) => this.applier.appliedSequence(s), this.startedAt, storeDir, logger).catch((err) =>
-        logger.debug("could not look for an earlier cluster's changes in the streams", { reason: (err as Error).message }),
+      await orAbort(warnAboutEarlierStreams(jsm, streams, (s) => this.applier.appliedSequence(s), this.startedAt, storeDir, logger), signal).catch(
+        (err) => logger.debug("could not look for an earlier cluster's changes in the streams", { reason: (err as Error).message }),
       );
     }
-    status.startingStep("reading where the streams end");
-    await status.attach(this.nc, jsm, streams, this.consumers);
     for (const c of this.consumers) this.tasks.push(c.run(signal));
-    this.tasks.push(status.run(signal));
     if (config.publish) {
       const nc = this.nc;
       const streamOf = new Map(streams.map((s) => [s.shard, s.stream]));
@@ -301,6 +298,9 @@ export class MarmotNode {
       replicate: config.replicate,
     });
     this.wakeup.notify();
+    // Ready once the consumers reach where the streams end at the status' first look (at once when they are there).
+    status.attach(this.nc, jsm, streams, this.consumers);
+    this.tasks.push(status.run(signal));
   }
 
   /**

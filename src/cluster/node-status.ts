@@ -49,8 +49,8 @@ const NATS_CALL_TIMEOUT_MS = 4000;
 interface ShardEntry {
   shard: number;
   progress: ShardProgress;
-  /** the stream's last sequence when the node attached: reaching it means caught up */
-  target: number;
+  /** the stream's last sequence at the node's first look after attaching: reaching it means caught up */
+  target: number | null;
   lastSeq: number | null;
 }
 
@@ -68,7 +68,6 @@ export class NodeStatusTracker {
   private streams: readonly ShardStream[] = [];
   private shards: ShardEntry[] = [];
   private writer: HeartbeatWriter | undefined;
-  private heartbeatReplicas = 1;
   private heartbeatFailing = false;
   /** why NATS is not usable now, "" when it is */
   private natsProblem = "";
@@ -114,21 +113,15 @@ export class NodeStatusTracker {
   }
 
   /**
-   * NATS is there and the streams exist: from now on the node catches up to where the streams end now, and writes
-   * its heartbeat. `shards` is empty on a node that does not apply (replicate = false).
+   * NATS is there and the streams exist: from now on the node catches up to where the streams end at its first
+   * look, and writes its heartbeat (see run). `shards` is empty on a node that does not apply (replicate = false).
    */
-  async attach(nc: NatsConnection, jsm: JetStreamManager, streams: readonly ShardStream[], shards: readonly ShardProgress[]): Promise<void> {
+  attach(nc: NatsConnection, jsm: JetStreamManager, streams: readonly ShardStream[], shards: readonly ShardProgress[]): void {
     this.nc = nc;
     this.jsm = jsm;
     this.streams = streams;
     const shardOf = new Map(streams.map((s) => [s.stream, s.shard]));
-    this.shards = [];
-    for (const progress of shards) {
-      const target = await progress.streamEnd();
-      this.shards.push({ shard: shardOf.get(progress.stream) ?? 0, progress, target, lastSeq: target });
-    }
-    const first = streams[0];
-    this.heartbeatReplicas = first ? ((await jsm.streams.info(first.stream)).config.num_replicas ?? 1) : 1;
+    this.shards = shards.map((progress) => ({ shard: shardOf.get(progress.stream) ?? 0, progress, target: null, lastSeq: null }));
     this.watchConnection(nc);
     this.attached = true;
     this.checkCaughtUp();
@@ -145,7 +138,10 @@ export class NodeStatusTracker {
 
   private checkCaughtUp(): void {
     if (this.caughtUp || !this.attached) return;
-    const behind = this.shards.find((s) => s.progress.appliedSequence() < s.target && (s.lastSeq === null || s.progress.appliedSequence() < s.lastSeq));
+    const behind = this.shards.find((s) => {
+      const applied = s.progress.appliedSequence();
+      return s.target === null || (applied < s.target && (s.lastSeq === null || applied < s.lastSeq));
+    });
     if (behind !== undefined) return;
     this.caughtUp = true;
     this.readyListener?.();
@@ -166,8 +162,8 @@ export class NodeStatusTracker {
     if (this.natsProblem !== "") return { ready: false, reason: this.natsProblem };
     if (!this.caughtUp) {
       const behind = this.shards
-        .filter((s) => s.progress.appliedSequence() < s.target)
-        .map((s) => `${s.progress.stream} applied ${s.progress.appliedSequence()} of ${s.target}`);
+        .filter((s) => s.target === null || s.progress.appliedSequence() < s.target)
+        .map((s) => (s.target === null ? `${s.progress.stream}: its end not read yet` : `${s.progress.stream} applied ${s.progress.appliedSequence()} of ${s.target}`));
       return { ready: false, reason: `catching up: ${behind.join(", ")}` };
     }
     return { ready: true, reason: "ready" };
@@ -241,6 +237,7 @@ export class NodeStatusTracker {
     for (const s of this.shards) {
       try {
         s.lastSeq = await call(s.progress.streamEnd());
+        s.target ??= s.lastSeq;
       } catch {
         // Shown as the last value read; readiness follows the connection.
       }
@@ -248,7 +245,12 @@ export class NodeStatusTracker {
     this.checkCaughtUp();
     const nc = this.nc;
     try {
-      this.writer ??= await call(HeartbeatWriter.open(nc, this.config, this.heartbeatReplicas));
+      if (this.writer === undefined) {
+        // As many replicas as JetStream gave the streams: never more than it has servers.
+        const first = this.streams[0];
+        const replicas = first ? ((await call(this.jsm.streams.info(first.stream))).config.num_replicas ?? 1) : 1;
+        this.writer = await call(HeartbeatWriter.open(nc, this.config, replicas));
+      }
       await call(this.writer.write(this.selfStatus()));
       if (this.heartbeatFailing) this.logger.info("writing this node's heartbeat again");
       this.heartbeatFailing = false;
