@@ -3,9 +3,9 @@
 
 import { jetstreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
-import { readHeartbeats } from "../cluster/membership.js";
+import { membershipBucket, readHeartbeats } from "../cluster/membership.js";
 import { readNatsHealth } from "../cluster/nats-health.js";
-import { clusterProblems, observed, type ClusterStatus, type NatsHealth, type NodeStatus } from "../cluster/status-model.js";
+import { clusterProblems, NO_HEARTBEATS, observed, type ClusterStatus, type NatsHealth, type NodeStatus } from "../cluster/status-model.js";
 import { parseHostPort } from "../config/address.js";
 import type { Config } from "../config/types.js";
 import type { Logger } from "../log.js";
@@ -63,14 +63,22 @@ export async function statusCommand(config: Config, logger: Logger, out: NodeJS.
   }
   try {
     const now = Date.now();
-    const nodes = (await readHeartbeats(nc, config)).map((n) => observed(n, now));
+    // With replicas = 1 the bucket lives on one server: when that one is down, the heartbeats cannot be read.
+    let unreadable: string | undefined;
+    const nodes = (
+      await readHeartbeats(nc, config).catch((err: Error) => {
+        unreadable = `cannot read the nodes' heartbeats from the bucket ${membershipBucket(config)}: ${err.message}`;
+        return [];
+      })
+    ).map((n) => observed(n, now));
     // This database's own count: the node may not run, or not have written it yet.
     const self = nodes.find((n) => n.id === config.nodeId);
     if (self !== undefined) self.parkedChanges = Math.max(self.parkedChanges, localParked);
-    const jsm = await jetstreamManager(nc);
+    const jsm = await jetstreamManager(nc, { checkAPI: false });
     const nats = await readNatsHealth(nc, jsm, shardStreams(config));
     const status: ClusterStatus = { generatedAt: now, self: "", nodes, nats, history: [] };
-    const problems = clusterProblems(status);
+    // An unreadable bucket says more than "no heartbeats".
+    const problems = unreadable === undefined ? clusterProblems(status) : [unreadable, ...clusterProblems(status).filter((p) => p !== NO_HEARTBEATS)];
     if (self === undefined && localParked > 0) problems.push(`this database (node ${config.nodeId}) has ${localParked} parked change(s)`);
     out.write(render(status, problems, now));
     return problems.length === 0 ? STATUS_HEALTHY : STATUS_UNHEALTHY;

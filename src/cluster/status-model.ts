@@ -132,10 +132,12 @@ export function observed(node: NodeStatus, now: number): NodeStatus {
   return { ...node, state, reason: `no heartbeat for ${Math.round((now - node.lastSeen) / 1000)} s` };
 }
 
+export const NO_HEARTBEATS = "no node has written a heartbeat";
+
 /** Why the cluster is not healthy, one line per problem; empty when every node is ready, agrees and has nothing parked. */
 export function clusterProblems(status: ClusterStatus): string[] {
   const problems: string[] = [];
-  if (status.nodes.length === 0) problems.push("no node has written a heartbeat");
+  if (status.nodes.length === 0) problems.push(NO_HEARTBEATS);
   if (status.nats.jetstreamAnswering === false) problems.push(`JetStream does not answer: ${status.nats.error ?? "no meta leader?"}`);
   for (const node of status.nodes) {
     if (node.state !== "ready") problems.push(`node ${node.id} is ${node.state}${node.reason ? `: ${node.reason}` : ""}`);
