@@ -65,6 +65,9 @@ test("the status page lists three ready nodes with their lag and shows a stopped
     if (frame === page.mainFrame()) navigations++;
   });
   const url = `http://127.0.0.1:${httpPorts[0]}/`;
+  // Works without internet: everything the page loads comes from the node itself.
+  const requested: string[] = [];
+  page.on("request", (request) => requested.push(request.url()));
   await page.goto(url);
 
   const states = () => page.$$eval(".node", (els) => els.map((e) => `${e.getAttribute("data-node")}=${e.getAttribute("data-state")}`).join(" "));
@@ -85,6 +88,9 @@ test("the status page lists three ready nodes with their lag and shows a stopped
     () => "the page to show node 3 stopped or unreachable",
   );
   assert.equal(navigations, 1, "the page updated itself: it was never reloaded");
+  const elsewhere = requested.filter((r) => !r.startsWith(url));
+  assert.deepEqual(elsewhere, [], "the page loads nothing from elsewhere");
+  assert.ok(requested.filter((r) => r === `${url}status`).length >= 3, "the page polled /status while open");
   assert.match(await page.textContent("#summary") ?? "", /1 of 3 nodes not ready/);
 
   const dir = join(repoRoot, ".test-tmp");
