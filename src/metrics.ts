@@ -121,7 +121,7 @@ export class Metrics {
     );
     this.eventLoopLag = new Metric(
       name("event_loop_lag_seconds"),
-      "Mean delay of marmot's event loop over the last seconds (node:perf_hooks monitorEventLoopDelay); high values mean marmot is starved of CPU or blocked by long work.",
+      "Mean delay of marmot's event loop over the last heartbeat (1.5 s), beyond the 10 ms sampling interval of node:perf_hooks monitorEventLoopDelay: 0 when idle; high values mean marmot is starved of CPU or blocked by long work.",
       "gauge",
     );
     this.all = [

@@ -41,6 +41,8 @@ export interface Readiness {
   reason: string;
 }
 
+/** How often the event-loop delay is sampled. */
+const EVENT_LOOP_RESOLUTION_MS = 10;
 /** Ten minutes of samples for the plot. */
 const HISTORY_SAMPLES = Math.ceil((10 * 60_000) / HEARTBEAT_INTERVAL_MS);
 /** A look at NATS that takes longer than this is given up: the next heartbeat tries again. */
@@ -75,7 +77,7 @@ export class NodeStatusTracker {
   private natsHealth: NatsHealth = disconnectedHealth("not connected yet");
   private readonly history: HistorySample[] = [];
   private previousCounts = { at: Date.now(), applied: 0, published: 0 };
-  private readonly eventLoop: IntervalHistogram = monitorEventLoopDelay({ resolution: 20 });
+  private readonly eventLoop: IntervalHistogram = monitorEventLoopDelay({ resolution: EVENT_LOOP_RESOLUTION_MS });
   private readyListener: (() => void) | undefined;
 
   constructor(
@@ -288,8 +290,9 @@ export class NodeStatusTracker {
     });
     if (this.history.length > HISTORY_SAMPLES) this.history.splice(0, this.history.length - HISTORY_SAMPLES);
     this.previousCounts = { at: now, applied, published };
+    // The histogram records whole intervals between its timer's ticks: an idle loop shows the resolution itself.
     const mean = this.eventLoop.mean;
-    if (Number.isFinite(mean)) this.metrics.eventLoopLag.set(mean / 1e9);
+    if (Number.isFinite(mean)) this.metrics.eventLoopLag.set(Math.max(0, mean / 1e6 - EVENT_LOOP_RESOLUTION_MS) / 1000);
     this.eventLoop.reset();
   }
 
