@@ -66,7 +66,10 @@ export async function startHttpServer(bind: string, metrics: Metrics, view: Stat
     }
   });
   await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
+    server.once("error", (err: NodeJS.ErrnoException) => {
+      const why = err.code === "EADDRINUSE" ? "is in use (another marmot, or another program?)" : `cannot be listened on: ${err.message}`;
+      reject(new ConfigError(`[prometheus] bind ${JSON.stringify(bind)} ${why}; choose another address or stop what holds it`, { cause: err }));
+    });
     server.listen(port, host, () => resolve());
   });
   const address = server.address();
