@@ -309,7 +309,9 @@ export class NodeStatusTracker {
     try {
       await orAbort(this.writer.write(this.selfStatus()), AbortSignal.timeout(2000));
     } catch (err) {
-      this.logger.debug("could not write the last heartbeat", { reason: (err as Error).message });
+      this.logger.warn("could not write the last heartbeat; the other nodes will show this one unreachable rather than stopped", {
+        reason: (err as Error).message,
+      });
     }
   }
 }

@@ -14,6 +14,8 @@ main { padding:16px 18px; max-width:1200px; margin:0 auto; }
 h2 { font-size:13px; text-transform:uppercase; letter-spacing:.06em; color:var(--muted); margin:22px 0 8px; }
 .grid { display:grid; grid-template-columns:repeat(auto-fill, minmax(300px, 1fr)); gap:12px; }
 .card { background:var(--card); border:1px solid var(--line); border-radius:8px; padding:12px 14px; }
+.node[data-state="stopped"] { opacity:.7; }
+.node[data-state="unreachable"] { border-color:var(--bad); }
 .card h3 { margin:0 0 6px; font-size:16px; display:flex; align-items:center; gap:8px; }
 .badge { display:inline-block; padding:1px 8px; border-radius:10px; font-size:12px; font-weight:600; color:#fff; background:var(--idle); white-space:nowrap; }
 .s-ready { background:var(--ok); } .s-catching-up, .s-starting, .s-restoring { background:var(--warn); }
@@ -65,7 +67,7 @@ function nodeCard(n, now) {
 function natsCard(nats) {
   const streams = nats.streams.map((s) => '<tr><td>' + esc(s.stream) + '</td><td>' + esc(s.leader || (s.error ? "?" : "none")) + '</td><td>' +
     (s.error ? '<span class="bad">' + esc(s.error) + '</span>' : s.replicas.map((r) => '<span class="' + (r.current && !r.offline ? "ok" : "bad") + '">' + esc(r.name) +
-      (r.offline ? " offline" : r.current ? " \\u2713" : " behind " + r.lag) + '</span>').join(", ") || "single server") +
+      (r.offline ? " offline" : r.current ? " \\u2713" : " behind " + r.lag) + '</span>').join("<br>") || "single server") +
     '</td><td class="num">' + s.messages + '</td></tr>').join("");
   return '<section class="card"><dl class="facts"><dt>connection</dt><dd class="' + (nats.connected ? "ok" : "bad") + '">' +
     (nats.connected ? "connected" : "not connected") + (nats.error ? " \\u2014 " + esc(nats.error) : "") + '</dd>' +

@@ -90,7 +90,8 @@ test("the status page lists three ready nodes with their lag and shows a stopped
   assert.equal(navigations, 1, "the page updated itself: it was never reloaded");
   const elsewhere = requested.filter((r) => !r.startsWith(url));
   assert.deepEqual(elsewhere, [], "the page loads nothing from elsewhere");
-  assert.ok(requested.filter((r) => r === `${url}status`).length >= 3, "the page polled /status while open");
+  // At least the answer that showed node 3 ready and the one that showed it gone.
+  assert.ok(requested.filter((r) => r === `${url}status`).length >= 2, "the page polled /status while open");
   assert.match(await page.textContent("#summary") ?? "", /1 of 3 nodes not ready/);
 
   const dir = join(repoRoot, ".test-tmp");
