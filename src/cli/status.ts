@@ -76,7 +76,7 @@ export async function statusCommand(config: Config, logger: Logger, out: NodeJS.
     if (self !== undefined) self.parkedChanges = Math.max(self.parkedChanges, localParked);
     const jsm = await jetstreamManager(nc, { checkAPI: false });
     const nats = await readNatsHealth(nc, jsm, shardStreams(config));
-    const status: ClusterStatus = { generatedAt: now, self: "", nodes, nats, history: [] };
+    const status: ClusterStatus = { generatedAt: now, self: "", heartbeatsReadAt: now, nodes, nats, history: [] };
     // An unreadable bucket says more than "no heartbeats".
     const problems = unreadable === undefined ? clusterProblems(status) : [unreadable, ...clusterProblems(status).filter((p) => p !== NO_HEARTBEATS)];
     if (self === undefined && localParked > 0) problems.push(`this database (node ${config.nodeId}) has ${localParked} parked change(s)`);

@@ -74,6 +74,8 @@ export class NodeStatusTracker {
   /** why NATS is not usable now, "" when it is */
   private natsProblem = "";
   private others: NodeStatus[] = [];
+  /** when `others` was read; 0 = never */
+  private othersReadAt = 0;
   private natsHealth: NatsHealth = disconnectedHealth("not connected yet");
   private readonly history: HistorySample[] = [];
   private previousCounts = { at: Date.now(), applied: 0, published: 0 };
@@ -216,10 +218,14 @@ export class NodeStatusTracker {
   clusterStatus(): ClusterStatus {
     const now = Date.now();
     const self = this.selfStatus();
-    const nodes = [self, ...this.others.filter((n) => n.id !== self.id)].map((n) => observed(n, now));
+    // The others are judged as of the last reading: a reading that stalls (a NATS outage, the bucket's leader
+    // moving) must not make healthy nodes look unreachable; heartbeatsReadAt tells how old the picture is.
+    const asOf = Math.min(now, this.othersReadAt + HEARTBEAT_INTERVAL_MS);
+    const others = this.others.filter((n) => n.id !== self.id).map((n) => observed(n, asOf));
+    const nodes = [self, ...others];
     nodes.sort((a, b) => a.id.length - b.id.length || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
     const nats = this.natsProblem !== "" ? { ...this.natsHealth, connected: false, error: this.natsProblem } : this.natsHealth;
-    return { generatedAt: now, self: self.id, nodes, nats, history: [...this.history] };
+    return { generatedAt: now, self: self.id, heartbeatsReadAt: this.othersReadAt, nodes, nats, history: [...this.history] };
   }
 
   /** Every heartbeat: look at the streams, write the heartbeat, read the others'. Ends when `signal` aborts. */
@@ -268,6 +274,7 @@ export class NodeStatusTracker {
     }
     try {
       this.others = await call(readHeartbeats(nc, this.config));
+      this.othersReadAt = Date.now();
       this.natsHealth = await call(readNatsHealth(nc, this.jsm, this.streams));
     } catch (err) {
       if (signal.aborted) return;

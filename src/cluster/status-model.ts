@@ -109,6 +109,8 @@ export interface ClusterStatus {
   generatedAt: number;
   /** the node answering, or "" for marmot -status */
   self: string;
+  /** when the other nodes' heartbeats were last read (ms since the epoch; 0 = not yet) */
+  heartbeatsReadAt: number;
   nodes: NodeStatus[];
   nats: NatsHealth;
   /** the answering node's recent lag and throughput, oldest first */

@@ -110,7 +110,9 @@ function render(st) {
     plot(st.history, [{ key: "lag", color: "#cf222e", label: "messages not applied yet" }]) + '</section>' +
     '<section class="card"><h3>throughput on node ' + esc(st.self) + '</h3>' +
     plot(st.history, [{ key: "appliedPerSecond", color: "#0969da", label: "applied/s" }, { key: "publishedPerSecond", color: "#1a7f37", label: "published/s" }]) + '</section>';
-  $("updated").textContent = "node " + st.self + " \\u00b7 updated " + new Date(now).toLocaleTimeString();
+  const staleFor = st.heartbeatsReadAt > 0 ? now - st.heartbeatsReadAt : 0;
+  $("updated").textContent = "node " + st.self + " \\u00b7 updated " + new Date(now).toLocaleTimeString() +
+    (staleFor > 5000 ? " \\u00b7 other nodes as of " + ago(staleFor) : "");
 }
 
 async function poll() {
