@@ -24,6 +24,8 @@ command -v ssh-keyscan >/dev/null 2>&1 || need+=(openssh-client)
 # the test of install-nats-server.sh builds a local apt repository
 command -v dpkg-scanpackages >/dev/null 2>&1 || need+=(dpkg-dev)
 command -v apt-ftparchive >/dev/null 2>&1 || need+=(apt-utils)
+# Debian's chromium, for the status page test (driven by playwright-core; nothing downloads a browser)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 # ip netns, for the partition test (it needs root, and is skipped without)
 [ "$(id -u)" -eq 0 ] && ! command -v ip >/dev/null 2>&1 && need+=(iproute2)
 if [ ${#need[@]} -gt 0 ]; then

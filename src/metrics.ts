@@ -7,6 +7,12 @@ interface Series {
   value: number;
 }
 
+function renderLabels(labels: Labels): string {
+  return Object.entries(labels)
+    .map(([k, v]) => `${k}="${String(v).replaceAll("\\", "\\\\").replaceAll('"', '\\"').replaceAll("\n", "\\n")}"`)
+    .join(",");
+}
+
 class Metric {
   private readonly series = new Map<string, Series>();
   constructor(
@@ -41,11 +47,37 @@ class Metric {
     const lines = [`# HELP ${this.name} ${this.help}`, `# TYPE ${this.name} ${this.type}`];
     if (this.series.size === 0) lines.push(`${this.name} 0`);
     for (const s of this.series.values()) {
-      const labels = Object.entries(s.labels)
-        .map(([k, v]) => `${k}="${String(v).replaceAll("\\", "\\\\").replaceAll('"', '\\"').replaceAll("\n", "\\n")}"`)
-        .join(",");
+      const labels = renderLabels(s.labels);
       lines.push(`${this.name}${labels ? `{${labels}}` : ""} ${s.value}`);
     }
+    return lines.join("\n");
+  }
+}
+
+/** A Prometheus histogram without labels: cumulative buckets, a sum and a count. */
+class Histogram {
+  private readonly counts: number[];
+  private sum = 0;
+  private count = 0;
+  constructor(
+    readonly name: string,
+    readonly help: string,
+    /** upper bounds, ascending */
+    readonly buckets: readonly number[],
+  ) {
+    this.counts = buckets.map(() => 0);
+  }
+
+  observe(value: number): void {
+    this.sum += value;
+    this.count++;
+    for (let i = 0; i < this.buckets.length; i++) if (value <= this.buckets[i]!) this.counts[i]!++;
+  }
+
+  render(): string {
+    const lines = [`# HELP ${this.name} ${this.help}`, `# TYPE ${this.name} histogram`];
+    this.buckets.forEach((le, i) => lines.push(`${this.name}_bucket{${renderLabels({ le })}} ${this.counts[i]}`));
+    lines.push(`${this.name}_bucket{le="+Inf"} ${this.count}`, `${this.name}_sum ${this.sum}`, `${this.name}_count ${this.count}`);
     return lines.join("\n");
   }
 }
@@ -72,7 +104,11 @@ export class Metrics {
   readonly snapshotSaveSeconds: Metric;
   readonly snapshotRestoreSeconds: Metric;
   readonly snapshotRestores: Metric;
-  private readonly all: Metric[];
+  /** seconds from a batch's publication by its origin to its apply here */
+  readonly replicationLatency: Histogram;
+  /** the event loop's delay, sampled by the status tracker */
+  readonly eventLoopLag: Metric;
+  private readonly all: (Metric | Histogram)[];
 
   constructor(namespace = "marmot", subsystem = "") {
     const name = (n: string) => [namespace, subsystem, n].filter((p) => p !== "").join("_");
@@ -88,6 +124,18 @@ export class Metrics {
     this.snapshotSaveSeconds = new Metric(name("snapshot_save_seconds"), "Duration of the last snapshot save.", "gauge");
     this.snapshotRestoreSeconds = new Metric(name("snapshot_restore_seconds"), "Duration of the last snapshot restore.", "gauge");
     this.snapshotRestores = new Metric(name("snapshot_restores"), "Snapshots restored into the local database.", "counter");
+    this.replicationLatency = new Histogram(
+      name("replication_latency_seconds"),
+      "Seconds from the moment the origin node published a batch of changes to JetStream (its Marmot-Sent-At header, " +
+        "the origin's clock) to the moment this node committed it; the time a change waited in the origin's change log " +
+        "before publication is not included. Clocks of different machines add their difference.",
+      [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
+    );
+    this.eventLoopLag = new Metric(
+      name("event_loop_lag_seconds"),
+      "Mean delay of marmot's event loop over the last heartbeat (1.5 s), beyond the 10 ms sampling interval of node:perf_hooks monitorEventLoopDelay: 0 when idle; high values mean marmot is starved of CPU or blocked by long work.",
+      "gauge",
+    );
     this.all = [
       this.published,
       this.pendingPublish,
@@ -101,6 +149,8 @@ export class Metrics {
       this.snapshotSaveSeconds,
       this.snapshotRestoreSeconds,
       this.snapshotRestores,
+      this.replicationLatency,
+      this.eventLoopLag,
     ];
   }
 

@@ -6,17 +6,20 @@ import { dirname, join } from "node:path";
 import type Database from "better-sqlite3";
 import { jetstream, type JetStreamClient, type JetStreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
+import { NodeStatusTracker } from "./cluster/node-status.js";
+import type { AgreementSource, NodeStatus, SnapshotStatus } from "./cluster/status-model.js";
 import type { CliOptions, Config } from "./config/types.js";
 import { ServerError } from "./errors.js";
 import type { Logger } from "./log.js";
 import { Metrics } from "./metrics.js";
-import { startMetricsServer } from "./metrics-server.js";
+import { startHttpServer } from "./http/server.js";
 import { ChangeShipper, msgIdPrefix } from "./shipper.js";
-import { sleep } from "./sleep.js";
+import { orAbort, sleep } from "./sleep.js";
 import { Applier } from "./sqlite/applier.js";
 import { installCapture, schemaVersion } from "./sqlite/capture.js";
 import { ChangeLogReader } from "./sqlite/change-log.js";
 import { logAllRowsSql } from "./sqlite/trigger-sql.js";
+import { countParked, parkedRequestPending, takeParkedRequest } from "./sqlite/parked.js";
 import { openDatabase } from "./sqlite/open.js";
 import type { TableInfo } from "./sqlite/table.js";
 import { DatabaseWatcher } from "./sqlite/watcher.js";
@@ -27,9 +30,11 @@ import { EmbeddedServer, type EmbeddedServerOptions } from "./stream/embedded-se
 import { waitForJetStream } from "./stream/jetstream-ready.js";
 import { DUPLICATE_WINDOW_MS } from "./stream/duplicate-window.js";
 import { cleanUpLargeBatches, JetStreamLargeBatches, largeBatchBucket } from "./stream/large-objects.js";
+import { warnAboutEarlierStreams } from "./stream/leftover-streams.js";
 import { readOwnMessages } from "./stream/own-messages.js";
 import { JetStreamPublisher } from "./stream/publisher.js";
 import { ensureStreams, serverVersionRisk, type ShardStream } from "./stream/streams.js";
+import { marmotVersion } from "./version.js";
 import { Wakeup } from "./wakeup.js";
 
 /** Where the embedded nats-server keeps its JetStream store: beside the database, one folder per node. */
@@ -63,6 +68,7 @@ export interface NodeSummary {
 export class MarmotNode {
   readonly metrics: Metrics;
   private state: NodeSummary["state"] = "starting";
+  private readonly statusTracker: NodeStatusTracker;
   private readonly abort = new AbortController();
   private readonly wakeup = new Wakeup();
   private readonly tasks: Promise<void>[] = [];
@@ -77,6 +83,7 @@ export class MarmotNode {
   private metricsServer: Server | undefined;
   private consumers: ShardConsumer[] = [];
   private lastActivity = Date.now();
+  private readonly startedAt = Date.now();
   private serverStopped = false;
   private capturedTables: readonly TableInfo[] = [];
   private stopping: Promise<void> | undefined;
@@ -108,6 +115,18 @@ export class MarmotNode {
       config.publish ? { origin: batchOrigin(config.nodeId, captured.epoch) } : {},
     );
     this.useCapture(captured);
+    this.statusTracker = new NodeStatusTracker(
+      config,
+      marmotVersion(),
+      { pendingChanges: () => this.reader.pendingCount(), parkedChanges: () => countParked(this.db) },
+      this.metrics,
+      logger.child({ component: "status" }),
+    );
+    this.statusTracker.onReady(() =>
+      logger.info("marmot is ready: capture is installed, the streams exist and this node has applied them to their end", {
+        node_id: config.nodeId,
+      }),
+    );
     this.watcher = new DatabaseWatcher(
       { dbPath: config.dbPath, pollingInterval: config.pollingInterval, onChange: () => this.onDatabaseChange() },
       logger,
@@ -132,6 +151,26 @@ export class MarmotNode {
       throw err;
     }
     return node;
+  }
+
+  /** This node's status, as its heartbeat and /status show it. */
+  status(): NodeStatus {
+    return this.statusTracker.selfStatus();
+  }
+
+  /** Set while the database is being restored from a snapshot: the node shows as "restoring" and is not ready. */
+  setRestoring(restoring: boolean): void {
+    this.statusTracker.setRestoring(restoring);
+  }
+
+  /** The last snapshot taken here or restored from, for the status. */
+  setLastSnapshot(snapshot: SnapshotStatus | null): void {
+    this.statusTracker.setLastSnapshot(snapshot);
+  }
+
+  /** Where the status learns whether the nodes agree (per-shard digests); without one, agreement is "unknown". */
+  setAgreementSource(source: AgreementSource): void {
+    this.statusTracker.setAgreementSource(source);
   }
 
   /** Whether stop() was called (by a signal, say). */
@@ -170,7 +209,26 @@ export class MarmotNode {
     } catch (err) {
       this.logger.warn("could not update capture after a schema change; will try again", { reason: (err as Error).message });
     }
+    this.takeParkedRequest();
     this.wakeup.notify();
+  }
+
+  /** marmot -parked left a request in the database (see PARKED_REQUEST_KEY): act on it here, where the applier runs. */
+  private takeParkedRequest(): void {
+    try {
+      if (!parkedRequestPending(this.db)) return;
+      const request = takeParkedRequest(this.db);
+      if (request === "retry") {
+        const before = countParked(this.db);
+        const applied = this.applier.retryParked();
+        this.logger.info("retried the parked changes, as marmot -parked -retry asked", { applied, still_parked: before - applied });
+      } else if (request === "reload") {
+        this.applier.reloadParked();
+        this.logger.info("the parked changes were changed by marmot -parked; reloaded them", { parked: countParked(this.db) });
+      }
+    } catch (err) {
+      this.logger.warn("could not act on the request of marmot -parked; it can be made again", { reason: (err as Error).message });
+    }
   }
 
   private async startNetworking(): Promise<void> {
@@ -178,7 +236,12 @@ export class MarmotNode {
     const signal = this.abort.signal;
     const name = `marmot-node-${config.nodeId}`;
     let servers = config.nats.urls;
+    const status = this.statusTracker;
+    if (config.prometheus.enable) {
+      this.metricsServer = await startHttpServer(config.prometheus.bind, this.metrics, status, logger);
+    }
     if (servers.length === 0) {
+      status.startingStep("starting the embedded nats-server");
       const options = embeddedServerOptions(config, this.cli);
       mkdirSync(options.storeDir, { recursive: true });
       this.server = await EmbeddedServer.start(options, logger.child({ component: "nats-server" }));
@@ -193,16 +256,16 @@ export class MarmotNode {
       });
       void server.exited.then(() => (this.serverStopped = true));
     }
-    if (config.prometheus.enable) {
-      this.metricsServer = await startMetricsServer(config.prometheus.bind, this.metrics, logger);
-    }
     this.watcher.start();
     if (!config.publish) this.tasks.push(this.discardLoop(signal));
 
+    status.startingStep(`connecting to NATS at ${servers.join(", ")}`);
     this.nc = await connectNats({ servers, nats: config.nats, name, logger: logger.child({ component: "nats" }), signal });
     const risk = serverVersionRisk(this.nc.info?.version, config.replicationLog.replicas);
     if (risk !== undefined) logger.warn(risk, { replicas: config.replicationLog.replicas });
+    status.startingStep("waiting for JetStream");
     const jsm = await waitForJetStream(this.nc, logger, signal);
+    status.startingStep("creating or checking the streams");
     const streams = await ensureStreams(jsm, config, logger, signal);
     const js = jetstream(this.nc);
     const largeBatches = await JetStreamLargeBatches.open(js, largeBatchBucket(config.nats.streamPrefix), config.replicationLog.replicas, logger, signal);
@@ -213,8 +276,12 @@ export class MarmotNode {
           new ShardConsumer(js, jsm, s, this.applier, { durableName: name, largeBatches }, logger.child({ component: "consumer", shard: s.shard }), this.metrics),
       );
       if (config.publish) await this.recallOwnMessages(this.consumers, msgIdPrefix(config.nodeId, this.epoch), signal);
-      for (const c of this.consumers) this.tasks.push(c.run(signal));
+      const storeDir = this.server ? embeddedStoreDir(config) : undefined;
+      await orAbort(warnAboutEarlierStreams(jsm, streams, (s) => this.applier.appliedSequence(s), this.startedAt, storeDir, logger), signal).catch(
+        (err) => logger.debug("could not look for an earlier cluster's changes in the streams", { reason: (err as Error).message }),
+      );
     }
+    for (const c of this.consumers) this.tasks.push(c.run(signal));
     if (config.publish) {
       const nc = this.nc;
       const streamOf = new Map(streams.map((s) => [s.shard, s.stream]));
@@ -253,6 +320,9 @@ export class MarmotNode {
       replicate: config.replicate,
     });
     this.wakeup.notify();
+    // Ready once the consumers reach where the streams end at the status' first look (at once when they are there).
+    status.attach(this.nc, jsm, streams, this.consumers);
+    this.tasks.push(status.run(signal));
   }
 
   /**
@@ -429,10 +499,12 @@ export class MarmotNode {
     this.stopping ??= (async () => {
       if (this.state !== "failed") this.state = "stopping";
       this.logger.info("stopping");
+      this.statusTracker.markStopping();
       this.abort.abort(new Error("marmot is stopping"));
       this.watcher.stop();
       await this.starting.catch(() => undefined);
       await Promise.allSettled(this.tasks);
+      await this.statusTracker.stop();
       if (this.nc) await this.nc.drain().catch(() => undefined);
       this.metricsServer?.close();
       if (this.server) await this.server.stop();

@@ -1,6 +1,7 @@
 // Runs a marmot node inside an app's own process: the library face of what `marmot -config FILE` does.
 
 import type { TomlTable, TomlValue } from "smol-toml";
+import { parseArgs } from "./cli/args.js";
 import { loadConfig } from "./config/load.js";
 import type { CliOptions } from "./config/types.js";
 import { checkDatabaseFile } from "./config/validate.js";
@@ -52,14 +53,11 @@ export async function startMarmot(options: MarmotOptions = {}): Promise<Marmot> 
   const logger = options.logger ?? createLogger(config.logging);
   for (const w of warnings) logger.warn(w);
   const cli: CliOptions = {
+    ...parseArgs([]),
     configPath: options.configPath ?? "",
-    cleanup: false,
-    saveSnapshot: false,
     clusterAddr: options.cluster?.addr ?? "",
     clusterPeers: options.cluster?.peers ?? [],
     leafServers: options.cluster?.leafServers ?? [],
-    help: false,
-    version: false,
   };
   const node = await MarmotNode.start(config, cli, logger);
   return { status: () => node.summary(), stop: () => node.stop(), done: node.done };

@@ -16,6 +16,11 @@ const FLAGS: Record<string, FlagKind> = {
   help: "boolean",
   h: "boolean",
   version: "boolean",
+  status: "boolean",
+  parked: "boolean",
+  retry: "boolean",
+  discard: "boolean",
+  yes: "boolean",
   // The original served Go's profiler here; there is nothing to serve, but its scripts may still pass it.
   pprof: "string",
 };
@@ -60,6 +65,11 @@ export function parseArgs(argv: string[]): CliOptions {
     leafServers: [],
     help: false,
     version: false,
+    status: false,
+    parked: false,
+    retry: false,
+    discard: false,
+    yes: false,
   };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!;
@@ -123,9 +133,21 @@ export function parseArgs(argv: string[]): CliOptions {
       case "version":
         options.version = parseBoolean(name, value);
         break;
+      case "status":
+      case "parked":
+      case "retry":
+      case "discard":
+      case "yes":
+        options[name] = parseBoolean(name, value);
+        break;
       case "pprof":
         break;
     }
   }
+  if ((options.retry || options.discard) && !options.parked) {
+    throw usageError(`-${options.retry ? "retry" : "discard"} acts on parked changes: use it with -parked (marmot -config FILE -parked -${options.retry ? "retry" : "discard"})`);
+  }
+  if (options.retry && options.discard) throw usageError("-retry and -discard exclude each other: choose one");
+  if (options.status && options.parked) throw usageError("-status and -parked are separate commands: choose one");
   return options;
 }

@@ -1,20 +1,17 @@
 // The marmot executable: parse flags, load the config, and run the chosen command.
 
-import { readFileSync } from "node:fs";
 import { ConfigError } from "../errors.js";
 import { loadConfig } from "../config/load.js";
 import { checkDatabaseFile } from "../config/validate.js";
 import { createLogger } from "../logger.js";
 import { parseArgs } from "./args.js";
 import { cleanupCommand } from "./cleanup.js";
+import { parkedCommand } from "./parked.js";
+import { statusCommand } from "./status.js";
 import { runCommand } from "./run.js";
 import { saveSnapshotCommand } from "./save-snapshot.js";
 import { usage } from "./usage.js";
-
-function version(): string {
-  const pkg = JSON.parse(readFileSync(new URL("../../../package.json", import.meta.url), "utf8")) as { version: string };
-  return pkg.version;
-}
+import { marmotVersion } from "../version.js";
 
 export async function main(argv: string[]): Promise<number> {
   let cli;
@@ -26,7 +23,7 @@ export async function main(argv: string[]): Promise<number> {
       return 0;
     }
     if (cli.version) {
-      process.stdout.write(`marmot ${version()}\n`);
+      process.stdout.write(`marmot ${marmotVersion()}\n`);
       return 0;
     }
     loaded = loadConfig(cli.configPath || undefined);
@@ -43,6 +40,8 @@ export async function main(argv: string[]): Promise<number> {
   for (const w of warnings) logger.warn(w);
   try {
     if (cli.cleanup) return cleanupCommand(config, logger);
+    if (cli.status) return await statusCommand(config, logger);
+    if (cli.parked) return await parkedCommand(config, cli, logger);
     if (cli.saveSnapshot) return await saveSnapshotCommand(config, cli, logger);
     return await runCommand(config, cli, logger);
   } catch (err) {

@@ -96,4 +96,12 @@ export interface CliOptions {
   leafServers: string[];
   help: boolean;
   version: boolean;
+  /** print the cluster's status and exit (0 when every node is ready and agrees) */
+  status: boolean;
+  /** list the parked changes (with retry or discard: act on them) and exit */
+  parked: boolean;
+  retry: boolean;
+  discard: boolean;
+  /** answer yes to the confirmation of -discard */
+  yes: boolean;
 }

@@ -143,7 +143,13 @@ export class Applier {
     );
     const rows = db.prepare(`SELECT stream, seq FROM ${quoteIdent(APPLIED_TABLE)}`).all() as { stream: string; seq: bigint }[];
     for (const row of rows) this.applied.set(row.stream, Number(row.seq));
-    const parked = db.prepare(`SELECT DISTINCT tbl FROM ${quoteIdent(PARKED_TABLE)} WHERE tbl IS NOT NULL`).pluck(true).all() as string[];
+    this.reloadParked();
+  }
+
+  /** Reads which tables have parked changes again: another connection (marmot -parked -discard) may have changed them. */
+  reloadParked(): void {
+    const parked = this.db.prepare(`SELECT DISTINCT tbl FROM ${quoteIdent(PARKED_TABLE)} WHERE tbl IS NOT NULL`).pluck(true).all() as string[];
+    this.parkedTables.clear();
     for (const t of parked) this.parkedTables.add(t);
   }
 

@@ -10,6 +10,7 @@ import { decodeReference } from "../wire/codec.js";
 import { DecodeError } from "../errors.js";
 import type { JetStreamLargeBatches } from "./large-objects.js";
 import { readOwnMessages } from "./own-messages.js";
+import { SENT_AT_HEADER } from "./publisher.js";
 import type { ShardStream } from "./streams.js";
 
 /** A place to apply messages: records each applied stream sequence in the same transaction. */
@@ -55,6 +56,7 @@ export interface ShardConsumerOptions {
  */
 export class ShardConsumer {
   private lastLag = -1;
+  private lastEnd = -1;
   /** the running consume() call, to stop when it stalls */
   private current?: { stop(): void };
   private progress = { applied: -1, at: Date.now() };
@@ -128,6 +130,7 @@ export class ShardConsumer {
   async lag(): Promise<number> {
     const lastSeq = await this.streamEnd();
     const applied = this.appliedSequence();
+    this.lastEnd = lastSeq;
     const lag = Math.max(0, lastSeq - applied);
     this.metrics?.shardLag.set(lag, { shard: this.shard.shard, stream: this.shard.stream });
     this.lastLag = lag;
@@ -155,6 +158,11 @@ export class ShardConsumer {
 
   get lastKnownLag(): number {
     return this.lastLag;
+  }
+
+  /** The stream's last sequence at the last lag reading (-1 before the first). */
+  get lastKnownEnd(): number {
+    return this.lastEnd;
   }
 
   private async recreateDurable(startAfter: number): Promise<void> {
@@ -269,6 +277,8 @@ export class ShardConsumer {
   private record(m: JsMsg, result: ApplyResult): void {
     if (result.outcome === "duplicate") return;
     this.metrics?.applied.inc(result.applied);
+    const sentAt = Number(m.headers?.get(SENT_AT_HEADER));
+    if (sentAt > 0 && result.applied > 0) this.metrics?.replicationLatency.observe(Math.max(0, Date.now() - sentAt) / 1000);
     if (result.parked > 0) this.metrics?.parked.inc(result.parked);
     this.logger.debug("applied message", {
       stream: this.shard.stream,

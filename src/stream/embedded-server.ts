@@ -379,6 +379,17 @@ async function waitUntilReady(opts: {
   throw new Error(`it was not ready within ${opts.timeoutMs / 1000} s (${lastProblem})`);
 }
 
+/**
+ * The client URL of the embedded server a running marmot started with this store dir, for commands that read the
+ * cluster without running a node (marmot -status); undefined when no server runs there.
+ */
+export function runningServerUrl(storeDir: string, bindAddress: string): string | undefined {
+  const pid = runningServerPid(storeDir);
+  if (pid === undefined) return undefined;
+  const urls = readClientUrls(storeDir, pid);
+  return urls === undefined ? undefined : pickClientUrl(urls, parseHostPort(bindAddress || DEFAULT_BIND, "[nats] bind_address").host);
+}
+
 /** nats-server writes <exe>_<pid>.ports, JSON with the client URLs, once its listeners are up. */
 function readClientUrls(storeDir: string, pid: number): string[] | undefined {
   const name = readdirSync(storeDir).find((n) => n.endsWith(`_${pid}.ports`));

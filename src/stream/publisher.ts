@@ -1,9 +1,16 @@
 // Publishes encoded batches to the shard streams and waits for JetStream's acknowledgement.
 
 import type { JetStreamClient, JetStreamManager, StoredMsg } from "@nats-io/jetstream";
+import { headers } from "@nats-io/transport-node";
 import { NatsError, PhantomDuplicateError } from "../errors.js";
 import { findStoredMessage } from "./duplicate-window.js";
 import type { ShardStream } from "./streams.js";
+
+/**
+ * When the origin published a message, in milliseconds since the epoch: a header beside the payload, so the codec
+ * stays as it is, for the replication-latency histogram of the nodes that apply it.
+ */
+export const SENT_AT_HEADER = "Marmot-Sent-At";
 
 /**
  * A place to publish batches: resolves with the stream sequence once the batch is stored (or was stored already),
@@ -38,7 +45,9 @@ export class JetStreamPublisher implements BatchPublisher {
     const { subject, stream } = target;
     try {
       // retries: 0 — the shipper retries with its own backoff and says why.
-      const ack = await this.js.publish(subject, payload, { msgID: msgId, timeout: this.timeoutMs, retries: 0 });
+      const sentAt = headers();
+      sentAt.set(SENT_AT_HEADER, String(Date.now()));
+      const ack = await this.js.publish(subject, payload, { msgID: msgId, timeout: this.timeoutMs, retries: 0, headers: sentAt });
       if (ack.duplicate) await this.checkDuplicate(stream, ack.seq, msgId);
       return ack.seq;
     } catch (err) {

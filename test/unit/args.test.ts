@@ -16,7 +16,28 @@ describe("parseArgs", () => {
       leafServers: [],
       help: false,
       version: false,
+      status: false,
+      parked: false,
+      retry: false,
+      discard: false,
+      yes: false,
     });
+  });
+
+  test("-status, -parked -retry, -parked -discard -yes, with one dash or two", () => {
+    assert.equal(parseArgs(["-config", "c.toml", "-status"]).status, true);
+    assert.equal(parseArgs(["--status"]).status, true);
+    const retry = parseArgs(["--parked", "--retry"]);
+    assert.equal(retry.parked && retry.retry && !retry.discard, true);
+    const discard = parseArgs(["-parked", "-discard", "-yes"]);
+    assert.equal(discard.parked && discard.discard && discard.yes, true);
+  });
+
+  test("-retry or -discard without -parked, or both at once, is refused with what to write", () => {
+    assert.throws(() => parseArgs(["-retry"]), /-retry acts on parked changes: use it with -parked/);
+    assert.throws(() => parseArgs(["--discard"]), /-discard acts on parked changes/);
+    assert.throws(() => parseArgs(["-parked", "-retry", "-discard"]), /exclude each other/);
+    assert.throws(() => parseArgs(["-status", "-parked"]), /separate commands/);
   });
 
   test("one dash and two dashes mean the same", () => {
