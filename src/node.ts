@@ -55,19 +55,8 @@ export function embeddedServerOptions(config: Config, cli: CliOptions): Embedded
   };
 }
 
-/** What a program that embeds marmot sees of a node (see summary()). */
-export interface NodeSummary {
-  nodeId: string;
-  state: "starting" | "running" | "stopping" | "stopped" | "failed";
-  /** per stream: the last sequence this node has applied (streams appear once the node runs) */
-  appliedSequences: Record<string, number>;
-  /** changes captured here and not yet stored in JetStream; absent once the database is closed */
-  pendingChanges?: number;
-}
-
 export class MarmotNode {
   readonly metrics: Metrics;
-  private state: NodeSummary["state"] = "starting";
   private readonly statusTracker: NodeStatusTracker;
   private readonly abort = new AbortController();
   private readonly wakeup = new Wakeup();
@@ -145,7 +134,6 @@ export class MarmotNode {
     try {
       await node.starting;
       if (node.abort.signal.aborted) throw node.abort.signal.reason;
-      node.state = "running";
     } catch (err) {
       await node.stop();
       throw err;
@@ -477,17 +465,7 @@ export class MarmotNode {
     }
   }
 
-  /** The node's id, state, applied position per stream and pending changes, read now. */
-  summary(): NodeSummary {
-    const appliedSequences: Record<string, number> = {};
-    for (const c of this.consumers) appliedSequences[c.stream] = c.appliedSequence();
-    const summary: NodeSummary = { nodeId: this.config.nodeId, state: this.state, appliedSequences };
-    if (this.db.open) summary.pendingChanges = this.reader.pendingCount();
-    return summary;
-  }
-
   private fail(err: Error): void {
-    this.state = "failed";
     this.logger.error(err.message);
     const reject = this.failure;
     this.failure = undefined;
@@ -497,7 +475,6 @@ export class MarmotNode {
   /** Stop cleanly: in-flight publishes and applies finish, then NATS, the embedded server and the database close. */
   stop(): Promise<void> {
     this.stopping ??= (async () => {
-      if (this.state !== "failed") this.state = "stopping";
       this.logger.info("stopping");
       this.statusTracker.markStopping();
       this.abort.abort(new Error("marmot is stopping"));
@@ -509,7 +486,6 @@ export class MarmotNode {
       this.metricsServer?.close();
       if (this.server) await this.server.stop();
       if (this.db.open) this.db.close();
-      if (this.state !== "failed") this.state = "stopped";
       this.logger.info("stopped");
       if (this.failure) this.resolveDone();
     })();

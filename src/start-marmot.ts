@@ -8,7 +8,8 @@ import { checkDatabaseFile } from "./config/validate.js";
 import { ConfigError } from "./errors.js";
 import type { Logger } from "./log.js";
 import { createLogger } from "./logger.js";
-import { MarmotNode, type NodeSummary } from "./node.js";
+import type { NodeStatus } from "./cluster/status-model.js";
+import { MarmotNode } from "./node.js";
 
 /** A setting's value as config.toml has it; whole numbers stand for TOML integers. */
 export type SettingValue = string | number | bigint | boolean | SettingValue[] | Settings;
@@ -28,7 +29,7 @@ export interface MarmotOptions {
   cluster?: { addr?: string; peers?: string[]; leafServers?: string[] };
 }
 
-export type MarmotStatus = NodeSummary;
+export type MarmotStatus = NodeStatus;
 
 export interface Marmot {
   /** the node's id, state, the sequence it has applied in each stream and its changes not yet sent */
@@ -60,7 +61,7 @@ export async function startMarmot(options: MarmotOptions = {}): Promise<Marmot> 
     leafServers: options.cluster?.leafServers ?? [],
   };
   const node = await MarmotNode.start(config, cli, logger);
-  return { status: () => node.summary(), stop: () => node.stop(), done: node.done };
+  return { status: () => node.status(), stop: () => node.stop(), done: node.done };
 }
 
 /** The settings as the TOML parser would give them: whole numbers become integers (bigint), as in the file. */
