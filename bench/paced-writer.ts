@@ -3,16 +3,18 @@
 import Database from "better-sqlite3";
 import { nowNs, report, sleepSync, waitUntil } from "./workload.js";
 
-const { dbPath, table, count, perSecond, startAtNs } = JSON.parse(process.argv[2]!) as {
+const { dbPath, table, count, perSecond, startAtNs, synchronous } = JSON.parse(process.argv[2]!) as {
   dbPath: string;
   table: string;
   count: number;
   perSecond: number;
   startAtNs: string;
+  /** "FULL" (SQLite's default, kept as an app that never sets it) or "NORMAL" */
+  synchronous: "FULL" | "NORMAL";
 };
 const db = new Database(dbPath, { timeout: 30_000 });
 db.pragma("busy_timeout = 30000");
-db.pragma("synchronous = NORMAL");
+db.pragma(`synchronous = ${synchronous}`);
 const insert = db.prepare(`INSERT INTO "${table}" (id, written_ns, pad) VALUES (?, ?, ?)`);
 const periodNs = BigInt(Math.round(1e9 / perSecond));
 const start = BigInt(startAtNs);

@@ -13,6 +13,7 @@ import type { ChangeLogReader, PendingChange } from "./sqlite/change-log.js";
 import { batchOrigin, encodeBatch } from "./wire/codec.js";
 import type { BatchPublisher } from "./stream/publisher.js";
 import { orAbort, sleep } from "./sleep.js";
+import { withWriteLock } from "./sqlite/busy.js";
 import { rowKeyBytes, rowKeyString, shardOf } from "./wire/shard.js";
 
 export interface ShipperOptions {
@@ -96,7 +97,8 @@ export class ChangeShipper {
     const batches = this.cutBatches(latest.values());
     this.storedInRound.clear();
     await this.publishAll(batches, maxInFlight, signal);
-    this.reader.removeUpTo(upTo, this.keptIds(), this.storedInRound);
+    const kept = this.keptIds();
+    await withWriteLock(() => this.reader.removeUpTo(upTo, kept, this.storedInRound), "removing shipped changes from the change log", this.logger, signal);
     this.metrics?.published.inc(changes.length);
     return changes.length;
   }
