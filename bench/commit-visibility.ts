@@ -79,7 +79,7 @@ const writer = startApp<{ written: number }>("paced-writer.js", {
   count: rows,
   perSecond: 50,
   startAtNs: String(nowNs() + 1_000_000_000n),
-  synchronous,
+  writer: synchronous,
 });
 try {
   await writer.result;
