@@ -83,14 +83,6 @@ function changeKey(change: WireChange): WireChange["values"] {
   return change.op === "upsert" ? table.keyColumns.map((k) => change.values[table.columns.indexOf(k)]!) : change.values;
 }
 
-/** Exactly the same SQLite value: same type, same bits (0.0 and -0.0 differ), same bytes. */
-function sameValue(a: WireChange["values"][number], b: WireChange["values"][number]): boolean {
-  if (a instanceof Uint8Array || b instanceof Uint8Array) {
-    return a instanceof Uint8Array && b instanceof Uint8Array && Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(b);
-  }
-  return Object.is(a, b);
-}
-
 function mismatch(change: WireChange, local: TableInfo | undefined): string | undefined {
   if (!local) return `table "${change.table.name}" does not exist on this node`;
   const wireKey = change.table.keyColumns;
@@ -430,32 +422,9 @@ export class Applier {
     if (this.stored.size > 0) {
       const stored = this.stored.get(rowKeyString(rowKeyBytes(plan.local.name, key)));
       if (stored !== undefined && stored.stream === source.stream && stored.seq > source.seq) return true;
-      // This node's own latest change of the row, back from the stream: the row most likely holds it already, and
-      // then writing it again changes nothing (a read costs far less than rewriting the row and its pages).
-      if (source.own && stored !== undefined && stored.stream === source.stream && stored.seq === source.seq && this.holdsAlready(plan.local, change, key)) {
-        return true;
-      }
     }
     if (ids === null || (source.own && ids.max <= change.changeId)) return false;
     return plan.pending.newest.get(...key) != null;
-  }
-
-  /** Whether the row is already as `change` leaves it: present with exactly its values (upsert), or absent (delete). */
-  private holdsAlready(local: TableInfo, change: WireChange, key: WireChange["values"]): boolean {
-    const columns = change.table.columns;
-    const cacheKey = `current\u0000${local.name}\u0000${columns.join("\u0000")}`;
-    let statement = this.statements.get(cacheKey);
-    if (!statement) {
-      const ident = (name: string) => (local.rowidKeyed && name === ROWID_KEY ? rowidAlias(local) : quoteIdent(name));
-      const where = local.keyColumns.map((k) => `${ident(k)} IS ?`).join(" AND ");
-      statement = this.db.prepare(`SELECT ${columns.map(ident).join(", ")} FROM ${quoteIdent(local.name)} WHERE ${where}`).raw(true);
-      this.statements.set(cacheKey, statement);
-    }
-    const row = statement.get(key) as WireChange["values"] | undefined;
-    if (change.op === "delete") return row === undefined;
-    if (row === undefined) return false;
-    for (let i = 0; i < row.length; i++) if (!sameValue(row[i]!, change.values[i]!)) return false;
-    return true;
   }
 
   private pendingLookup(table: TableInfo): PendingLookup {
