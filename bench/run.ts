@@ -2,7 +2,7 @@
 //
 //   npm run bench              full run (about 1.5 minutes)
 //   npm run bench -- --quick   smaller workloads (about 35 seconds)
-//   options: --reps N (T1 repetitions), --t1-rows N, --t2-seconds N, --l1-seconds N,
+//   options: --reps N (T1 repetitions), --t1-rows N, --t2-seconds N, --l1-seconds N, --shards N (default 1),
 //            --only C1,O1,T1,T2,L1,L1N,L1S,E1
 
 import { mkdirSync, writeFileSync } from "node:fs";
@@ -38,6 +38,8 @@ interface Settings {
   compress: boolean;
   inFlight: number;
   ceilingInFlight: number;
+  /** [replication_log] shards of the cluster */
+  shards: number;
   /** workloads to run (--only T1,L1); all by default */
   only: Set<string>;
 }
@@ -67,6 +69,7 @@ function parseSettings(argv: string[]): Settings {
     compress: true,
     inFlight: 16,
     ceilingInFlight: 64,
+    shards: option("--shards", 1),
     only: new Set((argv.includes("--only") ? argv[argv.indexOf("--only") + 1] ?? "" : "C1,O1,T1,T2,L1,L1N,L1S,E1").toUpperCase().split(",")),
   };
 }
@@ -389,12 +392,12 @@ async function main(): Promise<void> {
       mixedTableSql(T2_TABLE, settings.t2SeedRows),
       ...Object.values(latencyTables).map(latencyTableSql),
     ].join("\n");
-    console.log("starting 3 marmot nodes (embedded NATS cluster, R3 streams) ...");
+    console.log(`starting 3 marmot nodes (embedded NATS cluster, R3 streams, ${settings.shards} shard${settings.shards === 1 ? "" : "s"}) ...`);
     const metricsPorts = await freePorts(3);
     cluster = await TestCluster.create({
       schema,
       replicas: 3,
-      shards: 1,
+      shards: settings.shards,
       nodeToml: (id) => `[prometheus]\nenable = true\nbind = "127.0.0.1:${metricsPorts[id - 1]}"`,
     });
     await cluster.startAll();
