@@ -2,7 +2,7 @@
 // the commit becomes visible to another connection, the moment a scan run on file events alone finds it, and the
 // moment marmot's DatabaseWatcher (file events and the looks after them) finds it, all in the same run.
 //
-//   npm run build && node dist/bench/commit-visibility.js [FULL|NORMAL] [rows]
+//   npm run build && node dist/bench/commit-visibility.js [FULL|NORMAL|shell] [rows]
 
 import { watch } from "node:fs";
 import { basename, dirname, join } from "node:path";
@@ -15,7 +15,9 @@ import { startApp } from "./child.js";
 import { fixed, percentile } from "./stats.js";
 import { latencyTableSql, nowNs } from "./workload.js";
 
-const synchronous = (process.argv[2] ?? "FULL").toUpperCase() as "FULL" | "NORMAL";
+const arg = process.argv[2] ?? "FULL";
+/** the app: better-sqlite3 at synchronous FULL or NORMAL, or a sqlite3 shell (at its default, FULL) */
+const synchronous = (arg === "shell" ? "shell" : arg.toUpperCase()) as "FULL" | "NORMAL" | "shell";
 const rows = Number(process.argv[3] ?? 250);
 const dbPath = join(tempDir("marmot-visibility-"), "app.db");
 const setup = new Database(dbPath);
@@ -138,7 +140,7 @@ const line = (label: string, l: number[]) => {
   const ok = l.filter(Number.isFinite);
   return `${label.padEnd(50)} p50 ${fixed(percentile(ok, 50), 2)} / p99 ${fixed(percentile(ok, 99), 2)} ms (${ok.length} rows)`;
 };
-console.log(`synchronous = ${synchronous}, ${rows} autocommit inserts at 50/s, WAL`);
+console.log(`${synchronous === "shell" ? "sqlite3 shell" : `synchronous = ${synchronous}`}, ${rows} autocommit inserts at 50/s, WAL`);
 console.log(line("write -> first file event", firstEvent));
 console.log(line("write -> visible to another connection", visible));
 console.log(line("write -> found by a scan on each file event", foundByEvent));
