@@ -34,10 +34,12 @@ const FOLLOW_UP_MS = [1, 1, 2, 4, 8, 16, 32, 64, 128];
  * header, microseconds, no lock; marmot's own commits on `db` do not change it. True when it cannot tell.
  */
 export function commitWatch(db: Database): () => boolean {
+  // Prepared once: the watcher asks after every file event, thousands of times a second under a busy writer.
+  const dataVersion = db.prepare("PRAGMA data_version").pluck(true);
   let last: unknown;
   return () => {
     try {
-      const now = db.pragma("data_version", { simple: true });
+      const now = dataVersion.get();
       const changed = now !== last;
       last = now;
       return changed;
