@@ -712,3 +712,25 @@ describe("the node's own changes coming back from the stream", () => {
     }
   });
 });
+
+describe("the node's own changes coming back, with an app trigger", () => {
+  it("are written again when the app's trigger changed their row while applying another node's change", () => {
+    const schema = `${SCHEMA}
+CREATE TRIGGER app_touch AFTER INSERT ON ratings BEGIN UPDATE Books SET title = 'touched' WHERE id = NEW.book; END;`;
+    const n = node(schema, { origin: "1/e1" });
+    try {
+      sqlite3(n.path, "INSERT INTO Books VALUES (1, 'Emma', 'Austen');");
+      const logged = Number(n.db.prepare(`SELECT max(__marmot_id) FROM ${quoteIdent(changeLogTable("Books"))}`).pluck().get());
+      n.applier.noteStored(STREAM, 2, [rowKeyString(rowKeyBytes("Books", [1n]))]);
+      n.db.prepare(`DELETE FROM ${quoteIdent(changeLogTable("Books"))} WHERE __marmot_id <= ?`).run(BigInt(logged));
+      // Another node's rating, sequenced first: the app's trigger rewrites book 1 here, as it does on every node.
+      n.applier.applyMessage(STREAM, 1, batch(change(RATINGS, "upsert", 3, ["ann", 1n, 4.5])));
+      assert.equal(rows(n.path, "SELECT title FROM Books WHERE id = 1"), "touched");
+      // The app's own write comes after it in the stream: every node ends with it, this one too.
+      n.applier.applyMessage(STREAM, 2, ownBatch(upsertBook(1, "Emma", "Austen", logged)));
+      assert.equal(rows(n.path, "SELECT title FROM Books WHERE id = 1"), "Emma");
+    } finally {
+      n.db.close();
+    }
+  });
+});
