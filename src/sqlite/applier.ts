@@ -127,6 +127,9 @@ export class Applier {
    * Until then, this node's own change back from the stream leaves its row as it is (see supersededLocally).
    */
   private appTriggers = true;
+  /** the schema version appTriggers was read at; a trigger created since turns the shortcut off until setTables */
+  private triggersReadAt = -1;
+  private readonly schemaVersion: Statement;
   private readonly replacedIn = new Set<string>();
   /** per stream, what noteStored() added, to drop once the stream is applied past it */
   private readonly storedByStream = new Map<string, { seq: number; rowKey: string }[]>();
@@ -140,6 +143,7 @@ export class Applier {
     private readonly logger: Logger,
     private readonly options: ApplierOptions = {},
   ) {
+    this.schemaVersion = db.prepare("PRAGMA schema_version").pluck(true);
     this.enterApply = db.prepare(`INSERT INTO ${quoteIdent(APPLYING_TABLE)} VALUES (1)`);
     this.leaveApply = db.prepare(`DELETE FROM ${quoteIdent(APPLYING_TABLE)}`);
     this.recordApplied = db.prepare(
@@ -159,6 +163,7 @@ export class Applier {
     this.tables = new Map(tables.map((t) => [t.name, t]));
     const triggers = this.db.prepare("SELECT name FROM sqlite_master WHERE type = 'trigger'").pluck(true).all() as string[];
     this.appTriggers = triggers.some((name) => !isInternalName(name));
+    this.triggersReadAt = Number(this.schemaVersion.get());
     this.statements.clear();
     this.pendingLookups.clear();
   }
@@ -266,6 +271,8 @@ export class Applier {
     const parkedTablesBefore = new Set(this.parkedTables);
     try {
       this.db.transaction(() => {
+        // The schema changed since setTables (an app trigger may be new): no shortcut until it runs again.
+        if (!this.appTriggers && Number(this.schemaVersion.get()) !== this.triggersReadAt) this.appTriggers = true;
         this.enterApply.run();
         for (const { seq, data } of messages) {
           if (seq <= last) {

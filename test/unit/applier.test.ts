@@ -714,11 +714,13 @@ describe("the node's own changes coming back from the stream", () => {
 });
 
 describe("the node's own changes coming back, with an app trigger", () => {
-  it("are written again when the app's trigger changed their row while applying another node's change", () => {
-    const schema = `${SCHEMA}
-CREATE TRIGGER app_touch AFTER INSERT ON ratings BEGIN UPDATE Books SET title = 'touched' WHERE id = NEW.book; END;`;
-    const n = node(schema, { origin: "1/e1" });
+  const TRIGGER = "CREATE TRIGGER app_touch AFTER INSERT ON ratings BEGIN UPDATE Books SET title = 'touched' WHERE id = NEW.book; END;";
+
+  for (const when of ["before marmot started", "while marmot runs, not noticed yet"]) {
+  it(`are written again when the app's trigger (created ${when}) changed their row while applying another node's change`, () => {
+    const n = node(when.startsWith("before") ? `${SCHEMA}\n${TRIGGER}` : SCHEMA, { origin: "1/e1" });
     try {
+      if (!when.startsWith("before")) sqlite3(n.path, TRIGGER);
       sqlite3(n.path, "INSERT INTO Books VALUES (1, 'Emma', 'Austen');");
       const logged = Number(n.db.prepare(`SELECT max(__marmot_id) FROM ${quoteIdent(changeLogTable("Books"))}`).pluck().get());
       n.applier.noteStored(STREAM, 2, [rowKeyString(rowKeyBytes("Books", [1n]))]);
@@ -733,4 +735,5 @@ CREATE TRIGGER app_touch AFTER INSERT ON ratings BEGIN UPDATE Books SET title = 
       n.db.close();
     }
   });
+  }
 });
