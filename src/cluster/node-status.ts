@@ -1,6 +1,5 @@
 // This node's status as it goes: its state and readiness, what its heartbeat says, and the cluster it sees.
 
-import { monitorEventLoopDelay, type IntervalHistogram } from "node:perf_hooks";
 import type { JetStreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { Config } from "../config/types.js";
@@ -41,8 +40,6 @@ export interface Readiness {
   reason: string;
 }
 
-/** How often the event-loop delay is sampled. */
-const EVENT_LOOP_RESOLUTION_MS = 10;
 /** Ten minutes of samples for the plot. */
 const HISTORY_SAMPLES = Math.ceil((10 * 60_000) / HEARTBEAT_INTERVAL_MS);
 /** A look at NATS that takes longer than this is given up: the next heartbeat tries again. */
@@ -79,7 +76,6 @@ export class NodeStatusTracker {
   private natsHealth: NatsHealth = disconnectedHealth("not connected yet");
   private readonly history: HistorySample[] = [];
   private previousCounts = { at: Date.now(), applied: 0, published: 0 };
-  private readonly eventLoop: IntervalHistogram = monitorEventLoopDelay({ resolution: EVENT_LOOP_RESOLUTION_MS });
   private readyListener: (() => void) | undefined;
 
   constructor(
@@ -88,9 +84,7 @@ export class NodeStatusTracker {
     private readonly counts: LocalCounts,
     private readonly metrics: Metrics,
     private readonly logger: Logger,
-  ) {
-    this.eventLoop.enable();
-  }
+  ) {}
 
   /** Called once, the first time the node is ready. */
   onReady(listener: () => void): void {
@@ -297,10 +291,6 @@ export class NodeStatusTracker {
     });
     if (this.history.length > HISTORY_SAMPLES) this.history.splice(0, this.history.length - HISTORY_SAMPLES);
     this.previousCounts = { at: now, applied, published };
-    // The histogram records whole intervals between its timer's ticks: an idle loop shows the resolution itself.
-    const mean = this.eventLoop.mean;
-    if (Number.isFinite(mean)) this.metrics.eventLoopLag.set(Math.max(0, mean / 1e6 - EVENT_LOOP_RESOLUTION_MS) / 1000);
-    this.eventLoop.reset();
   }
 
   /** The node begins to stop: it is not ready any more. */
@@ -311,7 +301,6 @@ export class NodeStatusTracker {
   /** Once the heartbeat loop has ended: the last heartbeat says "stopped" (best effort, NATS may be gone). */
   async stop(): Promise<void> {
     this.stopping = true;
-    this.eventLoop.disable();
     if (this.writer === undefined || this.nc === undefined || this.nc.isClosed()) return;
     try {
       await orAbort(this.writer.write(this.selfStatus()), AbortSignal.timeout(2000));

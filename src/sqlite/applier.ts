@@ -6,7 +6,7 @@ import { DecodeError } from "../errors.js";
 import type { Logger } from "../log.js";
 import { decodeBatch, encodeBatch, type ChangeBatch, type WireChange, type WireTable } from "../wire/codec.js";
 import { rowKeyBytes, rowKeyString } from "../wire/shard.js";
-import { APPLIED_TABLE, APPLYING_TABLE, changeLogTable, LOG_ID_COLUMN, PARKED_TABLE, ROWID_KEY } from "./names.js";
+import { APPLIED_TABLE, APPLYING_TABLE, changeLogTable, isInternalName, LOG_ID_COLUMN, PARKED_TABLE, ROWID_KEY } from "./names.js";
 import { quoteIdent } from "./quote.js";
 import { rowidAlias } from "./schema.js";
 import type { TableInfo } from "./table.js";
@@ -120,7 +120,17 @@ export class Applier {
    * Rows whose newer local change JetStream has stored but this node has not applied back yet, with where it was
    * stored: the change log no longer holds that change, yet an earlier message of the row must not undo it here.
    */
-  private readonly stored = new Map<string, { stream: string; seq: number }>();
+  private readonly stored = new Map<string, { stream: string; seq: number; shippedHere: boolean }>();
+  /**
+   * Whether anything but the app and this applier's statements for a row can change a row here: the app's own
+   * triggers (they fire on applied changes too), or a UNIQUE clash that replaced rows of a table (by table name).
+   * Until then, this node's own change back from the stream leaves its row as it is (see supersededLocally).
+   */
+  private appTriggers = true;
+  /** the schema version appTriggers was read at; a trigger created since turns the shortcut off until setTables */
+  private triggersReadAt = -1;
+  private readonly schemaVersion: Statement;
+  private readonly replacedIn = new Set<string>();
   /** per stream, what noteStored() added, to drop once the stream is applied past it */
   private readonly storedByStream = new Map<string, { seq: number; rowKey: string }[]>();
   private readonly enterApply: Statement;
@@ -133,6 +143,7 @@ export class Applier {
     private readonly logger: Logger,
     private readonly options: ApplierOptions = {},
   ) {
+    this.schemaVersion = db.prepare("PRAGMA schema_version").pluck(true);
     this.enterApply = db.prepare(`INSERT INTO ${quoteIdent(APPLYING_TABLE)} VALUES (1)`);
     this.leaveApply = db.prepare(`DELETE FROM ${quoteIdent(APPLYING_TABLE)}`);
     this.recordApplied = db.prepare(
@@ -156,6 +167,9 @@ export class Applier {
   /** The schema to apply against: only these tables and columns are ever named in SQL. */
   setTables(tables: readonly TableInfo[]): void {
     this.tables = new Map(tables.map((t) => [t.name, t]));
+    const triggers = this.db.prepare("SELECT name FROM sqlite_master WHERE type = 'trigger'").pluck(true).all() as string[];
+    this.appTriggers = triggers.some((name) => !isInternalName(name));
+    this.triggersReadAt = Number(this.schemaVersion.get());
     this.statements.clear();
     this.pendingLookups.clear();
   }
@@ -164,13 +178,13 @@ export class Applier {
    * The shipper's word that JetStream stored this node's latest changes of these rows (see rowKeyString) at `seq`
    * of `stream`. Until this node has applied the stream that far, earlier changes of those rows are superseded.
    */
-  noteStored(stream: string, seq: number, rowKeys: readonly string[]): void {
+  noteStored(stream: string, seq: number, rowKeys: readonly string[], shippedHere = true): void {
     if (this.options.origin === undefined || seq <= this.appliedSequence(stream)) return;
     let queue = this.storedByStream.get(stream);
     if (!queue) this.storedByStream.set(stream, (queue = []));
     for (const rowKey of rowKeys) {
       const previous = this.stored.get(rowKey);
-      if (previous === undefined || previous.stream !== stream || previous.seq < seq) this.stored.set(rowKey, { stream, seq });
+      if (previous === undefined || previous.stream !== stream || previous.seq < seq) this.stored.set(rowKey, { stream, seq, shippedHere });
       queue.push({ seq, rowKey });
     }
   }
@@ -186,7 +200,8 @@ export class Applier {
     const batch = this.ownBatch(data);
     if (batch === undefined) return 0;
     const rowKeys = batch.changes.map((change) => rowKeyString(rowKeyBytes(change.table.name, changeKey(change))));
-    this.noteStored(stream, seq, rowKeys);
+    // Read back from the stream, not shipped by this run: the file may have been replaced since (a restore).
+    this.noteStored(stream, seq, rowKeys, false);
     return rowKeys.length;
   }
 
@@ -262,6 +277,8 @@ export class Applier {
     const parkedTablesBefore = new Set(this.parkedTables);
     try {
       this.db.transaction(() => {
+        // The schema changed since setTables (an app trigger may be new): no shortcut until it runs again.
+        if (!this.appTriggers && Number(this.schemaVersion.get()) !== this.triggersReadAt) this.appTriggers = true;
         this.enterApply.run();
         for (const { seq, data } of messages) {
           if (seq <= last) {
@@ -428,6 +445,21 @@ export class Applier {
     if (this.stored.size > 0) {
       const stored = this.stored.get(rowKeyString(rowKeyBytes(plan.local.name, key)));
       if (stored !== undefined && stored.stream === source.stream && stored.seq > source.seq) return true;
+      // This run shipped this very change of the row at this sequence. Since the app wrote it, the row either kept
+      // it (changes of others sequenced before it were superseded above, later ones come after it) or has a newer
+      // local change, which supersedes it: writing it again changes nothing either way, unless an app trigger or a
+      // UNIQUE clash changed the row meanwhile.
+      if (
+        source.own &&
+        stored !== undefined &&
+        stored.shippedHere &&
+        stored.stream === source.stream &&
+        stored.seq === source.seq &&
+        !this.appTriggers &&
+        !this.replacedIn.has(plan.local.name)
+      ) {
+        return true;
+      }
     }
     if (ids === null || (source.own && ids.max <= change.changeId)) return false;
     return plan.pending.newest.get(...key) != null;
@@ -466,6 +498,7 @@ export class Applier {
       statement = this.db.prepare(`INSERT OR REPLACE INTO ${quoteIdent(local.name)} (${columns.join(", ")}) VALUES (${columns.map(() => "?").join(", ")})`);
       this.statements.set(cacheKey, statement);
     }
+    this.replacedIn.add(local.name);
     try {
       const replaced = statement.run(change.values).changes;
       this.logger.warn("a replicated row replaced a row that clashed with it on a UNIQUE column (the later write wins)", {

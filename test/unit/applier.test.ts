@@ -678,3 +678,62 @@ describe("the app's own newer writes", () => {
     }
   });
 });
+
+describe("the node's own changes coming back from the stream", () => {
+  const USERS: WireTable = { name: "users", columns: ["id", "email"], keyColumns: ["id"] };
+  const schema = "CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT UNIQUE);";
+  const userKey = (id: bigint) => rowKeyString(rowKeyBytes("users", [id]));
+
+  it("are written again when the row no longer holds them, and change nothing when it does", () => {
+    const n = node(schema, { origin: "1/e1" });
+    try {
+      sqlite3(n.path, "INSERT INTO users VALUES (1, 'x@example.com'), (2, 'y@example.com');");
+      const logged = Number(n.db.prepare(`SELECT max(__marmot_id) FROM ${quoteIdent(changeLogTable("users"))}`).pluck().get());
+      // The shipper published both rows; JetStream stored them at 2; they left the change log.
+      n.applier.noteStored(STREAM, 2, [userKey(1n), userKey(2n)]);
+      n.db.prepare(`DELETE FROM ${quoteIdent(changeLogTable("users"))} WHERE __marmot_id <= ?`).run(BigInt(logged));
+      // Before them in the stream: another node's row with the same email as row 1. It wins here for now (the
+      // later write wins), and takes row 1 away.
+      n.applier.applyMessage(STREAM, 1, batch(change(USERS, "upsert", 9, [5n, "x@example.com"])));
+      assert.equal(rows(n.path, "SELECT group_concat(id, ',') FROM (SELECT id FROM users ORDER BY id)"), "2,5");
+
+      // Row 1 comes back later in the stream: every node ends with it, so this one must write it again; row 2
+      // is as the message leaves it.
+      const result = n.applier.applyMessage(
+        STREAM,
+        2,
+        encodeBatch({ origin: "1/e1", changes: [change(USERS, "upsert", logged - 1, [1n, "x@example.com"]), change(USERS, "upsert", logged, [2n, "y@example.com"])] }),
+      );
+      assert.equal(result.outcome, "applied");
+      assert.equal(rows(n.path, "SELECT group_concat(id || ':' || email, ',') FROM (SELECT * FROM users ORDER BY id)"), "1:x@example.com,2:y@example.com");
+      assert.equal(appliedSeq(n.path), "2");
+    } finally {
+      n.db.close();
+    }
+  });
+});
+
+describe("the node's own changes coming back, with an app trigger", () => {
+  const TRIGGER = "CREATE TRIGGER app_touch AFTER INSERT ON ratings BEGIN UPDATE Books SET title = 'touched' WHERE id = NEW.book; END;";
+
+  for (const when of ["before marmot started", "while marmot runs, not noticed yet"]) {
+  it(`are written again when the app's trigger (created ${when}) changed their row while applying another node's change`, () => {
+    const n = node(when.startsWith("before") ? `${SCHEMA}\n${TRIGGER}` : SCHEMA, { origin: "1/e1" });
+    try {
+      if (!when.startsWith("before")) sqlite3(n.path, TRIGGER);
+      sqlite3(n.path, "INSERT INTO Books VALUES (1, 'Emma', 'Austen');");
+      const logged = Number(n.db.prepare(`SELECT max(__marmot_id) FROM ${quoteIdent(changeLogTable("Books"))}`).pluck().get());
+      n.applier.noteStored(STREAM, 2, [rowKeyString(rowKeyBytes("Books", [1n]))]);
+      n.db.prepare(`DELETE FROM ${quoteIdent(changeLogTable("Books"))} WHERE __marmot_id <= ?`).run(BigInt(logged));
+      // Another node's rating, sequenced first: the app's trigger rewrites book 1 here, as it does on every node.
+      n.applier.applyMessage(STREAM, 1, batch(change(RATINGS, "upsert", 3, ["ann", 1n, 4.5])));
+      assert.equal(rows(n.path, "SELECT title FROM Books WHERE id = 1"), "touched");
+      // The app's own write comes after it in the stream: every node ends with it, this one too.
+      n.applier.applyMessage(STREAM, 2, ownBatch(upsertBook(1, "Emma", "Austen", logged)));
+      assert.equal(rows(n.path, "SELECT title FROM Books WHERE id = 1"), "Emma");
+    } finally {
+      n.db.close();
+    }
+  });
+  }
+});
