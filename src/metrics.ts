@@ -72,6 +72,8 @@ export class Metrics {
   readonly snapshotSaveSeconds: Metric;
   readonly snapshotRestoreSeconds: Metric;
   readonly snapshotRestores: Metric;
+  /** seconds since the stored snapshot was made, as a node last read its manifest */
+  readonly snapshotAgeSeconds: Metric;
   private readonly all: Metric[];
 
   constructor(namespace = "marmot", subsystem = "") {
@@ -88,6 +90,7 @@ export class Metrics {
     this.snapshotSaveSeconds = new Metric(name("snapshot_save_seconds"), "Duration of the last snapshot save.", "gauge");
     this.snapshotRestoreSeconds = new Metric(name("snapshot_restore_seconds"), "Duration of the last snapshot restore.", "gauge");
     this.snapshotRestores = new Metric(name("snapshot_restores"), "Snapshots restored into the local database.", "counter");
+    this.snapshotAgeSeconds = new Metric(name("snapshot_age_seconds"), "Seconds since the stored snapshot was made.", "gauge");
     this.all = [
       this.published,
       this.pendingPublish,
@@ -101,6 +104,7 @@ export class Metrics {
       this.snapshotSaveSeconds,
       this.snapshotRestoreSeconds,
       this.snapshotRestores,
+      this.snapshotAgeSeconds,
     ];
   }
 

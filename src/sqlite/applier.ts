@@ -141,9 +141,20 @@ export class Applier {
     this.insertParked = db.prepare(
       `INSERT INTO ${quoteIdent(PARKED_TABLE)} (stream, seq, tbl, reason, payload, parked_at) VALUES (?, ?, ?, ?, ?, ?)`,
     );
-    const rows = db.prepare(`SELECT stream, seq FROM ${quoteIdent(APPLIED_TABLE)}`).all() as { stream: string; seq: bigint }[];
+    this.reloadApplied();
+  }
+
+  /**
+   * Reads the applied sequences and the parked tables from the database again: at start, and after a snapshot was
+   * restored underneath (it set both). Own changes stored at or below the new sequences are in the snapshot already.
+   */
+  reloadApplied(): void {
+    const rows = this.db.prepare(`SELECT stream, seq FROM ${quoteIdent(APPLIED_TABLE)}`).all() as { stream: string; seq: bigint }[];
+    this.applied.clear();
     for (const row of rows) this.applied.set(row.stream, Number(row.seq));
-    const parked = db.prepare(`SELECT DISTINCT tbl FROM ${quoteIdent(PARKED_TABLE)} WHERE tbl IS NOT NULL`).pluck(true).all() as string[];
+    for (const [stream, seq] of this.applied) this.forgetStoredUpTo(stream, seq);
+    const parked = this.db.prepare(`SELECT DISTINCT tbl FROM ${quoteIdent(PARKED_TABLE)} WHERE tbl IS NOT NULL`).pluck(true).all() as string[];
+    this.parkedTables.clear();
     for (const t of parked) this.parkedTables.add(t);
   }
 

@@ -41,6 +41,18 @@ export interface ShardConsumerOptions {
   durableName: string;
   /** messages fetched ahead of the applier */
   prefetch?: number;
+  /**
+   * Told when the stream no longer holds messages this node has not applied; the consumer then stops (run() returns)
+   * instead of applying past them, and the node restores from a snapshot. Without it, it logs and applies on.
+   */
+  onGap?: (gap: StreamGap) => void;
+}
+
+export interface StreamGap {
+  stream: string;
+  /** first and last sequence the stream dropped before this node applied them */
+  missedFrom: number;
+  missedTo: number;
 }
 
 /**
@@ -53,6 +65,8 @@ export class ShardConsumer {
   /** the running consume() call, to stop when it stalls */
   private current?: { stop(): void };
   private progress = { applied: -1, at: Date.now() };
+  /** the stream dropped messages this node needs: the consumer stops (see ShardConsumerOptions.onGap) */
+  private gapReported = false;
 
   constructor(
     private readonly js: JetStreamClient,
@@ -71,7 +85,7 @@ export class ShardConsumer {
         await this.consumeOnce(signal);
         attempt = 0;
       } catch (err) {
-        if (signal.aborted) break;
+        if (signal.aborted || this.gapReported) break;
         attempt++;
         const level = attempt === 1 ? "warn" : "debug";
         this.logger[level]("consumer interrupted; starting it again after the last applied message", {
@@ -248,8 +262,13 @@ export class ShardConsumer {
           stream,
           missed_from: applied + 1,
           missed_to: info.state.first_seq - 1,
-          fix: "restore this node from a snapshot, or raise [replication_log] max_entries",
+          fix: this.options.onGap ? "restoring from a snapshot" : "restore this node from a snapshot, or raise [replication_log] max_entries",
         });
+        if (this.options.onGap) {
+          this.gapReported = true;
+          this.options.onGap({ stream, missedFrom: applied + 1, missedTo: info.state.first_seq - 1 });
+          return false;
+        }
       } else {
         this.logger.warn("message out of order; restarting the consumer after the last applied message", { stream, applied, got: m.seq });
         return false;
