@@ -112,7 +112,7 @@ function tablePlan(db: Database.Database, schema: string, name: string): TablePl
     pk: bigint | number;
     hidden: bigint | number;
   }[];
-  const listed = db.prepare("SELECT wr FROM pragma_table_list(?, ?)").get(name, schema) as { wr: bigint | number } | undefined;
+  const listed = db.prepare("SELECT wr FROM pragma_table_list WHERE schema = ? AND name = ?").get(schema, name) as { wr: bigint | number } | undefined;
   const writable = columns.filter((c) => Number(c.hidden) === 0).map((c) => c.name);
   const withoutRowid = Number(listed?.wr ?? 0) === 1;
   const taken = new Set(columns.map((c) => foldCase(c.name)));
