@@ -142,7 +142,10 @@ export class NodeSnapshots {
         const needs = coverageNeeded(await this.positions());
         const manifest = await engine.latestManifest();
         if (manifest !== null && covers(manifest.streams, needs)) {
-          const result = await this.restore(manifest, signal);
+          const result = await this.restore(manifest, signal).catch((err: unknown) => {
+            if (err instanceof SnapshotAccessError || err instanceof SnapshotInvalidError || signal.aborted) throw err;
+            throw new Error(`restoring ${manifest.object} from ${engine.description} failed: ${(err as Error).message}`, { cause: err });
+          });
           logger.info("restored from a snapshot; applying the streams from its sequences", {
             object: manifest.object,
             store: engine.description,
@@ -165,7 +168,7 @@ export class NodeSnapshots {
           const needs = await this.positions().then(coverageNeeded, () => undefined);
           if (needs) waitingFor += await this.askCluster(needs);
         } else {
-          waitingFor = `the snapshot store or JetStream (${(err as Error).message})`;
+          waitingFor = `a snapshot store and JetStream that answer, and a restore that succeeds (${(err as Error).message})`;
         }
       }
       const now = Date.now();
