@@ -83,6 +83,7 @@ export class NodeSnapshots {
   private saving: Promise<ManifestFacts | undefined> | undefined;
   private cached: { manifest: ManifestFacts | null; at: number } | undefined;
   private readonly listener: SnapshotRequestListener;
+  private reportedAccessError = "";
 
   constructor(private readonly deps: NodeSnapshotsDeps) {
     this.listener = new SnapshotRequestListener(deps.nc, deps.config.nats.subjectPrefix, (r) => this.answer(r), deps.logger);
@@ -243,7 +244,11 @@ export class NodeSnapshots {
     try {
       manifest = await this.manifestForCheck(false);
     } catch (err) {
-      logger.debug("could not read the snapshot manifest for the freshness check", { reason: (err as Error).message });
+      const reason = (err as Error).message;
+      // Wrong credentials will not pass by themselves: say so once, loudly; anything else may.
+      if (err instanceof SnapshotAccessError && reason !== this.reportedAccessError) logger.error("cannot read the snapshot store; no snapshot is saved", { store: this.deps.engine.description, reason });
+      else logger.debug("could not read the snapshot manifest for the freshness check", { reason });
+      if (err instanceof SnapshotAccessError) this.reportedAccessError = reason;
       return;
     }
     const fills = await this.positions().catch(() => undefined);
