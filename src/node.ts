@@ -25,7 +25,7 @@ import { DatabaseWatcher } from "./sqlite/watcher.js";
 import { connectNats } from "./stream/connect.js";
 import { batchOrigin } from "./wire/codec.js";
 import { ShardConsumer } from "./stream/consumer.js";
-import { EmbeddedServer } from "./stream/embedded-server.js";
+import { EmbeddedServer, type EmbeddedServerOptions } from "./stream/embedded-server.js";
 import { waitForJetStream } from "./stream/jetstream-ready.js";
 import { readOwnMessages } from "./stream/own-messages.js";
 import { JetStreamPublisher } from "./stream/publisher.js";
@@ -35,6 +35,19 @@ import { Wakeup } from "./wakeup.js";
 /** Where the embedded nats-server keeps its JetStream store: beside the database, one folder per node. */
 export function embeddedStoreDir(config: Config): string {
   return join(dirname(config.dbPath), `marmot-nats-${config.nodeId}`);
+}
+
+/** How a node (or a one-shot command of the node, -save-snapshot) starts its embedded nats-server. */
+export function embeddedServerOptions(config: Config, cli: CliOptions): EmbeddedServerOptions {
+  return {
+    serverName: `marmot-node-${config.nodeId}`,
+    storeDir: embeddedStoreDir(config),
+    bindAddress: config.nats.bindAddress,
+    clusterAddr: cli.clusterAddr || undefined,
+    clusterPeers: cli.clusterPeers,
+    leafServers: cli.leafServers,
+    serverConfig: config.nats.serverConfig || undefined,
+  };
 }
 
 export class MarmotNode {
@@ -158,20 +171,9 @@ export class MarmotNode {
     const name = `marmot-node-${config.nodeId}`;
     let servers = config.nats.urls;
     if (servers.length === 0) {
-      const storeDir = embeddedStoreDir(config);
-      mkdirSync(storeDir, { recursive: true });
-      this.server = await EmbeddedServer.start(
-        {
-          serverName: name,
-          storeDir,
-          bindAddress: config.nats.bindAddress,
-          clusterAddr: this.cli.clusterAddr || undefined,
-          clusterPeers: this.cli.clusterPeers,
-          leafServers: this.cli.leafServers,
-          serverConfig: config.nats.serverConfig || undefined,
-        },
-        logger.child({ component: "nats-server" }),
-      );
+      const options = embeddedServerOptions(config, this.cli);
+      mkdirSync(options.storeDir, { recursive: true });
+      this.server = await EmbeddedServer.start(options, logger.child({ component: "nats-server" }));
       this.server.onUnexpectedExit((exit) => {
         this.fail(new ServerError(`the embedded nats-server (pid ${this.server?.pid}) exited unexpectedly (code ${exit.code}, signal ${exit.signal}); marmot stops`));
       });

@@ -11,7 +11,7 @@ import type Database from "better-sqlite3";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { defaultConfig } from "../../src/config/defaults.js";
 import type { Config } from "../../src/config/types.js";
-import { SnapshotInvalidError } from "../../src/errors.js";
+import { SnapshotInvalidError, SnapshotStoreError } from "../../src/errors.js";
 import { silentLogger } from "../../src/log.js";
 import { Metrics } from "../../src/metrics.js";
 import { downloadSnapshot } from "../../src/snapshot/download.js";
@@ -28,7 +28,7 @@ import { NOT_MARKER } from "../../src/sqlite/trigger-sql.js";
 import { tableDiff, waitFor } from "../helpers/marmot.js";
 import { startNatsServer, type TestNatsServer } from "../helpers/nats.js";
 import { spawnTracked, useProcessCleanup, waitForExit } from "../helpers/processes.js";
-import { copyFixture, createDb, removeTempDirs, sqlite3, sqlite3Async, tempDir } from "../helpers/sqlite.js";
+import { copyFixture, createDb, recordingLogger, removeTempDirs, sqlite3, sqlite3Async, tempDir } from "../helpers/sqlite.js";
 
 useProcessCleanup();
 after(removeTempDirs);
@@ -242,6 +242,42 @@ describe("snapshot into a NATS object store", () => {
     );
     const file = await downloadSnapshot(store, saved, config, { dir: tempDir() });
     assert.equal(statSync(file).size, saved.size);
+    source.db.close();
+    target.close();
+  });
+});
+
+describe("snapshot stores that cannot be used", () => {
+  it("a NATS server without JetStream is a SnapshotStoreError saying what is missing", async () => {
+    const server = await startNatsServer({ jetstream: false });
+    const nc = await connect({ servers: server.url });
+    try {
+      const store = openSnapshotStore(configFor("/nonexistent/db"), { nc, logger: silentLogger });
+      await assert.rejects(store.readSmall(MANIFEST_NAME), (err: Error) => {
+        assert.ok(err instanceof SnapshotStoreError, String(err));
+        assert.match(err.message, /marmot-changes-snapshot-store/);
+        assert.match(err.message, /JetStream/);
+        return true;
+      });
+    } finally {
+      await nc.close();
+      await server.stop();
+    }
+  });
+
+  it("a virtual table in the snapshot is left out with a warning; the other tables restore", async () => {
+    const source = sourceDatabase();
+    sqlite3(source.path, "CREATE VIRTUAL TABLE docs USING fts5(title, body); INSERT INTO docs VALUES ('marmots', 'burrowing rodents');");
+    const config = configFor(source.path, { store: "file", file: { path: join(tempDir(), "store") } });
+    const store = openSnapshotStore(config, { logger: silentLogger });
+    const saved = await saveSnapshot(source.db, { config, store, logger: silentLogger });
+    const targetPath = join(tempDir(), "target.sqlite");
+    const target = openDatabase(targetPath, silentLogger);
+    const file = await downloadSnapshot(store, saved, configFor(targetPath), { dir: tempDir() });
+    const lines = recordingLogger();
+    restoreSnapshot(target, file, { config: configFor(targetPath), logger: lines });
+    assert.ok(lines.lines.some((l) => l.level === "warn" && /virtual table/.test(l.message) && l.fields?.table === "docs"));
+    for (const table of ["Album", "kinds", "nokey", "composite", "auto"]) assert.equal(tableDiff(source.path, targetPath, table), "", table);
     source.db.close();
     target.close();
   });

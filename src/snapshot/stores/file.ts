@@ -1,7 +1,7 @@
 // The `file` snapshot store: objects are files in a folder (a local disk or a shared mount), replaced by rename.
 
 import { createReadStream, createWriteStream } from "node:fs";
-import { mkdir, open, readFile, rename, rm, stat } from "node:fs/promises";
+import { type FileHandle, mkdir, open, readFile, rename, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { pipeline } from "node:stream/promises";
 import { randomBytes } from "node:crypto";
@@ -28,7 +28,7 @@ export class FileSnapshotStore implements SnapshotStore {
 
   async download(name: string, localPath: string, options: TransferOptions = {}): Promise<void> {
     const path = this.pathOf(name);
-    let handle;
+    let handle: FileHandle;
     try {
       handle = await open(path, "r");
     } catch (err) {

@@ -1,11 +1,12 @@
 // The `nats` snapshot store: a JetStream object store on marmot's own NATS connection (the default store).
 
+import { createHash } from "node:crypto";
+import { once } from "node:events";
 import { createReadStream, createWriteStream } from "node:fs";
 import { stat } from "node:fs/promises";
-import { Readable } from "node:stream";
-import { pipeline } from "node:stream/promises";
-import { StorageType } from "@nats-io/jetstream";
-import { Objm, type ObjectStore } from "@nats-io/obj";
+import { finished } from "node:stream/promises";
+import { jetstream, StorageType } from "@nats-io/jetstream";
+import { Objm, type ObjectInfo, type ObjectStore } from "@nats-io/obj";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { SnapshotAccessError, SnapshotNotFoundError, SnapshotStoreError } from "../../errors.js";
 import { describeJetStreamError } from "../../stream/jetstream-ready.js";
@@ -19,6 +20,9 @@ export interface NatsStoreOptions {
 
 /** How long one chunk's publish may wait for JetStream's ack before the upload fails (and leaves the old object). */
 const CHUNK_TIMEOUT_MS = 30_000;
+/** Chunks (128 KiB each) fetched ahead while downloading. The bucket's stream is OBJ_<bucket>, its chunks
+ * $O.<bucket>.C.<object nuid>: the object store's layout, which every NATS client shares. */
+const DOWNLOAD_BATCH = 16;
 
 /** The default bucket: one per cluster, named after its streams. */
 export function defaultSnapshotBucket(streamPrefix: string): string {
@@ -84,26 +88,57 @@ export class NatsSnapshotStore implements SnapshotStore {
     }
   }
 
+  /**
+   * Read the object's chunks with an ordered pull consumer, a bounded batch at a time, and write each to the file
+   * before asking for more: the object store's own get() pushes every chunk into memory as fast as the server
+   * sends it, so a large snapshot would be held whole when the disk is slower than the network. The digest the
+   * object store recorded is checked here instead.
+   */
   async download(name: string, localPath: string, options: TransferOptions = {}): Promise<void> {
     const bucket = await this.bucket();
-    let result;
+    let info: ObjectInfo | null;
     try {
-      result = await bucket.get(name);
+      info = await bucket.info(name);
     } catch (err) {
       throw this.failure(`download "${name}"`, err);
     }
-    if (result === null) throw new SnapshotNotFoundError(`no object "${name}" in ${this.description}`);
-    const outcome = result.error.catch((err: unknown) => err as Error);
+    if (info === null || info.deleted) throw new SnapshotNotFoundError(`no object "${name}" in ${this.description}`);
+    const object = info;
+    const file = createWriteStream(localPath);
+    const hash = createHash("sha256");
+    let bytes = 0;
     try {
-      await pipeline(Readable.fromWeb(result.data as never), progressCounter(options, result.info.size), createWriteStream(localPath), {
-        signal: options.signal,
-      });
+      if (object.size > 0) {
+        const consumer = await jetstream(this.nc).consumers.get(`OBJ_${this.options.bucket}`, {
+          filter_subjects: [`$O.${this.options.bucket}.C.${object.nuid}`],
+        });
+        const messages = await consumer.consume({ max_messages: DOWNLOAD_BATCH });
+        try {
+          for await (const message of messages) {
+            options.signal?.throwIfAborted();
+            hash.update(message.data);
+            bytes += message.data.length;
+            if (!file.write(message.data)) await once(file, "drain");
+            options.onProgress?.({ bytes, total: object.size });
+            if (message.info.pending === 0) break;
+          }
+        } finally {
+          await messages.close().catch(() => undefined);
+        }
+      }
+      file.end();
+      await finished(file);
     } catch (err) {
+      file.destroy();
       if (options.signal?.aborted) throw options.signal.reason;
       throw this.failure(`download "${name}"`, err);
     }
-    const failed = await outcome;
-    if (failed) throw this.failure(`download "${name}"`, failed);
+    const digest = `SHA-256=${hash.digest("base64url")}`;
+    if (bytes !== object.size || digest.replace(/=+$/, "") !== object.digest.replace(/=+$/, "")) {
+      throw new SnapshotStoreError(
+        `object "${name}" in ${this.description} came back with ${bytes} bytes and ${digest}, the store recorded ${object.size} and ${object.digest}`,
+      );
+    }
   }
 
   async writeSmall(name: string, content: Uint8Array): Promise<void> {
