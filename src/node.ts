@@ -433,7 +433,8 @@ export class MarmotNode {
       } catch (err) {
         this.logger.debug("metrics refresh failed", { reason: (err as Error).message });
       }
-      await this.snapshots?.keepFresh();
+      // Not awaited: a slow store must not hold up the lag readings and the stall check above.
+      void this.snapshots?.keepFresh();
       const appliedNow = this.metrics.applied.get();
       if (appliedNow !== appliedBefore) this.lastActivity = Date.now();
       appliedBefore = appliedNow;

@@ -10,9 +10,9 @@ import { rmSync } from "node:fs";
 import type { JetStreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { Config } from "../config/types.js";
-import { SnapshotAccessError, SnapshotInvalidError } from "../errors.js";
+import { SnapshotAccessError, SnapshotInvalidError, SnapshotStoreError } from "../errors.js";
 import type { Logger } from "../log.js";
-import { sleep } from "../sleep.js";
+import { orAbort, sleep } from "../sleep.js";
 import type { ShardStream } from "../stream/streams.js";
 import { snapshotDue } from "./freshness.js";
 import type { HeldLease } from "./lease.js";
@@ -74,6 +74,8 @@ const FIRST_WAIT_MS = 1000;
 const MAX_WAIT_MS = 10_000;
 /** How long a cached manifest is trusted by the freshness check before it is read again. */
 const MANIFEST_CACHE_MS = 10_000;
+/** A manifest read that takes longer has stalled (it is a small object): the caller tries again later. */
+const MANIFEST_TIMEOUT_MS = 30_000;
 /** How long a node asked for a snapshot waits to have applied what the requester needs. */
 const CATCH_UP_FOR_REQUEST_MS = 30_000;
 
@@ -81,12 +83,23 @@ export class NodeSnapshots {
   /** see the top of this file */
   complete = false;
   private saving: Promise<ManifestFacts | undefined> | undefined;
+  /** a freshness check under way: the next one is skipped rather than queued */
+  private checking = false;
   private cached: { manifest: ManifestFacts | null; at: number } | undefined;
   private readonly listener: SnapshotRequestListener;
   private reportedAccessError = "";
 
   constructor(private readonly deps: NodeSnapshotsDeps) {
     this.listener = new SnapshotRequestListener(deps.nc, deps.config.nats.subjectPrefix, (r) => this.answer(r), deps.logger);
+  }
+
+  /** The stored manifest, or a SnapshotStoreError when the store does not answer in time. */
+  private latest(): Promise<ManifestFacts | null> {
+    const timeout = AbortSignal.timeout(MANIFEST_TIMEOUT_MS);
+    return orAbort(this.deps.engine.latestManifest(), AbortSignal.any([this.deps.signal, timeout])).catch((err: unknown) => {
+      if (!timeout.aborted || this.deps.signal.aborted) throw err;
+      throw new SnapshotStoreError(`reading the snapshot manifest from ${this.deps.engine.description} did not answer within ${MANIFEST_TIMEOUT_MS / 1000} s`);
+    });
   }
 
   /** Where each shard stands: this node's applied sequence and the stream's first and last sequences. */
@@ -109,7 +122,7 @@ export class NodeSnapshots {
   async restoreIfNeeded(signal: AbortSignal): Promise<RestoreFacts | undefined> {
     const positions = await this.retrying("read the streams' positions", () => this.positions(), signal);
     // A damaged manifest still says a snapshot was stored: the restore then waits for a good one.
-    const readStored = () => this.deps.engine.latestManifest().then((m) => m !== null, (err: unknown) => {
+    const readStored = () => this.latest().then((m) => m !== null, (err: unknown) => {
       if (err instanceof SnapshotInvalidError) return true;
       throw err;
     });
@@ -141,7 +154,7 @@ export class NodeSnapshots {
       try {
         // Read each time: the streams move on, and what must be covered with them.
         const needs = coverageNeeded(await this.positions());
-        const manifest = await engine.latestManifest();
+        const manifest = await this.latest();
         if (manifest !== null && covers(manifest.streams, needs)) {
           const result = await this.restore(manifest, signal).catch((err: unknown) => {
             if (err instanceof SnapshotAccessError || err instanceof SnapshotInvalidError || signal.aborted) throw err;
@@ -238,8 +251,17 @@ export class NodeSnapshots {
    * the stored snapshot.
    */
   async keepFresh(): Promise<void> {
+    if (this.checking || !this.deps.config.snapshot.enabled || !this.complete) return;
+    this.checking = true;
+    try {
+      await this.checkFreshness();
+    } finally {
+      this.checking = false;
+    }
+  }
+
+  private async checkFreshness(): Promise<void> {
     const { config, logger } = this.deps;
-    if (!config.snapshot.enabled || !this.complete) return;
     let manifest: ManifestFacts | null;
     try {
       manifest = await this.manifestForCheck(false);
@@ -273,7 +295,7 @@ export class NodeSnapshots {
   private async manifestForCheck(fresh: boolean): Promise<ManifestFacts | null> {
     const now = Date.now();
     if (fresh || !this.cached || now - this.cached.at > MANIFEST_CACHE_MS) {
-      this.cached = { manifest: await this.deps.engine.latestManifest(), at: now };
+      this.cached = { manifest: await this.latest(), at: now };
     }
     const manifest = this.cached.manifest;
     if (manifest) this.deps.reportAge?.(Math.max(0, Math.round((now - Date.parse(manifest.createdAt)) / 1000)));

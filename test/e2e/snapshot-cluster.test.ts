@@ -62,6 +62,17 @@ async function trickleWrites(dbPath: string, firstId: number, count: number): Pr
   return (JSON.parse(output.trim().split("\n").pop()!) as { ms: number }).ms;
 }
 
+/** Runs a test's body; on a failure, adds every node's last log lines: the node that waited is rarely the one at fault. */
+async function withLogs(cluster: TestCluster | undefined, body: () => Promise<void>): Promise<void> {
+  try {
+    await body();
+  } catch (err) {
+    const logs = (cluster?.nodes ?? []).map((n) => `--- node ${n.spec.id} ---\n${readFileSync(n.spec.logPath, "utf8").split("\n").slice(-40).join("\n")}`);
+    (err as Error).message += `\n${logs.join("\n")}`;
+    throw err;
+  }
+}
+
 describe("a node that was away while the streams dropped its messages (R3, max_entries = 64)", () => {
   let cluster: TestCluster;
   after(async () => {
@@ -75,54 +86,56 @@ describe("a node that was away while the streams dropped its messages (R3, max_e
     await cluster.waitConverged(TABLES);
   });
 
-  test("node 3 stopped, its app writes offline; the stream drops messages it never applied; it restarts, restores and converges", async (t) => {
-    const [n1, n3] = [cluster.node(1), cluster.node(3)];
-    assert.equal(await n3.stop(), 0);
-    const appliedBefore = appliedOf(n3.spec.dbPath);
-    // The app on node 3 keeps writing while its marmot is down: the capture triggers log it.
-    sqlite3(n3.spec.dbPath, "INSERT INTO items VALUES (900001, 'written offline on node 3', -1); INSERT INTO kv VALUES ('offline', 9223372036854775807);");
+  test("node 3 stopped, its app writes offline; the stream drops messages it never applied; it restarts, restores and converges", (t) =>
+    withLogs(cluster, async () => {
+      const [n1, n3] = [cluster.node(1), cluster.node(3)];
+      assert.equal(await n3.stop(), 0);
+      const appliedBefore = appliedOf(n3.spec.dbPath);
+      // The app on node 3 keeps writing while its marmot is down: the capture triggers log it.
+      sqlite3(n3.spec.dbPath, "INSERT INTO items VALUES (900001, 'written offline on node 3', -1); INSERT INTO kv VALUES ('offline', 9223372036854775807);");
 
-    const ms = await trickleWrites(n1.spec.dbPath, 1000, 160);
-    t.diagnostic(`160 single-row writes, each shipped before the next, took ${ms} ms`);
-    const firstSeq = await streamFirstSeq(clientUrl(n1));
-    t.diagnostic(`node 3 applied ${appliedBefore}; the stream now starts at ${firstSeq}`);
-    assert.ok(firstSeq > appliedBefore + 1, `the stream dropped messages node 3 never applied (first_seq ${firstSeq}, node 3 applied ${appliedBefore})`);
-
-    n3.start();
-    await n3.waitRunning();
-    await cluster.waitConverged(TABLES, 90_000);
-    assert.match(n3.output, /restored from a snapshot/);
-    for (const out of cluster.query("SELECT body FROM items WHERE id = 900001; SELECT v FROM kv WHERE k = 'offline';")) {
-      assert.equal(out, "written offline on node 3\n9223372036854775807\n");
-    }
-    for (const out of cluster.query("SELECT count(*) FROM items")) assert.equal(out.trim(), String(2 + 160 + 1));
-  });
-
-  test("a running node that falls behind the stream (frozen) finds the gap, restores and converges, its own writes kept", async (t) => {
-    const [n1, n3] = [cluster.node(1), cluster.node(3)];
-    const restoresBefore = (n3.output.match(/restored from a snapshot/g) ?? []).length;
-    const appliedBefore = appliedOf(n3.spec.dbPath);
-    // SIGSTOP: marmot stays "running" (its nats-server too) but applies nothing, as a long pause would.
-    process.kill(n3.pid, "SIGSTOP");
-    try {
-      sqlite3(n3.spec.dbPath, "INSERT INTO items VALUES (900002, 'written on node 3 while its marmot was frozen', -2);");
-      await trickleWrites(n1.spec.dbPath, 5000, 160);
+      const ms = await trickleWrites(n1.spec.dbPath, 1000, 160);
+      t.diagnostic(`160 single-row writes, each shipped before the next, took ${ms} ms`);
       const firstSeq = await streamFirstSeq(clientUrl(n1));
       t.diagnostic(`node 3 applied ${appliedBefore}; the stream now starts at ${firstSeq}`);
-      assert.ok(firstSeq > appliedBefore + 1, "the stream dropped messages node 3 never applied");
-    } finally {
-      process.kill(n3.pid, "SIGCONT");
-    }
-    await waitFor(
-      () => (n3.output.match(/restored from a snapshot/g) ?? []).length > restoresBefore,
-      90_000,
-      () => `node 3 to restore after finding the gap:\n${readFileSync(n3.spec.logPath, "utf8").split("\n").slice(-40).join("\n")}`,
-    );
-    assert.match(n3.output, /this node missed changes/);
-    await cluster.waitConverged(TABLES, 90_000);
-    for (const out of cluster.query("SELECT body FROM items WHERE id = 900002")) assert.equal(out, "written on node 3 while its marmot was frozen\n");
-    for (const out of cluster.query("SELECT count(*) FROM items")) assert.equal(out.trim(), String(2 + 160 + 1 + 160 + 1));
-  });
+      assert.ok(firstSeq > appliedBefore + 1, `the stream dropped messages node 3 never applied (first_seq ${firstSeq}, node 3 applied ${appliedBefore})`);
+
+      n3.start();
+      await n3.waitRunning();
+      await cluster.waitConverged(TABLES, 90_000);
+      assert.match(n3.output, /restored from a snapshot/);
+      for (const out of cluster.query("SELECT body FROM items WHERE id = 900001; SELECT v FROM kv WHERE k = 'offline';")) {
+        assert.equal(out, "written offline on node 3\n9223372036854775807\n");
+      }
+      for (const out of cluster.query("SELECT count(*) FROM items")) assert.equal(out.trim(), String(2 + 160 + 1));
+    }));
+
+  test("a running node that falls behind the stream (frozen) finds the gap, restores and converges, its own writes kept", (t) =>
+    withLogs(cluster, async () => {
+      const [n1, n3] = [cluster.node(1), cluster.node(3)];
+      const restoresBefore = (n3.output.match(/restored from a snapshot/g) ?? []).length;
+      const appliedBefore = appliedOf(n3.spec.dbPath);
+      // SIGSTOP: marmot stays "running" (its nats-server too) but applies nothing, as a long pause would.
+      process.kill(n3.pid, "SIGSTOP");
+      try {
+        sqlite3(n3.spec.dbPath, "INSERT INTO items VALUES (900002, 'written on node 3 while its marmot was frozen', -2);");
+        await trickleWrites(n1.spec.dbPath, 5000, 160);
+        const firstSeq = await streamFirstSeq(clientUrl(n1));
+        t.diagnostic(`node 3 applied ${appliedBefore}; the stream now starts at ${firstSeq}`);
+        assert.ok(firstSeq > appliedBefore + 1, "the stream dropped messages node 3 never applied");
+      } finally {
+        process.kill(n3.pid, "SIGCONT");
+      }
+      await waitFor(
+        () => (n3.output.match(/restored from a snapshot/g) ?? []).length > restoresBefore,
+        90_000,
+        () => "node 3 to restore after finding the gap",
+      );
+      assert.match(n3.output, /this node missed changes/);
+      await cluster.waitConverged(TABLES, 90_000);
+      for (const out of cluster.query("SELECT body FROM items WHERE id = 900002")) assert.equal(out, "written on node 3 while its marmot was frozen\n");
+      for (const out of cluster.query("SELECT count(*) FROM items")) assert.equal(out.trim(), String(2 + 160 + 1 + 160 + 1));
+    }));
 
   test("SIGTERM stops every node cleanly", async () => {
     assert.deepEqual(await Promise.all(cluster.nodes.map((n) => n.stop())), [0, 0, 0]);
@@ -144,27 +157,28 @@ describe("a fourth node with an empty database joins a running three-node cluste
     await cluster.waitConverged(TABLES);
   });
 
-  test("node 4 starts from an empty file, asks the cluster for a snapshot, and reaches the same schema and rows", async () => {
-    const dir = cluster.dir;
-    const dbPath = join(dir, "node-4.db");
-    writeFileSync(dbPath, "");
-    const configPath = join(dir, "node-4.toml");
-    const base = readFileSync(cluster.node(1).spec.configPath, "utf8");
-    writeFileSync(configPath, base.replace(/^db_path = .*$/m, `db_path = ${JSON.stringify(dbPath)}`).replace(/^node_id = .*$/m, "node_id = 4"));
-    const routeOf = (n: MarmotProcess) => n.spec.args[n.spec.args.indexOf("-cluster-addr") + 1]!;
-    const peers = cluster.nodes.map((n) => `nats://${routeOf(n)}/`).join(",");
-    const args = ["-config", configPath, "-cluster-addr", `127.0.0.1:${await freePort()}`, "-cluster-peers", peers];
-    const node4 = new MarmotProcess({ id: 4, dbPath, configPath, storeDir: join(dir, "marmot-nats-4"), logPath: join(dir, "node-4.log"), args });
-    cluster.nodes.push(node4);
-    node4.start();
-    await node4.waitRunning(120_000);
-    await cluster.waitConverged(TABLES, 90_000);
+  test("node 4 starts from an empty file, asks the cluster for a snapshot, and reaches the same schema and rows", () =>
+    withLogs(cluster, async () => {
+      const dir = cluster.dir;
+      const dbPath = join(dir, "node-4.db");
+      writeFileSync(dbPath, "");
+      const configPath = join(dir, "node-4.toml");
+      const base = readFileSync(cluster.node(1).spec.configPath, "utf8");
+      writeFileSync(configPath, base.replace(/^db_path = .*$/m, `db_path = ${JSON.stringify(dbPath)}`).replace(/^node_id = .*$/m, "node_id = 4"));
+      const routeOf = (n: MarmotProcess) => n.spec.args[n.spec.args.indexOf("-cluster-addr") + 1]!;
+      const peers = cluster.nodes.map((n) => `nats://${routeOf(n)}/`).join(",");
+      const args = ["-config", configPath, "-cluster-addr", `127.0.0.1:${await freePort()}`, "-cluster-peers", peers];
+      const node4 = new MarmotProcess({ id: 4, dbPath, configPath, storeDir: join(dir, "marmot-nats-4"), logPath: join(dir, "node-4.log"), args });
+      cluster.nodes.push(node4);
+      node4.start();
+      await node4.waitRunning(120_000);
+      await cluster.waitConverged(TABLES, 90_000);
 
-    const schemaOf = (path: string) => sqlite3(path, "SELECT type, name, sql FROM sqlite_schema WHERE name NOT LIKE '__marmot%' ORDER BY name");
-    assert.equal(schemaOf(dbPath), schemaOf(cluster.node(1).spec.dbPath));
-    assert.match(node4.output, /restored from a snapshot/);
-    assert.ok(cluster.nodes.slice(0, 3).some((n) => /a node asked for a snapshot/.test(n.output)), "a running node saved one on request");
-  });
+      const schemaOf = (path: string) => sqlite3(path, "SELECT type, name, sql FROM sqlite_schema WHERE name NOT LIKE '__marmot%' ORDER BY name");
+      assert.equal(schemaOf(dbPath), schemaOf(cluster.node(1).spec.dbPath));
+      assert.match(node4.output, /restored from a snapshot/);
+      assert.ok(cluster.nodes.slice(0, 3).some((n) => /a node asked for a snapshot/.test(n.output)), "a running node saved one on request");
+    }));
 
   test("then writes travel both ways between node 4 and node 1", async () => {
     const node4 = cluster.node(4);
@@ -178,5 +192,25 @@ describe("a fourth node with an empty database joins a running three-node cluste
 
   test("SIGTERM stops every node cleanly", async () => {
     assert.deepEqual(await Promise.all(cluster.nodes.map((n) => n.stop())), [0, 0, 0, 0]);
+  });
+});
+
+describe("a snapshot store marmot may not use", () => {
+  test("stops the node at start with an error naming the key to fix, exit code 1", async () => {
+    const cluster = await TestCluster.create({ size: 1, schema: SCHEMA });
+    try {
+      // A regular file where the store's folder should be: no retry can fix that, the config must change.
+      const notAFolder = join(cluster.dir, "not-a-folder");
+      writeFileSync(notAFolder, "");
+      const node = cluster.node(1);
+      node.spec.args.splice(2); // one node: no cluster flags
+      writeFileSync(node.spec.configPath, `${readFileSync(node.spec.configPath, "utf8")}\n[snapshot]\nstore = "file"\n\n[snapshot.file]\npath = ${JSON.stringify(notAFolder)}\n`);
+      node.start();
+      assert.equal(await node.exited(), 1);
+      assert.match(node.output, /\[snapshot\.file\] path/);
+      assert.doesNotMatch(node.output, /marmot is running/);
+    } finally {
+      await cluster.stopAll();
+    }
   });
 });
