@@ -202,7 +202,12 @@ export class NodeSnapshots {
   private async askCluster(needs: Coverage): Promise<string> {
     const { nc, config } = this.deps;
     const reply = await askForSnapshot(nc, config.nats.subjectPrefix, { from: config.nodeId, needs });
-    if (reply === undefined) return "; asked the cluster, and no node with a complete state answered yet";
+    if (reply === undefined) {
+      return (
+        "; asked the cluster, and no node with a complete state answered yet (if every node missed messages, none can " +
+        "make one: stop the node with the most recent data and run marmot -save-snapshot with its config)"
+      );
+    }
     if (reply.accepted) return `; node ${reply.node} is saving one`;
     return `; node ${reply.node} cannot save one now: ${reply.reason ?? "no reason given"}`;
   }

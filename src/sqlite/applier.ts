@@ -244,6 +244,22 @@ export class Applier {
     return this.applied.get(stream) ?? 0;
   }
 
+  /**
+   * The stream dropped messages `from`..`to` before this node applied them. When JetStream stored every one of them
+   * for this node (this run's shipper said so), nothing is missing: their changes came from this database, and the
+   * shipper removed them from the change log only after that. The applied sequence then moves past them (true).
+   * Otherwise another node's changes are gone and only a snapshot can bring them (false).
+   */
+  passOwnGap(stream: string, from: number, to: number): boolean {
+    if (this.options.origin === undefined || to < from) return false;
+    const own = new Set((this.storedByStream.get(stream) ?? []).map((entry) => entry.seq));
+    for (let seq = from; seq <= to; seq++) if (!own.has(seq)) return false;
+    this.recordApplied.run(stream, BigInt(to));
+    this.applied.set(stream, to);
+    this.forgetStoredUpTo(stream, to);
+    return true;
+  }
+
   hasParked(): boolean {
     return this.parkedTables.size > 0;
   }

@@ -17,6 +17,8 @@ export interface MessageApplier {
   applyMessages?(stream: string, messages: readonly StreamMessage[]): ApplyResult[];
   /** This node's message stored at `seq` and not applied yet (see recallOwnMessages); returns its row count. */
   noteStoredMessage?(stream: string, seq: number, data: Uint8Array): number;
+  /** Moves past dropped messages `from`..`to` when they were all this node's own (see Applier.passOwnGap). */
+  passOwnGap?(stream: string, from: number, to: number): boolean;
 }
 
 /** Messages already delivered that are applied together at most: bounds how long one transaction holds the write lock. */
@@ -257,7 +259,15 @@ export class ShardConsumer {
     const applied = this.applier.appliedSequence(stream);
     if (m.seq > applied + 1) {
       const info = await this.jsm.streams.info(stream);
-      if (info.state.first_seq > applied + 1) {
+      if (info.state.first_seq > applied + 1 && this.applier.passOwnGap?.(stream, applied + 1, info.state.first_seq - 1)) {
+        this.logger.info("the stream dropped messages of this node before it applied them back; they came from this database, nothing is missing", {
+          stream,
+          from: applied + 1,
+          to: info.state.first_seq - 1,
+        });
+        // Anything between the dropped messages and this one is fetched again, in order.
+        if (m.seq > info.state.first_seq) return false;
+      } else if (info.state.first_seq > applied + 1) {
         this.logger.error("this node missed changes: the stream dropped them before they were applied here (max_entries)", {
           stream,
           missed_from: applied + 1,

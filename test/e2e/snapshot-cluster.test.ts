@@ -47,12 +47,12 @@ function appliedOf(dbPath: string): number {
 
 /**
  * Single-row writes on a node, from an app process of its own (test/helpers/trickle-writer.ts): each waits until
- * marmot shipped the one before, so each travels in a message of its own and the stream really holds (and drops) one
- * message per write. Returns how long they took.
+ * marmot shipped the one before and `witness` applied it, so each travels in a message of its own and the stream
+ * really holds (and drops) one message per write, while the running nodes keep up. Returns how long they took.
  */
-async function trickleWrites(dbPath: string, firstId: number, count: number): Promise<number> {
+async function trickleWrites(dbPath: string, witness: string, firstId: number, count: number): Promise<number> {
   const script = fileURLToPath(new URL("../helpers/trickle-writer.js", import.meta.url));
-  const child = spawnTracked(process.execPath, [script, dbPath, "items", String(firstId), String(count)], { stdio: ["ignore", "pipe", "pipe"] });
+  const child = spawnTracked(process.execPath, [script, dbPath, witness, "items", String(firstId), String(count)], { stdio: ["ignore", "pipe", "pipe"] });
   let output = "";
   child.stdout!.on("data", (c: Buffer) => (output += c.toString()));
   child.stderr!.on("data", (c: Buffer) => (output += c.toString()));
@@ -94,8 +94,8 @@ describe("a node that was away while the streams dropped its messages (R3, max_e
       // The app on node 3 keeps writing while its marmot is down: the capture triggers log it.
       sqlite3(n3.spec.dbPath, "INSERT INTO items VALUES (900001, 'written offline on node 3', -1); INSERT INTO kv VALUES ('offline', 9223372036854775807);");
 
-      const ms = await trickleWrites(n1.spec.dbPath, 1000, 160);
-      t.diagnostic(`160 single-row writes, each shipped before the next, took ${ms} ms`);
+      const ms = await trickleWrites(n1.spec.dbPath, cluster.node(2).spec.dbPath, 1000, 160);
+      t.diagnostic(`160 single-row writes, each shipped and applied on node 2 before the next, took ${ms} ms`);
       const firstSeq = await streamFirstSeq(clientUrl(n1));
       t.diagnostic(`node 3 applied ${appliedBefore}; the stream now starts at ${firstSeq}`);
       assert.ok(firstSeq > appliedBefore + 1, `the stream dropped messages node 3 never applied (first_seq ${firstSeq}, node 3 applied ${appliedBefore})`);
@@ -119,7 +119,7 @@ describe("a node that was away while the streams dropped its messages (R3, max_e
       process.kill(n3.pid, "SIGSTOP");
       try {
         sqlite3(n3.spec.dbPath, "INSERT INTO items VALUES (900002, 'written on node 3 while its marmot was frozen', -2);");
-        await trickleWrites(n1.spec.dbPath, 5000, 160);
+        await trickleWrites(n1.spec.dbPath, cluster.node(2).spec.dbPath, 5000, 160);
         const firstSeq = await streamFirstSeq(clientUrl(n1));
         t.diagnostic(`node 3 applied ${appliedBefore}; the stream now starts at ${firstSeq}`);
         assert.ok(firstSeq > appliedBefore + 1, "the stream dropped messages node 3 never applied");
