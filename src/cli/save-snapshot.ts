@@ -73,22 +73,30 @@ export async function saveSnapshotCommand(config: Config, cli: CliOptions, logge
   }
 }
 
-/** One line on the terminal, rewritten as the upload goes on. */
+/** One line on the terminal, rewritten as the upload goes on and ended once the whole object is up. */
 function terminalProgress(): { update: (p: TransferProgress) => void; done: () => void } {
   let shownAt = 0;
-  let shown = false;
+  let open = false;
+  const show = (p: TransferProgress) => {
+    const of = p.total === undefined ? "" : ` of ${formatBytes(p.total)} (${Math.floor((100 * p.bytes) / Math.max(p.total, 1))}%)`;
+    process.stderr.write(`\ruploading snapshot: ${formatBytes(p.bytes)}${of}\u001b[K`);
+    open = true;
+  };
+  const done = () => {
+    if (open) process.stderr.write("\n");
+    open = false;
+  };
   return {
     update(p) {
+      const complete = p.total !== undefined && p.bytes >= p.total;
       const now = Date.now();
-      if (now - shownAt < PROGRESS_EVERY_MS) return;
+      if (!complete && now - shownAt < PROGRESS_EVERY_MS) return;
       shownAt = now;
-      shown = true;
-      const of = p.total === undefined ? "" : ` of ${formatBytes(p.total)} (${Math.floor((100 * p.bytes) / Math.max(p.total, 1))}%)`;
-      process.stderr.write(`\ruploading snapshot: ${formatBytes(p.bytes)}${of}\u001b[K`);
+      show(p);
+      // Ended before the log line that follows the upload, so the two do not share a line.
+      if (complete) done();
     },
-    done() {
-      if (shown) process.stderr.write("\n");
-    },
+    done,
   };
 }
 

@@ -1,6 +1,7 @@
 // Fetches a snapshot's data object into a local file and proves it is the one the manifest describes.
 
 import { stat } from "node:fs/promises";
+import { basename, join } from "node:path";
 import Database from "better-sqlite3";
 import type { Config } from "../config/types.js";
 import { SnapshotInvalidError } from "../errors.js";
@@ -29,7 +30,7 @@ export async function downloadSnapshot(
 ): Promise<string> {
   const where = `object "${manifest.object}" in ${store.description}`;
   checkManifestFits(manifest, config, where);
-  const path = temporaryPathBeside(`${options.dir}/snapshot`, "download");
+  const path = temporaryPathBeside(join(options.dir, basename(config.dbPath)), "download");
   let kept = false;
   try {
     await store.download(manifest.object, path, { signal: options.signal, onProgress: options.onProgress });

@@ -20,7 +20,7 @@ export function openSnapshotStore(config: Config, deps: SnapshotStoreDeps): Snap
     case "nats": {
       if (deps.nc === undefined) throw new ConfigError('[snapshot] store = "nats" needs marmot\'s NATS connection, which is not open yet');
       const bucket = snapshot.nats.bucket || defaultSnapshotBucket(config.nats.streamPrefix);
-      return new NatsSnapshotStore(deps.nc, { bucket, replicas: snapshot.nats.replicas });
+      return new NatsSnapshotStore(deps.nc, { bucket, replicas: snapshot.nats.replicas }, deps.logger);
     }
     case "file":
       return new FileSnapshotStore(snapshot.file.path);

@@ -2,7 +2,7 @@
 
 import { createHash, randomBytes } from "node:crypto";
 import { createReadStream } from "node:fs";
-import { rm, stat } from "node:fs/promises";
+import { readdir, rm, stat } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { pipeline } from "node:stream/promises";
 import Database from "better-sqlite3";
@@ -36,6 +36,7 @@ export async function saveSnapshot(db: Database.Database, options: SaveSnapshotO
   const { config, store, logger, signal } = options;
   const started = Date.now();
   const copyPath = temporaryPathBeside(db.name, "snapshot");
+  await removeAbandonedTemporaryFiles(db.name, logger);
   try {
     const createdAt = new Date();
     copyDatabase(db, copyPath);
@@ -156,6 +157,32 @@ export async function sha256OfFile(path: string, signal?: AbortSignal): Promise<
   const hash = createHash("sha256");
   await pipeline(createReadStream(path, { highWaterMark: 1024 * 1024 }), hash, { signal });
   return hash.digest("hex");
+}
+
+/** Temporary files older than this beside the database were left by a save or download that crashed. */
+const ABANDONED_AFTER_MS = 6 * 60 * 60 * 1000;
+
+/** Remove the temporary copies a crashed save or download left beside the database (old enough to be no one's). */
+async function removeAbandonedTemporaryFiles(databasePath: string, logger: Logger): Promise<void> {
+  const folder = dirname(databasePath);
+  const prefix = `.${basename(databasePath)}.`;
+  let names: string[];
+  try {
+    names = await readdir(folder);
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    if (!name.startsWith(prefix) || !/\.(snapshot|download)-[0-9a-f]{8}\.tmp(-journal|-wal|-shm)?$/.test(name)) continue;
+    const path = join(folder, name);
+    try {
+      if (Date.now() - (await stat(path)).mtimeMs < ABANDONED_AFTER_MS) continue;
+      await rm(path, { force: true });
+      logger.info("removed a temporary snapshot file an earlier run left behind", { file: path });
+    } catch {
+      // gone meanwhile, or not ours to remove: it stays
+    }
+  }
 }
 
 /** A new name in the folder of `databasePath`, hidden, that no other process uses. */

@@ -2,7 +2,7 @@
 // empty and different databases, under a running app process, with pending changes, and refusal of bad objects.
 
 import assert from "node:assert/strict";
-import { readdirSync, readFileSync, statSync, truncateSync, writeFileSync } from "node:fs";
+import { readdirSync, readFileSync, statSync, truncateSync, utimesSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
@@ -192,8 +192,15 @@ describe("snapshot into the file store", () => {
     );
     assert.deepEqual(await fetchLatestManifest(store), third);
     assert.deepEqual(readdirSync(folder).sort(), [MANIFEST_NAME, second.object, third.object].sort());
-    // No temporary copy is left beside the database.
+    // No temporary copy is left beside the database; one a crashed run left long ago goes at the next save.
     assert.deepEqual(readdirSync(join(source.path, "..")).filter((n) => n.includes(".tmp")), []);
+    const abandoned = join(source.path, "..", ".chinook.sqlite.snapshot-0badc0de.tmp");
+    const recent = join(source.path, "..", ".chinook.sqlite.download-0badf00d.tmp");
+    writeFileSync(abandoned, "half a copy");
+    writeFileSync(recent, "a download in progress");
+    utimesSync(abandoned, new Date(Date.now() - 7 * 3600_000), new Date(Date.now() - 7 * 3600_000));
+    await saveSnapshot(source.db, { config, store, logger: silentLogger });
+    assert.deepEqual(readdirSync(join(source.path, "..")).filter((n) => n.includes(".tmp")), [".chinook.sqlite.download-0badf00d.tmp"]);
     source.db.close();
   });
 });
@@ -280,6 +287,29 @@ describe("snapshot stores that cannot be used", () => {
     for (const table of ["Album", "kinds", "nokey", "composite", "auto"]) assert.equal(tableDiff(source.path, targetPath, table), "", table);
     source.db.close();
     target.close();
+  });
+});
+
+describe("snapshot files of another page size or journal mode", () => {
+  it("restore into a database of another page size, from a file left in WAL mode", async () => {
+    const dir = tempDir();
+    const sourcePath = createDb(join(dir, "large-pages.sqlite"), `PRAGMA page_size = 65536; ${OWN_TABLES}`);
+    const source = openDatabase(sourcePath, silentLogger);
+    installCapture(source, silentLogger);
+    const config = configFor(sourcePath, { store: "file", file: { path: join(dir, "store") } });
+    const store = openSnapshotStore(config, { logger: silentLogger });
+    const saved = await saveSnapshot(source, { config, store, logger: silentLogger });
+    source.close();
+    const file = join(dir, "snapshot-in-wal.db");
+    execFileSync("cp", [join(dir, "store", saved.object), file]);
+    assert.equal(sqlite3(file, "PRAGMA page_size; PRAGMA journal_mode = WAL;"), "65536\nwal\n");
+    const targetPath = createDb(join(dir, "small-pages.sqlite"), "PRAGMA page_size = 1024; CREATE TABLE kinds (x);");
+    const target = openDatabase(targetPath, silentLogger);
+    restoreSnapshot(target, file, { config: configFor(targetPath), logger: silentLogger });
+    target.close();
+    assert.equal(sqlite3(targetPath, "PRAGMA page_size"), "1024\n");
+    for (const table of ["kinds", "nokey", "composite", "auto", "gen"]) assert.equal(tableDiff(sourcePath, targetPath, table), "", table);
+    assert.equal(userSchema(targetPath), userSchema(sourcePath));
   });
 });
 

@@ -9,6 +9,7 @@ import { jetstream, StorageType } from "@nats-io/jetstream";
 import { Objm, type ObjectInfo, type ObjectStore } from "@nats-io/obj";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { SnapshotAccessError, SnapshotNotFoundError, SnapshotStoreError } from "../../errors.js";
+import type { Logger } from "../../log.js";
 import { describeJetStreamError } from "../../stream/jetstream-ready.js";
 import { progressCounter } from "../progress.js";
 import type { SnapshotStore, TransferOptions } from "../store.js";
@@ -36,6 +37,7 @@ export class NatsSnapshotStore implements SnapshotStore {
   constructor(
     private readonly nc: NatsConnection,
     private readonly options: NatsStoreOptions,
+    private readonly logger: Logger,
   ) {
     this.description = `NATS object store ${options.bucket}`;
   }
@@ -48,6 +50,16 @@ export class NatsSnapshotStore implements SnapshotStore {
   private bucket(): Promise<ObjectStore> {
     this.opened ??= new Objm(this.nc)
       .create(this.options.bucket, { replicas: this.options.replicas, storage: StorageType.File })
+      .then(async (bucket) => {
+        // An existing bucket is opened as it is: a changed [snapshot.nats] replicas does not apply to it.
+        const { replicas } = await bucket.status();
+        if (replicas !== this.options.replicas) {
+          this.logger.warn(`bucket ${this.options.bucket} exists with ${replicas} replicas; [snapshot.nats] replicas = ${this.options.replicas} applies only to a new bucket`, {
+            hint: `change it with: nats stream edit OBJ_${this.options.bucket} --replicas ${this.options.replicas}`,
+          });
+        }
+        return bucket;
+      })
       .catch((err: unknown) => {
         this.opened = undefined;
         throw this.failure("open the bucket", err);
