@@ -2,8 +2,8 @@
 // fresh enough that every message the streams drop is covered, and answer other nodes that ask for one.
 //
 // A node's state is COMPLETE when it applies every stream from a point the stream still holds (no known gap: the
-// start's restore decision found none, or its restore is done, and no consumer reported one since) and its consumers
-// and shipper run. Only then does it save snapshots or answer requests: a snapshot of it then holds every change up
+// start's restore decision found none, or its restore is done, and no consumer reported one since; a dropped run of
+// only its own messages is no gap, see Applier.passOwnGap) and its consumers and shipper run. Only then does it save snapshots or answer requests: a snapshot of it then holds every change up
 // to the sequences it records. The node sets `complete`; see MarmotNode.
 
 import { rmSync } from "node:fs";
@@ -253,13 +253,16 @@ export class NodeSnapshots {
 
   /**
    * Housekeeping, every few seconds: saves when the freshness rule (freshness.ts) says so. Also reports the age of
-   * the stored snapshot.
+   * the stored snapshot. Never rejects.
    */
   async keepFresh(): Promise<void> {
     if (this.checking || !this.deps.config.snapshot.enabled || !this.complete) return;
     this.checking = true;
     try {
       await this.checkFreshness();
+    } catch (err) {
+      // Never thrown at the caller, which does not wait for the check: the next one tries again.
+      this.deps.logger.debug("the snapshot freshness check failed", { reason: (err as Error).message });
     } finally {
       this.checking = false;
     }
