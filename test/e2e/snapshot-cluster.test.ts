@@ -12,7 +12,7 @@ import { connect } from "@nats-io/transport-node";
 import { MarmotProcess, TestCluster, waitFor } from "../helpers/marmot.js";
 import { freePort } from "../helpers/ports.js";
 import { spawnTracked, untrackPid, useProcessCleanup } from "../helpers/processes.js";
-import { sqlite3 } from "../helpers/sqlite.js";
+import { sqlite3, tempDir } from "../helpers/sqlite.js";
 
 useProcessCleanup();
 
@@ -224,6 +224,34 @@ describe("a snapshot store marmot may not use", () => {
       assert.equal(await node.exited(), 1);
       assert.match(node.output, /\[snapshot\.file\] path/);
       assert.doesNotMatch(node.output, /marmot is running/);
+    } finally {
+      await cluster.stopAll();
+    }
+  });
+});
+
+describe("sleep_timeout (the serverless case)", () => {
+  test("a node that exits on sleep_timeout saves a snapshot first, which holds its last writes", async () => {
+    const folder = tempDir("marmot-snapshots-");
+    const cluster = await TestCluster.create({
+      size: 1,
+      schema: SCHEMA,
+      nodeToml: () => "sleep_timeout = 3000",
+      toml: `\n[snapshot]\nstore = "file"\n\n[snapshot.file]\npath = ${JSON.stringify(folder)}\n`,
+    });
+    try {
+      const node = cluster.node(1);
+      node.spec.args.splice(2); // one node: no cluster flags
+      node.start();
+      await node.waitRunning();
+      sqlite3(node.spec.dbPath, "INSERT INTO items VALUES (1, 'written just before sleeping', 1);");
+      let timer: NodeJS.Timeout | undefined;
+      const timedOut = new Promise<"timed out">((resolve) => (timer = setTimeout(() => resolve("timed out"), 60_000)));
+      const code = await Promise.race([node.exited(), timedOut]).finally(() => clearTimeout(timer));
+      assert.equal(code, 0, `node 1 exits on sleep_timeout with code 0:\n${node.tail()}`);
+      const manifest = JSON.parse(readFileSync(join(folder, "latest.json"), "utf8")) as { object: string; streams: Record<string, number> };
+      assert.ok((manifest.streams[STREAM] ?? 0) >= 1, `the snapshot covers the write's message: ${JSON.stringify(manifest.streams)}`);
+      assert.equal(sqlite3(join(folder, manifest.object), "SELECT body FROM items WHERE id = 1"), "written just before sleeping\n");
     } finally {
       await cluster.stopAll();
     }
