@@ -6,6 +6,7 @@ import { describe, it } from "node:test";
 import { snapshotDue } from "../../src/snapshot/freshness.js";
 import { SnapshotLease, type LeaseStore } from "../../src/snapshot/lease.js";
 import { covers, decideRestore, type ShardPosition } from "../../src/snapshot/restore-decision.js";
+import { parseSnapshotRequest } from "../../src/snapshot/snapshot-requests.js";
 import { recordingLogger } from "../helpers/sqlite.js";
 
 const shard = (stream: string, applied: number, firstSeq: number, lastSeq: number): ShardPosition => ({ stream, applied, firstSeq, lastSeq });
@@ -155,5 +156,19 @@ describe("snapshot lease", () => {
     kv.entry = { revision: 1000, expiresAt: Date.now() + 10 * TTL };
     assert.ok(await until(() => held.signal.aborted, TTL * 2));
     await held.release();
+  });
+});
+
+describe("snapshot request parsing", () => {
+  const bytes = (text: string) => new TextEncoder().encode(text);
+
+  it("reads a request a node sent", () => {
+    assert.deepEqual(parseSnapshotRequest(bytes('{"from":"4","needs":{"s-1-1":98}}')), { from: "4", needs: { "s-1-1": 98 } });
+  });
+
+  it("ignores anything else on the subject, never throwing", () => {
+    for (const text of ["", "not json", "[]", '{"from":4,"needs":{}}', '{"from":"4"}', '{"from":"4","needs":{"s":-1}}', '{"from":"4","needs":{"s":"9"}}', '{"from":"4","needs":{"s":1.5}}']) {
+      assert.equal(parseSnapshotRequest(bytes(text)), undefined, text);
+    }
   });
 });
