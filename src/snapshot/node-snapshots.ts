@@ -203,10 +203,7 @@ export class NodeSnapshots {
     const { nc, config } = this.deps;
     const reply = await askForSnapshot(nc, config.nats.subjectPrefix, { from: config.nodeId, needs });
     if (reply === undefined) {
-      return (
-        "; asked the cluster, and no node with a complete state answered yet (if every node missed messages, none can " +
-        "make one: stop the node with the most recent data and run marmot -save-snapshot with its config)"
-      );
+      return `; asked the cluster, and no node with a complete state answered yet (${noCompleteNodeHint(config.dbPath, needs)})`;
     }
     if (reply.accepted) return `; node ${reply.node} is saving one`;
     return `; node ${reply.node} cannot save one now: ${reply.reason ?? "no reason given"}`;
@@ -372,6 +369,20 @@ export class NodeSnapshots {
       waitMs = Math.min(waitMs * 2, MAX_WAIT_MS);
     }
   }
+}
+
+/**
+ * What an operator can do when every node missed messages: no snapshot can bring them back, so one node accepts the
+ * loss (its applied sequences move past the dropped messages), becomes complete, and the others restore from it.
+ */
+function noCompleteNodeHint(dbPath: string, needs: Coverage): string {
+  const updates = Object.entries(needs)
+    .map(([stream, seq]) => `UPDATE __marmot__applied SET seq = max(seq, ${seq}) WHERE stream = '${stream}';`)
+    .join(" ");
+  return (
+    "if every node missed messages, none can make one and those changes are lost: on the node with the most recent " +
+    `data, stop marmot, run sqlite3 ${dbPath} "${updates}" (this node's figures; use that node's path), and start it again`
+  );
 }
 
 function describe(streams: Readonly<Record<string, number>>): string {
