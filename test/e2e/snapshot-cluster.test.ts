@@ -257,3 +257,26 @@ describe("sleep_timeout (the serverless case)", () => {
     }
   });
 });
+
+describe("[snapshot] interval", () => {
+  test("a running node saves a new snapshot that often, with no writes at all", async () => {
+    const folder = tempDir("marmot-snapshots-");
+    const cluster = await TestCluster.create({
+      size: 1,
+      schema: SCHEMA,
+      toml: `\n[snapshot]\ninterval = 2000\nstore = "file"\n\n[snapshot.file]\npath = ${JSON.stringify(folder)}\n`,
+    });
+    try {
+      const node = cluster.node(1);
+      node.spec.args.splice(2); // one node: no cluster flags
+      node.start();
+      await node.waitRunning();
+      const createdAt = () => (JSON.parse(readFileSync(join(folder, "latest.json"), "utf8")) as { createdAt: string }).createdAt;
+      const seen = new Set<string>();
+      await waitFor(() => seen.add(createdAt()).size >= 3, 60_000, () => `three snapshots, one every 2 s; saw ${[...seen].join(", ")}\n${node.tail()}`, 200);
+      assert.equal(await node.stop(), 0);
+    } finally {
+      await cluster.stopAll();
+    }
+  });
+});
