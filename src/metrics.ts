@@ -109,6 +109,8 @@ export class Metrics {
   /** how late the event loop ran what was due, over the last few seconds (quantile label: 0.5, 0.99, 1) */
   readonly eventLoopLag: Metric;
   private readonly all: (Metric | Histogram)[];
+  /** seconds since the stored snapshot was made, as a node last read its manifest */
+  readonly snapshotAgeSeconds: Metric;
 
   constructor(namespace = "marmot", subsystem = "") {
     const name = (n: string) => [namespace, subsystem, n].filter((p) => p !== "").join("_");
@@ -132,6 +134,7 @@ export class Metrics {
       [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
     );
     this.eventLoopLag = new Metric(name("event_loop_lag_seconds"), "How late the event loop ran what was due, over the last few seconds.", "gauge");
+    this.snapshotAgeSeconds = new Metric(name("snapshot_age_seconds"), "Seconds since the stored snapshot was made.", "gauge");
     this.all = [
       this.published,
       this.pendingPublish,
@@ -147,6 +150,7 @@ export class Metrics {
       this.snapshotRestores,
       this.replicationLatency,
       this.eventLoopLag,
+      this.snapshotAgeSeconds,
     ];
   }
 

@@ -9,13 +9,15 @@ import type { NatsConnection } from "@nats-io/transport-node";
 import { NodeStatusTracker } from "./cluster/node-status.js";
 import type { AgreementSource, NodeStatus, SnapshotStatus } from "./cluster/status-model.js";
 import type { CliOptions, Config } from "./config/types.js";
-import { ServerError } from "./errors.js";
+import { ServerError, SnapshotAccessError } from "./errors.js";
 import type { Logger } from "./log.js";
 import { EventLoopLag } from "./event-loop-lag.js";
 import { Metrics } from "./metrics.js";
 import { startHttpServer } from "./http/server.js";
 import { ChangeShipper, msgIdPrefix } from "./shipper.js";
 import { orAbort, sleep } from "./sleep.js";
+import { openNodeSnapshots } from "./snapshot/node-wiring.js";
+import type { NodeSnapshots, RestoreFacts } from "./snapshot/node-snapshots.js";
 import { Applier } from "./sqlite/applier.js";
 import { failFastWhenBusy, withWriteLock } from "./sqlite/busy.js";
 import { installCapture, schemaVersion } from "./sqlite/capture.js";
@@ -74,6 +76,10 @@ export class MarmotNode {
   private nc: NatsConnection | undefined;
   private metricsServer: Server | undefined;
   private consumers: ShardConsumer[] = [];
+  /** consumers and shipper: stopped and started again around a restore while running (see heal) */
+  private replication: { abort: AbortController; tasks: Promise<void>[] } | undefined;
+  private snapshots: NodeSnapshots | undefined;
+  private healing: Promise<void> | undefined;
   private lastActivity = Date.now();
   private readonly startedAt = Date.now();
   private readonly loopLag = new EventLoopLag();
@@ -292,21 +298,93 @@ export class MarmotNode {
     const streams = await ensureStreams(jsm, config, logger, signal);
     const js = jetstream(this.nc);
     const largeBatches = await JetStreamLargeBatches.open(js, largeBatchBucket(config.nats.streamPrefix), config.replicationLog.replicas, logger, signal);
-
+    if (config.replicate && config.snapshot.enabled) {
+      this.snapshots = await openNodeSnapshots({
+        config,
+        db: this.db,
+        nc: this.nc,
+        jsm,
+        streams,
+        appliedSequence: (stream) => this.applier.appliedSequence(stream),
+        onRestored: (result) => this.onRestored(result),
+        onSnapshotSeen: (takenAt, sizeBytes) => status.setLastSnapshot({ takenAt, sizeBytes }),
+        metrics: this.metrics,
+        signal,
+        logger: logger.child({ component: "snapshot" }),
+      });
+      await this.whileRestoring(() => this.snapshots!.restoreIfNeeded(signal));
+    }
     if (config.replicate) {
-      this.consumers = streams.map(
-        (s) =>
-          new ShardConsumer(js, jsm, s, this.applier, { durableName: name, largeBatches }, logger.child({ component: "consumer", shard: s.shard }), this.metrics),
-      );
-      if (config.publish) await this.recallOwnMessages(this.consumers, msgIdPrefix(config.nodeId, this.epoch), signal);
       const storeDir = this.server ? embeddedStoreDir(config) : undefined;
       await orAbort(warnAboutEarlierStreams(jsm, streams, (s) => this.applier.appliedSequence(s), this.startedAt, storeDir, logger), signal).catch(
         (err) => logger.debug("could not look for an earlier cluster's changes in the streams", { reason: (err as Error).message }),
       );
     }
-    for (const c of this.consumers) this.tasks.push(c.run(signal));
+    await this.startReplication(js, jsm, streams, largeBatches, signal);
     if (config.publish) {
-      const nc = this.nc;
+      this.tasks.push(cleanUpLargeBatches(largeBatches, `${config.nodeId}-`, jsm, logger.child({ component: "large-changes" }), signal));
+    }
+    this.tasks.push(this.housekeeping(signal));
+    logger.info("marmot is running", {
+      node_id: config.nodeId,
+      db: config.dbPath,
+      nats: servers.join(","),
+      shards: config.replicationLog.shards,
+      publish: config.publish,
+      replicate: config.replicate,
+    });
+    this.wakeup.notify();
+    // Ready once the consumers reach where the streams end at the status' first look (at once when they are there).
+    status.attach(this.nc, jsm, streams, this.consumers);
+    this.tasks.push(status.run(signal));
+  }
+
+  /** The status shows the node as restoring (not ready) while `restore` runs. */
+  private async whileRestoring<T>(restore: () => Promise<T>): Promise<T> {
+    this.statusTracker.setRestoring(true);
+    try {
+      return await restore();
+    } finally {
+      this.statusTracker.setRestoring(false);
+    }
+  }
+
+  /**
+   * Consumers and shipper, under a signal of their own: a gap found while running stops them for a restore (heal),
+   * and they start again after it, from the restored sequences.
+   */
+  private async startReplication(
+    js: JetStreamClient,
+    jsm: JetStreamManager,
+    streams: readonly ShardStream[],
+    largeBatches: JetStreamLargeBatches,
+    nodeSignal: AbortSignal,
+  ): Promise<void> {
+    const { config, logger } = this;
+    const abort = new AbortController();
+    const signal = AbortSignal.any([nodeSignal, abort.signal]);
+    const tasks: Promise<void>[] = [];
+    this.replication = { abort, tasks };
+    const name = `marmot-node-${config.nodeId}`;
+    if (config.replicate) {
+      const onGap = this.snapshots ? () => void this.heal(js, jsm, streams, largeBatches, nodeSignal) : undefined;
+      this.consumers = streams.map(
+        (s) =>
+          new ShardConsumer(
+            js,
+            jsm,
+            s,
+            this.applier,
+            { durableName: name, largeBatches, onGap },
+            logger.child({ component: "consumer", shard: s.shard }),
+            this.metrics,
+          ),
+      );
+      if (config.publish) await this.recallOwnMessages(this.consumers, msgIdPrefix(config.nodeId, this.epoch), signal);
+      for (const c of this.consumers) tasks.push(c.run(signal));
+    }
+    if (config.publish) {
+      const nc = this.nc!;
       const streamOf = new Map(streams.map((s) => [s.shard, s.stream]));
       const publisher = new JetStreamPublisher(js, jsm, streams);
       const shipper = new ChangeShipper(
@@ -330,22 +408,58 @@ export class MarmotNode {
       const leftovers = config.replicate
         ? () => this.catchUpBeforeShipping(signal)
         : () => this.forgetStoredLeftovers(js, jsm, streams, largeBatches, msgIdPrefix(config.nodeId, this.epoch), signal);
-      this.tasks.push(this.shipLoop(shipper, leftovers, signal));
-      this.tasks.push(cleanUpLargeBatches(largeBatches, `${config.nodeId}-`, jsm, logger.child({ component: "large-changes" }), signal));
+      tasks.push(this.shipLoop(shipper, leftovers, signal));
     }
-    this.tasks.push(this.housekeeping(signal));
-    logger.info("marmot is running", {
-      node_id: config.nodeId,
-      db: config.dbPath,
-      nats: servers.join(","),
-      shards: config.replicationLog.shards,
-      publish: config.publish,
-      replicate: config.replicate,
-    });
-    this.wakeup.notify();
-    // Ready once the consumers reach where the streams end at the status' first look (at once when they are there).
-    status.attach(this.nc, jsm, streams, this.consumers);
-    this.tasks.push(status.run(signal));
+    if (this.snapshots && !signal.aborted) {
+      this.snapshots.complete = true;
+      this.snapshots.startAnswering();
+    }
+  }
+
+  private async stopReplication(): Promise<void> {
+    this.snapshots?.stopAnswering();
+    if (this.snapshots) this.snapshots.complete = false;
+    const running = this.replication;
+    if (!running) return;
+    running.abort.abort(new Error("replication stops for a restore"));
+    await Promise.allSettled(running.tasks);
+  }
+
+  /**
+   * A consumer found that its stream dropped messages this node never applied: stop applying and shipping, restore
+   * a snapshot that covers them (asking the cluster for one if needed), and start again from its sequences. The
+   * app's changes meanwhile stay in the change log and go out afterwards.
+   */
+  private heal(
+    js: JetStreamClient,
+    jsm: JetStreamManager,
+    streams: readonly ShardStream[],
+    largeBatches: JetStreamLargeBatches,
+    signal: AbortSignal,
+  ): Promise<void> {
+    this.healing ??= (async () => {
+      try {
+        await this.stopReplication();
+        this.logger.info("replication stopped to restore from a snapshot");
+        await this.whileRestoring(() => this.snapshots!.heal(signal));
+        await this.startReplication(js, jsm, streams, largeBatches, signal);
+        this.wakeup.notify();
+      } catch (err) {
+        if (signal.aborted) return;
+        if (err instanceof SnapshotAccessError) return this.fail(err);
+        this.fail(new Error(`restoring from a snapshot after a gap failed: ${(err as Error).message}`, { cause: err }));
+      }
+    })().finally(() => (this.healing = undefined));
+    return this.healing;
+  }
+
+  /** A snapshot was restored underneath: the applier's sequences and capture follow the restored database. */
+  private onRestored(result: RestoreFacts): void {
+    this.applier.reloadApplied();
+    // Without `previous`: the restored tables' rows came from the cluster, they are not this node's changes.
+    this.useCapture(installCapture(this.db, this.logger, this.config.tables));
+    this.reader.rewind();
+    this.logger.info("this node's applied sequences now come from the snapshot", { streams: JSON.stringify(result.streams) });
   }
 
   /**
@@ -490,11 +604,15 @@ export class MarmotNode {
       } catch (err) {
         this.logger.debug("metrics refresh failed", { reason: (err as Error).message });
       }
+      // Not awaited: a slow store must not hold up the lag readings and the stall check above.
+      void this.snapshots?.keepFresh();
       const appliedNow = this.metrics.applied.get();
       if (appliedNow !== appliedBefore) this.lastActivity = Date.now();
       appliedBefore = appliedNow;
       if (this.config.sleepTimeout > 0 && Date.now() - this.lastActivity > this.config.sleepTimeout) {
         this.logger.info("no changes for sleep_timeout; stopping", { sleep_timeout_ms: this.config.sleepTimeout });
+        // The serverless case: the next cold start restores from this snapshot instead of replaying the streams.
+        await this.snapshots?.saveBeforeExit();
         void this.stop();
       }
     }
@@ -527,7 +645,9 @@ export class MarmotNode {
       this.watcher.stop();
       this.loopLag.stop();
       await this.starting.catch(() => undefined);
-      await Promise.allSettled(this.tasks);
+      this.snapshots?.stopAnswering();
+      await this.healing;
+      await Promise.allSettled([...this.tasks, ...(this.replication?.tasks ?? []), this.snapshots?.settled()]);
       await this.captureUpdate;
       await this.statusTracker.stop();
       if (this.nc) await this.nc.drain().catch(() => undefined);

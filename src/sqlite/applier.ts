@@ -152,8 +152,18 @@ export class Applier {
     this.insertParked = db.prepare(
       `INSERT INTO ${quoteIdent(PARKED_TABLE)} (stream, seq, tbl, reason, payload, parked_at) VALUES (?, ?, ?, ?, ?, ?)`,
     );
-    const rows = db.prepare(`SELECT stream, seq FROM ${quoteIdent(APPLIED_TABLE)}`).all() as { stream: string; seq: bigint }[];
+    this.reloadApplied();
+  }
+
+  /**
+   * Reads the applied sequences and the parked tables from the database again: at start, and after a snapshot was
+   * restored underneath (it set both). Own changes stored at or below the new sequences are in the snapshot already.
+   */
+  reloadApplied(): void {
+    const rows = this.db.prepare(`SELECT stream, seq FROM ${quoteIdent(APPLIED_TABLE)}`).all() as { stream: string; seq: bigint }[];
+    this.applied.clear();
     for (const row of rows) this.applied.set(row.stream, Number(row.seq));
+    for (const [stream, seq] of this.applied) this.forgetStoredUpTo(stream, seq);
     this.reloadParked();
   }
 
@@ -252,6 +262,22 @@ export class Applier {
 
   appliedSequence(stream: string): number {
     return this.applied.get(stream) ?? 0;
+  }
+
+  /**
+   * The stream dropped messages `from`..`to` before this node applied them. When JetStream stored every one of them
+   * for this node (this run's shipper said so), nothing is missing: their changes came from this database, and the
+   * shipper removed them from the change log only after that. The applied sequence then moves past them (true).
+   * Otherwise another node's changes are gone and only a snapshot can bring them (false).
+   */
+  passOwnGap(stream: string, from: number, to: number): boolean {
+    if (this.options.origin === undefined || to < from) return false;
+    const own = new Set((this.storedByStream.get(stream) ?? []).map((entry) => entry.seq));
+    for (let seq = from; seq <= to; seq++) if (!own.has(seq)) return false;
+    this.recordApplied.run(stream, BigInt(to));
+    this.applied.set(stream, to);
+    this.forgetStoredUpTo(stream, to);
+    return true;
   }
 
   hasParked(): boolean {

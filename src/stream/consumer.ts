@@ -22,6 +22,8 @@ export interface MessageApplier {
   applyMessages?(stream: string, messages: readonly StreamMessage[]): ApplyResult[];
   /** This node's message stored at `seq` and not applied yet (see recallOwnMessages); returns its row count. */
   noteStoredMessage?(stream: string, seq: number, data: Uint8Array): number;
+  /** Moves past dropped messages `from`..`to` when they were all this node's own (see Applier.passOwnGap). */
+  passOwnGap?(stream: string, from: number, to: number): boolean;
 }
 
 /** Messages already delivered that are applied together at most: bounds how long one transaction holds the write lock. */
@@ -48,6 +50,18 @@ export interface ShardConsumerOptions {
   prefetch?: number;
   /** reads the batch a large-change reference stands for (see JetStreamLargeBatches) */
   largeBatches?: Pick<JetStreamLargeBatches, "read" | "batchBytes">;
+  /**
+   * Told when the stream no longer holds messages this node has not applied; the consumer then stops (run() returns)
+   * instead of applying past them, and the node restores from a snapshot. Without it, it logs and applies on.
+   */
+  onGap?: (gap: StreamGap) => void;
+}
+
+export interface StreamGap {
+  stream: string;
+  /** first and last sequence the stream dropped before this node applied them */
+  missedFrom: number;
+  missedTo: number;
 }
 
 /**
@@ -61,6 +75,8 @@ export class ShardConsumer {
   /** the running consume() call, to stop when it stalls */
   private current?: { stop(): void };
   private progress = { applied: -1, at: Date.now() };
+  /** the stream dropped messages this node needs: the consumer stops (see ShardConsumerOptions.onGap) */
+  private gapReported = false;
 
   constructor(
     private readonly js: JetStreamClient,
@@ -79,7 +95,7 @@ export class ShardConsumer {
         await this.consumeOnce(signal);
         attempt = 0;
       } catch (err) {
-        if (signal.aborted) break;
+        if (signal.aborted || this.gapReported) break;
         attempt++;
         const level = attempt === 1 ? "warn" : "debug";
         this.logger[level]("consumer interrupted; starting it again after the last applied message", {
@@ -297,13 +313,26 @@ export class ShardConsumer {
     const applied = this.applier.appliedSequence(stream);
     if (m.seq > applied + 1) {
       const info = await this.jsm.streams.info(stream);
-      if (info.state.first_seq > applied + 1) {
+      if (info.state.first_seq > applied + 1 && this.applier.passOwnGap?.(stream, applied + 1, info.state.first_seq - 1)) {
+        this.logger.info("the stream dropped messages of this node before it applied them back; they came from this database, nothing is missing", {
+          stream,
+          from: applied + 1,
+          to: info.state.first_seq - 1,
+        });
+        // Anything between the dropped messages and this one is fetched again, in order.
+        if (m.seq > info.state.first_seq) return false;
+      } else if (info.state.first_seq > applied + 1) {
         this.logger.error("this node missed changes: the stream dropped them before they were applied here (max_entries)", {
           stream,
           missed_from: applied + 1,
           missed_to: info.state.first_seq - 1,
-          fix: "restore this node from a snapshot, or raise [replication_log] max_entries",
+          fix: this.options.onGap ? "restoring from a snapshot" : "restore this node from a snapshot, or raise [replication_log] max_entries",
         });
+        if (this.options.onGap) {
+          this.gapReported = true;
+          this.options.onGap({ stream, missedFrom: applied + 1, missedTo: info.state.first_seq - 1 });
+          return false;
+        }
       } else {
         this.logger.warn("message out of order; restarting the consumer after the last applied message", { stream, applied, got: m.seq });
         return false;
