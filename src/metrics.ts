@@ -65,6 +65,10 @@ export class Metrics {
   readonly parked: Metric;
   /** per shard: messages in the stream this node has not applied yet */
   readonly shardLag: Metric;
+  /** per stream: messages the stream dropped before this node applied them (the node diverged) */
+  readonly missedMessages: Metric;
+  /** rows of this node JetStream stored that it has not applied back yet (the own-writes record) */
+  readonly storedUnapplied: Metric;
   private readonly all: Metric[];
 
   constructor(namespace = "marmot", subsystem = "") {
@@ -76,7 +80,9 @@ export class Metrics {
     this.applied = new Metric(name("applied"), "Replicated changes applied to the local database.", "counter");
     this.parked = new Metric(name("parked"), "Replicated changes set aside because this node cannot apply them yet.", "counter");
     this.shardLag = new Metric(name("shard_lag"), "Messages in the shard's stream not yet applied by this node.", "gauge");
-    this.all = [this.published, this.pendingPublish, this.countChanges, this.scanChanges, this.applied, this.parked, this.shardLag];
+    this.missedMessages = new Metric(name("missed_messages"), "Messages the stream dropped before this node applied them: it diverged.", "counter");
+    this.storedUnapplied = new Metric(name("stored_unapplied_rows"), "Rows of this node stored in JetStream and not yet applied back here.", "gauge");
+    this.all = [this.published, this.pendingPublish, this.countChanges, this.scanChanges, this.applied, this.parked, this.shardLag, this.missedMessages, this.storedUnapplied];
   }
 
   render(): string {

@@ -20,6 +20,7 @@ import { logAllRowsSql } from "./sqlite/trigger-sql.js";
 import { openDatabase } from "./sqlite/open.js";
 import type { TableInfo } from "./sqlite/table.js";
 import { DatabaseWatcher } from "./sqlite/watcher.js";
+import { catchUp } from "./stream/catch-up.js";
 import { connectNats } from "./stream/connect.js";
 import { batchOrigin } from "./wire/codec.js";
 import { ShardConsumer } from "./stream/consumer.js";
@@ -34,6 +35,9 @@ import { Wakeup } from "./wakeup.js";
 export function embeddedStoreDir(config: Config): string {
   return join(dirname(config.dbPath), `marmot-nats-${config.nodeId}`);
 }
+
+/** How long catching up before publishing may go without progress before the node publishes anyway. */
+const CATCH_UP_STALL_MS = 60_000;
 
 export class MarmotNode {
   readonly metrics: Metrics;
@@ -105,6 +109,11 @@ export class MarmotNode {
       throw err;
     }
     return node;
+  }
+
+  /** Messages the streams dropped before this node applied them, since start: more than 0 means it diverged. */
+  get missedMessages(): number {
+    return this.consumers.reduce((sum, c) => sum + c.missedMessages, 0);
   }
 
   /** Whether stop() was called (by a signal, say). */
@@ -253,7 +262,14 @@ export class MarmotNode {
   }
 
   private async shipLoop(shipper: ChangeShipper, leftovers: () => Promise<void>, signal: AbortSignal): Promise<void> {
-    await leftovers().catch(() => undefined);
+    try {
+      await leftovers();
+    } catch (err) {
+      if (signal.aborted) return;
+      this.logger.error("could not check the changes left by the last run against the streams; publishing them anyway", {
+        reason: (err as Error).message,
+      });
+    }
     while (!signal.aborted) {
       let shipped = 0;
       try {
@@ -281,22 +297,16 @@ export class MarmotNode {
     if (pending === 0 || this.consumers.length === 0) return;
     const started = Date.now();
     this.logger.info("applying the streams to their end before publishing the changes left by the last run", { pending });
-    let lastReport = started;
-    for (const consumer of this.consumers) {
-      let end: number | undefined;
-      while (end === undefined) {
-        end = await consumer.streamEnd().catch(() => undefined);
-        if (end === undefined) await sleep(500, signal);
-      }
-      while (consumer.appliedSequence() < end) {
-        if (Date.now() - lastReport > 30_000) {
-          lastReport = Date.now();
-          this.logger.info("still applying before publishing", { stream: consumer.stream, applied: consumer.appliedSequence(), until: end });
-        }
-        await sleep(100, signal);
-      }
+    // Waiting as long as applying progresses; a consumer that cannot must not stop all publishing for good. Going
+    // on then risks only what the wait avoids: a change the stream already holds goes out again, later in order.
+    if (await catchUp(this.consumers, this.logger, signal, { stallMs: CATCH_UP_STALL_MS })) {
+      this.logger.info("caught up; publishing", { after_ms: Date.now() - started, pending: this.reader.pendingCount() });
+    } else {
+      this.logger.error("publishing without having applied the streams to their end: changes the last run sent may go out twice", {
+        pending: this.reader.pendingCount(),
+        after_ms: Date.now() - started,
+      });
     }
-    this.logger.info("caught up; publishing", { after_ms: Date.now() - started, pending: this.reader.pendingCount() });
   }
 
   /**
@@ -347,6 +357,7 @@ export class MarmotNode {
       if (signal.aborted) break;
       try {
         this.metrics.pendingPublish.set(this.reader.pendingCount());
+        this.metrics.storedUnapplied.set(this.applier.storedRows);
         for (const c of this.consumers) await c.lag();
       } catch (err) {
         this.logger.debug("metrics refresh failed", { reason: (err as Error).message });
