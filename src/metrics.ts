@@ -69,6 +69,8 @@ export class Metrics {
   readonly missedMessages: Metric;
   /** rows of this node JetStream stored that it has not applied back yet (the own-writes record) */
   readonly storedUnapplied: Metric;
+  /** (table, shard, other node) whose digest differs from this node's at the same stream sequence */
+  readonly digestMismatches: Metric;
   private readonly all: Metric[];
 
   constructor(namespace = "marmot", subsystem = "") {
@@ -82,7 +84,19 @@ export class Metrics {
     this.shardLag = new Metric(name("shard_lag"), "Messages in the shard's stream not yet applied by this node.", "gauge");
     this.missedMessages = new Metric(name("missed_messages"), "Messages the stream dropped before this node applied them: it diverged.", "counter");
     this.storedUnapplied = new Metric(name("stored_unapplied_rows"), "Rows of this node stored in JetStream and not yet applied back here.", "gauge");
-    this.all = [this.published, this.pendingPublish, this.countChanges, this.scanChanges, this.applied, this.parked, this.shardLag, this.missedMessages, this.storedUnapplied];
+    this.digestMismatches = new Metric(name("digest_mismatches"), "Tables of a shard whose rows differ from another node's at the same stream sequence.", "gauge");
+    this.all = [
+      this.published,
+      this.pendingPublish,
+      this.countChanges,
+      this.scanChanges,
+      this.applied,
+      this.parked,
+      this.shardLag,
+      this.missedMessages,
+      this.storedUnapplied,
+      this.digestMismatches,
+    ];
   }
 
   render(): string {

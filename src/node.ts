@@ -5,7 +5,9 @@ import type { Server } from "node:http";
 import { dirname, join } from "node:path";
 import type Database from "better-sqlite3";
 import { jetstream, type JetStreamClient, type JetStreamManager } from "@nats-io/jetstream";
+import { Kvm } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
+import { Agreement, digestBucketName, type AgreementSummary } from "./cluster/agreement.js";
 import type { CliOptions, Config } from "./config/types.js";
 import { ServerError } from "./errors.js";
 import type { Logger } from "./log.js";
@@ -54,6 +56,7 @@ export class MarmotNode {
   private nc: NatsConnection | undefined;
   private metricsServer: Server | undefined;
   private consumers: ShardConsumer[] = [];
+  private agreement: Agreement | undefined;
   private lastActivity = Date.now();
   private serverStopped = false;
   private capturedTables: readonly TableInfo[] = [];
@@ -114,6 +117,33 @@ export class MarmotNode {
   /** Messages the streams dropped before this node applied them, since start: more than 0 means it diverged. */
   get missedMessages(): number {
     return this.consumers.reduce((sum, c) => sum + c.missedMessages, 0);
+  }
+
+  /** Whether this node holds the same rows as the others, as far as digests of quiet shards have shown. */
+  agreementSummary(): AgreementSummary {
+    return this.agreement?.summary() ?? { state: "unknown", mismatches: [] };
+  }
+
+  /** Digests of quiet shards, compared with the other nodes' (see cluster/agreement.ts). */
+  private startAgreement(js: JetStreamClient, streams: readonly ShardStream[], signal: AbortSignal): Agreement {
+    const byShard = new Map(this.consumers.map((c, i) => [streams[i]!.shard, c]));
+    const agreement = new Agreement(
+      {
+        dbPath: this.config.dbPath,
+        nodeId: this.config.nodeId,
+        shards: this.config.replicationLog.shards,
+        streams,
+        tables: () => this.capturedTables,
+        appliedSequence: (stream) => this.applier.appliedSequence(stream),
+        caughtUp: (shard) => byShard.get(shard)?.lastKnownLag === 0,
+        openBucket: () =>
+          new Kvm(js).create(digestBucketName(this.config.nats.streamPrefix), { replicas: this.config.replicationLog.replicas, history: 1 }),
+      },
+      this.logger.child({ component: "agreement" }),
+      this.metrics,
+    );
+    this.tasks.push(agreement.run(signal));
+    return agreement;
   }
 
   /** Whether stop() was called (by a signal, say). */
@@ -205,6 +235,7 @@ export class MarmotNode {
       );
       if (config.publish) await this.recallOwnMessages(this.consumers, msgIdPrefix(config.nodeId, this.epoch), signal);
       for (const c of this.consumers) this.tasks.push(c.run(signal));
+      this.agreement = this.startAgreement(js, streams, signal);
     }
     if (config.publish) {
       const nc = this.nc;

@@ -30,3 +30,13 @@ export function rowKeyString(keyBytes: Buffer): string {
 export function shardOf(keyBytes: Uint8Array, shards: number): number {
   return (fnv1a32(keyBytes) % shards) + 1;
 }
+
+/**
+ * The shard of a row of `table` (keyBytes from rowKeyBytes). A table whose rows can clash on a UNIQUE value
+ * besides their key (`wholeTable`) keeps all its rows on one shard, chosen by its name: one stream then orders
+ * every write of that table, so the later of two clashing rows wins on every node (see Applier.replaceConflicting).
+ * Across streams there is no common order, and two nodes could keep different rows.
+ */
+export function shardOfRow(table: string, keyBytes: Uint8Array, shards: number, wholeTable: boolean): number {
+  return wholeTable ? shardOf(rowKeyBytes(table, []), shards) : shardOf(keyBytes, shards);
+}
