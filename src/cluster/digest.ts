@@ -11,7 +11,7 @@ import { quoteIdent } from "../sqlite/quote.js";
 import { rowidAlias } from "../sqlite/schema.js";
 import type { TableInfo } from "../sqlite/table.js";
 import { ByteWriter } from "../wire/codec.js";
-import { rowKeyBytes, shardOfRow } from "../wire/shard.js";
+import { rowKeyInto, shardOf, shardOfRow } from "../wire/shard.js";
 import type { SqlValue } from "../wire/value.js";
 
 /** The rows of one table on one shard: how many, and the 64-bit sum of their hashes as 16 hex digits. */
@@ -23,17 +23,31 @@ export interface ShardDigest {
 /** Rows read between two yields to the event loop: a few milliseconds of work, so marmot never freezes. */
 const CHUNK_ROWS = 4096;
 
-/** Two independent 32-bit lanes over the bytes, each finished with murmur3's mixer: 64 bits per row. */
-function rowHash(bytes: Buffer, length: number): [number, number] {
+/**
+ * Two independent 32-bit lanes over the bytes, four at a time (murmur3's block step, and murmur2's), each finished
+ * with murmur3's mixer: 64 bits per row. Kept here rather than a package: a few lines, run a million times a scan.
+ */
+function addRow(acc: Accumulator, bytes: Buffer, length: number): void {
   let a = 0x811c9dc5;
   let b = 0x9747b28c;
-  for (let i = 0; i < length; i++) {
+  const words = length & ~3;
+  let i = 0;
+  for (; i < words; i += 4) {
+    const k = bytes[i]! | (bytes[i + 1]! << 8) | (bytes[i + 2]! << 16) | (bytes[i + 3]! << 24);
+    let k1 = Math.imul(k, 0xcc9e2d51);
+    k1 = Math.imul((k1 << 15) | (k1 >>> 17), 0x1b873593);
+    a ^= k1;
+    a = (a << 13) | (a >>> 19);
+    a = (Math.imul(a, 5) + 0xe6546b64) | 0;
+    b = Math.imul(b ^ k, 0x5bd1e995);
+    b ^= b >>> 15;
+  }
+  for (; i < length; i++) {
     const byte = bytes[i]!;
     a = Math.imul(a ^ byte, 0x01000193);
     b = Math.imul(b ^ byte, 0x5bd1e995);
-    b ^= b >>> 15;
   }
-  return [mix(a ^ length), mix(b ^ length)];
+  acc.add(mix(a ^ length), mix(b ^ length));
 }
 
 function mix(h: number): number {
@@ -51,7 +65,7 @@ class Accumulator {
   high = 0;
   low = 0;
 
-  add([high, low]: [number, number]): void {
+  add(high: number, low: number): void {
     this.rows++;
     const sum = this.low + low;
     this.low = sum >>> 0;
@@ -77,6 +91,8 @@ export async function digestTable(db: Database, table: TableInfo, shards: number
   const accumulators = Array.from({ length: shards }, () => new Accumulator());
   const tableShard = shardOfRow(table.name, new Uint8Array(), shards, true);
   const writer = new ByteWriter(1024);
+  const keyWriter = new ByteWriter(256);
+  const key: SqlValue[] = new Array<SqlValue>(keyPositions.length);
   const rows = statement.iterate() as IterableIterator<SqlValue[]>;
   try {
     for (;;) {
@@ -86,18 +102,12 @@ export async function digestTable(db: Database, table: TableInfo, shards: number
         const values = next.value;
         writer.length = 0;
         for (const v of values) writer.value(v);
-        const shard = wholeTable
-          ? tableShard
-          : shardOfRow(
-              table.name,
-              rowKeyBytes(
-                table.name,
-                keyPositions.map((p) => values[p]!),
-              ),
-              shards,
-              false,
-            );
-        accumulators[shard - 1]!.add(rowHash(writer.finish(), writer.length));
+        let shard = tableShard;
+        if (!wholeTable) {
+          for (let k = 0; k < keyPositions.length; k++) key[k] = values[keyPositions[k]!]!;
+          shard = shardOf(rowKeyInto(keyWriter, table.name, key), shards);
+        }
+        addRow(accumulators[shard - 1]!, writer.finish(), writer.length);
       }
       await new Promise<void>((resolve) => setImmediate(resolve));
       if (signal?.aborted) throw signal.reason;

@@ -15,7 +15,12 @@ function fnv1a32(bytes: Uint8Array): number {
 
 /** The bytes that identify a row: table name and key values, encoded as on the wire. */
 export function rowKeyBytes(table: string, key: readonly SqlValue[]): Buffer {
-  const w = new ByteWriter(64 + table.length * 3);
+  return rowKeyInto(new ByteWriter(64 + table.length * 3), table, key);
+}
+
+/** rowKeyBytes written into `w` from its start, for a caller that hashes millions of keys without allocating. */
+export function rowKeyInto(w: ByteWriter, table: string, key: readonly SqlValue[]): Buffer {
+  w.length = 0;
   w.str(table);
   for (const v of key) w.value(v);
   return w.finish();
