@@ -12,7 +12,7 @@ import { createHash } from "node:crypto";
 import type { KV } from "@nats-io/kv";
 import type { Logger } from "../log.js";
 import type { Metrics } from "../metrics.js";
-import { sleep } from "../sleep.js";
+import { orAbort, sleep } from "../sleep.js";
 import { APPLIED_TABLE, changeLogTable, lastStoredSeqKey, META_TABLE } from "../sqlite/names.js";
 import { BUSY_TIMEOUT_MS } from "../sqlite/open.js";
 import { quoteIdent } from "../sqlite/quote.js";
@@ -120,9 +120,10 @@ export class Agreement {
         await sleep(this.checkMs, signal).catch(() => undefined);
         if (signal.aborted) break;
         try {
-          if (bucket === undefined) {
-            bucket = await this.options.openBucket();
-            watching = this.watch(bucket, signal);
+          if (bucket === undefined) bucket = await orAbort(this.options.openBucket(), signal);
+          // (Re)started when it ended: without it, no other node's digest is seen.
+          if (watching === undefined) {
+            watching = this.watch(bucket, signal).finally(() => (watching = undefined));
           }
           await this.check(bucket, signal);
           failure = "";
@@ -140,12 +141,16 @@ export class Agreement {
     }
   }
 
-  /** Keeps the other nodes' digests as they come, and compares each with this node's at the same sequence. */
+  /**
+   * Keeps the other nodes' digests as they come, and compares each with this node's at the same sequence. Ends
+   * (never rejects) when the signal aborts or the watch fails.
+   */
   private async watch(bucket: KV, signal: AbortSignal): Promise<void> {
-    const entries = await bucket.watch({ key: ">" });
-    const stop = () => entries.stop();
-    signal.addEventListener("abort", stop, { once: true });
+    let stop = () => {};
     try {
+      const entries = await orAbort(bucket.watch({ key: ">" }), signal);
+      stop = () => entries.stop();
+      signal.addEventListener("abort", stop, { once: true });
       for await (const entry of entries) {
         if (entry.operation !== "PUT") continue;
         let record: DigestRecord;
@@ -217,7 +222,7 @@ export class Agreement {
       const previous = this.mine.get(token);
       this.mine.set(token, record);
       if (previous?.seq !== record.seq || previous.hash !== record.hash || previous.rows !== record.rows) {
-        await bucket.put(`${this.options.shards}-${token}.${this.options.nodeId.replace(/[^-\w]/g, "_")}`, JSON.stringify(record));
+        await orAbort(bucket.put(`${this.options.shards}-${token}.${this.options.nodeId.replace(/[^-\w]/g, "_")}`, JSON.stringify(record)), signal);
       }
       for (const other of this.theirs.values()) {
         if (other.shard === record.shard && other.table === record.table) this.compare(record, other);

@@ -78,6 +78,11 @@ export class OwnWrites {
     this.lookups.clear();
   }
 
+  /** Whether the rule applies at all: only on a node that publishes. */
+  get enabled(): boolean {
+    return this.origin !== undefined;
+  }
+
   /** Rows in the record of stored-but-not-applied own changes (a metric). */
   get size(): number {
     return this.stored.size;
