@@ -90,7 +90,8 @@ export class Agreement {
   /** per "<shard>.<table token>.<other node>": the last comparison at equal sequences */
   private readonly results = new Map<string, Mismatch | "agree">();
   private reader: Database.Database | undefined;
-  private redigestMs: number;
+  /** how long the last digest took: a shard is digested again only 50 times that long after it */
+  private lastCostMs = 0;
   private lastState: AgreementSummary["state"] = "unknown";
 
   constructor(
@@ -101,7 +102,6 @@ export class Agreement {
     this.quietMs = options.quietMs ?? 3000;
     this.checkMs = options.checkMs ?? 2000;
     this.minRedigestMs = options.redigestMs ?? 20_000;
-    this.redigestMs = this.minRedigestMs;
   }
 
   summary(): AgreementSummary {
@@ -184,7 +184,10 @@ export class Agreement {
       }
       if (now - seen.since < this.quietMs || !this.options.caughtUp(s.shard)) continue;
       const last = this.digested.get(s.shard);
-      if (last === undefined || last.seq !== seq || now - last.at >= this.redigestMs) due.push(s);
+      // At most a fiftieth of the time goes to digests, however often the shard goes quiet at a new sequence.
+      const gap = now - (last?.at ?? 0);
+      if (gap < 50 * this.lastCostMs) continue;
+      if (last === undefined || last.seq !== seq || gap >= this.minRedigestMs) due.push(s);
     }
     if (due.length === 0) return;
 
@@ -214,8 +217,7 @@ export class Agreement {
     } finally {
       if (reader.inTransaction) reader.prepare("COMMIT").run();
     }
-    // A large database is digested less often: at most a fiftieth of the time goes to it while idle.
-    this.redigestMs = Math.max(this.minRedigestMs, 50 * (Date.now() - started));
+    this.lastCostMs = Date.now() - started;
 
     for (const record of records) {
       const token = `${record.shard}.${tableToken(record.table)}`;
