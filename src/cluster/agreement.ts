@@ -92,6 +92,8 @@ export class Agreement {
   private reader: Database.Database | undefined;
   /** how long the last digest took: a shard is digested again only 50 times that long after it */
   private lastCostMs = 0;
+  /** why the last check did not digest ("" when it did) */
+  private waitingFor = "";
   private lastState: AgreementSummary["state"] = "unknown";
 
   constructor(
@@ -202,10 +204,11 @@ export class Agreement {
         (reader.prepare(`SELECT stream, seq FROM ${quoteIdent(APPLIED_TABLE)}`).all() as { stream: string; seq: bigint }[]).map((r) => [r.stream, Number(r.seq)]),
       );
       const pending = tables.some((t) => reader.prepare(`SELECT EXISTS (SELECT 1 FROM ${quoteIdent(changeLogTable(t.name))} WHERE ${NOT_MARKER})`).pluck(true).get() === 1n);
-      if (pending) return;
+      if (pending) return this.waiting("changes of this node wait in the change logs");
       const storedUpTo = reader.prepare(`SELECT value FROM ${quoteIdent(META_TABLE)} WHERE key = ?`).pluck(true);
       const ready = due.filter((s) => Number(storedUpTo.get(lastStoredSeqKey(s.stream)) ?? 0) <= (applied.get(s.stream) ?? 0));
-      if (ready.length === 0) return;
+      if (ready.length === 0) return this.waiting("changes of this node are in the stream and not applied back yet");
+      this.waitingFor = "";
       for (const table of tables) {
         const digests = await digestTable(reader, table, this.options.shards, signal);
         for (const s of ready) {
@@ -231,6 +234,12 @@ export class Agreement {
       }
     }
     this.logger.debug("digested quiet shards", { shards: records.map((r) => r.shard).join(","), tables: tables.length, ms: Date.now() - started });
+  }
+
+  /** Says once (until the next digest) why a quiet shard is not digested now. */
+  private waiting(reason: string): void {
+    if (reason !== this.waitingFor) this.logger.debug("not digesting yet: the rows are not what the stream made them", { reason });
+    this.waitingFor = reason;
   }
 
   private compare(mine: DigestRecord, other: DigestRecord): void {
