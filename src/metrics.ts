@@ -111,6 +111,12 @@ export class Metrics {
   private readonly all: (Metric | Histogram)[];
   /** seconds since the stored snapshot was made, as a node last read its manifest */
   readonly snapshotAgeSeconds: Metric;
+  /** per stream: messages the stream dropped before this node applied them (the node diverged) */
+  readonly missedMessages: Metric;
+  /** rows of this node JetStream stored that it has not applied back yet (the own-writes record) */
+  readonly storedUnapplied: Metric;
+  /** (table, shard, other node) whose digest differs from this node's at the same stream sequence */
+  readonly digestMismatches: Metric;
 
   constructor(namespace = "marmot", subsystem = "") {
     const name = (n: string) => [namespace, subsystem, n].filter((p) => p !== "").join("_");
@@ -135,6 +141,9 @@ export class Metrics {
     );
     this.eventLoopLag = new Metric(name("event_loop_lag_seconds"), "How late the event loop ran what was due, over the last few seconds.", "gauge");
     this.snapshotAgeSeconds = new Metric(name("snapshot_age_seconds"), "Seconds since the stored snapshot was made.", "gauge");
+    this.missedMessages = new Metric(name("missed_messages"), "Messages the stream dropped before this node applied them: it diverged.", "counter");
+    this.storedUnapplied = new Metric(name("stored_unapplied_rows"), "Rows of this node stored in JetStream and not yet applied back here.", "gauge");
+    this.digestMismatches = new Metric(name("digest_mismatches"), "Tables of a shard whose rows differ from another node's at the same stream sequence.", "gauge");
     this.all = [
       this.published,
       this.pendingPublish,
@@ -151,6 +160,9 @@ export class Metrics {
       this.replicationLatency,
       this.eventLoopLag,
       this.snapshotAgeSeconds,
+      this.missedMessages,
+      this.storedUnapplied,
+      this.digestMismatches,
     ];
   }
 

@@ -5,9 +5,11 @@ import type { Server } from "node:http";
 import { dirname, join } from "node:path";
 import type Database from "better-sqlite3";
 import { jetstream, type JetStreamClient, type JetStreamManager } from "@nats-io/jetstream";
+import { Kvm } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { NodeStatusTracker } from "./cluster/node-status.js";
 import type { AgreementSource, NodeStatus, SnapshotStatus } from "./cluster/status-model.js";
+import { Agreement, digestBucketName, type AgreementSummary } from "./cluster/agreement.js";
 import type { CliOptions, Config } from "./config/types.js";
 import { ServerError, SnapshotAccessError } from "./errors.js";
 import type { Logger } from "./log.js";
@@ -27,6 +29,7 @@ import { countParked, parkedRequestPending, takeParkedRequest } from "./sqlite/p
 import { openDatabase } from "./sqlite/open.js";
 import type { TableInfo } from "./sqlite/table.js";
 import { commitWatch, DatabaseWatcher } from "./sqlite/watcher.js";
+import { catchUp } from "./stream/catch-up.js";
 import { connectNats } from "./stream/connect.js";
 import { batchOrigin } from "./wire/codec.js";
 import { ShardConsumer } from "./stream/consumer.js";
@@ -59,6 +62,9 @@ export function embeddedServerOptions(config: Config, cli: CliOptions): Embedded
   };
 }
 
+/** How long catching up before publishing may go without progress before the node publishes anyway. */
+const CATCH_UP_STALL_MS = 60_000;
+
 export class MarmotNode {
   readonly metrics: Metrics;
   private readonly statusTracker: NodeStatusTracker;
@@ -80,6 +86,7 @@ export class MarmotNode {
   private replication: { abort: AbortController; tasks: Promise<void>[] } | undefined;
   private snapshots: NodeSnapshots | undefined;
   private healing: Promise<void> | undefined;
+  private agreement: Agreement | undefined;
   private lastActivity = Date.now();
   private readonly startedAt = Date.now();
   private readonly loopLag = new EventLoopLag();
@@ -184,6 +191,40 @@ export class MarmotNode {
   /** Where the status learns whether the nodes agree (per-shard digests); without one, agreement is "unknown". */
   setAgreementSource(source: AgreementSource): void {
     this.statusTracker.setAgreementSource(source);
+  }
+
+  /** Messages the streams dropped before this node applied them, since start: more than 0 means it diverged. */
+  get missedMessages(): number {
+    return this.consumers.reduce((sum, c) => sum + c.missedMessages, 0);
+  }
+
+  /** Whether this node holds the same rows as the others, as far as digests of quiet shards have shown. */
+  agreementSummary(): AgreementSummary {
+    return this.agreement?.summary() ?? { state: "unknown", mismatches: [] };
+  }
+
+  /** Digests of quiet shards, compared with the other nodes' (see cluster/agreement.ts). */
+  private startAgreement(js: JetStreamClient, streams: readonly ShardStream[], signal: AbortSignal): Agreement {
+    const agreement = new Agreement(
+      {
+        dbPath: this.config.dbPath,
+        nodeId: this.config.nodeId,
+        shards: this.config.replicationLog.shards,
+        streams,
+        tables: () => this.capturedTables,
+        appliedSequence: (stream) => this.applier.appliedSequence(stream),
+        // Looked up each time: a restore while running replaces the consumers.
+        caughtUp: (shard) => this.consumers.find((c) => c.stream === streams.find((st) => st.shard === shard)?.stream)?.lastKnownLag === 0,
+        openBucket: () =>
+          new Kvm(js).create(digestBucketName(this.config.nats.streamPrefix), { replicas: this.config.replicationLog.replicas, history: 1 }),
+      },
+      this.logger.child({ component: "agreement" }),
+      this.metrics,
+    );
+    this.tasks.push(agreement.run(signal));
+    // The status page shows, for this node, what its own comparisons say about each shard.
+    this.statusTracker.setAgreementSource({ summary: () => ({ [this.config.nodeId]: agreement.byShard() }) });
+    return agreement;
   }
 
   /** Whether stop() was called (by a signal, say). */
@@ -321,6 +362,7 @@ export class MarmotNode {
       );
     }
     await this.startReplication(js, jsm, streams, largeBatches, signal);
+    if (config.replicate) this.agreement = this.startAgreement(js, streams, signal);
     if (config.publish) {
       this.tasks.push(cleanUpLargeBatches(largeBatches, `${config.nodeId}-`, jsm, logger.child({ component: "large-changes" }), signal));
     }
@@ -455,7 +497,7 @@ export class MarmotNode {
 
   /** A snapshot was restored underneath: the applier's sequences and capture follow the restored database. */
   private onRestored(result: RestoreFacts): void {
-    this.applier.reloadApplied();
+    this.applier.databaseReplaced();
     // Without `previous`: the restored tables' rows came from the cluster, they are not this node's changes.
     this.useCapture(installCapture(this.db, this.logger, this.config.tables));
     this.reader.rewind();
@@ -482,7 +524,14 @@ export class MarmotNode {
   }
 
   private async shipLoop(shipper: ChangeShipper, leftovers: () => Promise<void>, signal: AbortSignal): Promise<void> {
-    await leftovers().catch(() => undefined);
+    try {
+      await leftovers();
+    } catch (err) {
+      if (signal.aborted) return;
+      this.logger.error("could not check the changes left by the last run against the streams; publishing them anyway", {
+        reason: (err as Error).message,
+      });
+    }
     while (!signal.aborted) {
       let shipped = 0;
       try {
@@ -510,22 +559,16 @@ export class MarmotNode {
     if (pending === 0 || this.consumers.length === 0) return;
     const started = Date.now();
     this.logger.info("applying the streams to their end before publishing the changes left by the last run", { pending });
-    let lastReport = started;
-    for (const consumer of this.consumers) {
-      let end: number | undefined;
-      while (end === undefined) {
-        end = await consumer.streamEnd().catch(() => undefined);
-        if (end === undefined) await sleep(500, signal);
-      }
-      while (consumer.appliedSequence() < end) {
-        if (Date.now() - lastReport > 30_000) {
-          lastReport = Date.now();
-          this.logger.info("still applying before publishing", { stream: consumer.stream, applied: consumer.appliedSequence(), until: end });
-        }
-        await sleep(100, signal);
-      }
+    // Waiting as long as applying progresses; a consumer that cannot must not stop all publishing for good. Going
+    // on then risks only what the wait avoids: a change the stream already holds goes out again, later in order.
+    if (await catchUp(this.consumers, this.logger, signal, { stallMs: CATCH_UP_STALL_MS })) {
+      this.logger.info("caught up; publishing", { after_ms: Date.now() - started, pending: this.reader.pendingCount() });
+    } else {
+      this.logger.error("publishing without having applied the streams to their end: changes the last run sent may go out twice", {
+        pending: this.reader.pendingCount(),
+        after_ms: Date.now() - started,
+      });
     }
-    this.logger.info("caught up; publishing", { after_ms: Date.now() - started, pending: this.reader.pendingCount() });
   }
 
   /**
@@ -600,6 +643,7 @@ export class MarmotNode {
       this.metrics.eventLoopLag.set(lag.maxMs / 1000, { quantile: "1" });
       try {
         this.metrics.pendingPublish.set(this.reader.pendingCount());
+        this.metrics.storedUnapplied.set(this.applier.storedRows);
         for (const c of this.consumers) await c.lag();
       } catch (err) {
         this.logger.debug("metrics refresh failed", { reason: (err as Error).message });

@@ -5,12 +5,11 @@ import type { Database, Statement } from "better-sqlite3";
 import { DecodeError } from "../errors.js";
 import type { Logger } from "../log.js";
 import { decodeBatch, encodeBatch, type ChangeBatch, type WireChange, type WireTable } from "../wire/codec.js";
-import { rowKeyBytes, rowKeyString } from "../wire/shard.js";
-import { APPLIED_TABLE, APPLYING_TABLE, changeLogTable, isInternalName, LOG_ID_COLUMN, PARKED_TABLE, ROWID_KEY } from "./names.js";
+import { APPLIED_TABLE, APPLYING_TABLE, isInternalName, PARKED_TABLE, ROWID_KEY } from "./names.js";
+import { OwnWrites, type ChangeSource, type OwnWritesScan } from "./own-writes.js";
 import { quoteIdent } from "./quote.js";
 import { rowidAlias } from "./schema.js";
 import type { TableInfo } from "./table.js";
-import { changeLogKeyColumns, NOT_MARKER } from "./trigger-sql.js";
 
 export type ApplyOutcome = "applied" | "duplicate" | "parked" | "partly-parked";
 
@@ -30,33 +29,15 @@ export interface StreamMessage {
   data: Uint8Array;
 }
 
-/** Where a change comes from: a message at `seq` of `stream`, written by this node (`own`) or another. */
-interface Source {
-  stream: string;
-  seq: number;
-  own: boolean;
-}
-
 /** How one wire table's changes of one op are applied here: a statement, or why they cannot be. */
 type Plan =
-  | { statement: Statement; local: TableInfo; pending: PendingLookup; keyPositions: number[]; reason?: undefined }
+  | { statement: Statement; local: TableInfo; keyPositions: number[]; reason?: undefined }
   | { statement?: undefined; local?: undefined; reason: string };
-
-/** Statements on one table's change log, by row key: the local changes of a row that are not in the stream yet. */
-interface PendingLookup {
-  /** the lowest and highest change id in the whole change log */
-  range: Statement;
-  /** the newest change id of the row still in the change log, or null */
-  newest: Statement;
-  /** remove the row's changes up to a change id: the stream holds them (or a later change of the row) now */
-  forget: Statement;
-}
 
 export interface ApplierOptions {
   /**
-   * This node's id, when it publishes its changes. The applier then keeps the app's own newer writes: a replicated
-   * change of a row with a local change the stream has not sequenced yet is superseded, because that local change
-   * will land later in the stream and win on every node anyway. Without it (publish = false), every change applies.
+   * This node's batch origin, when it publishes its changes. The applier then keeps the app's own newer writes
+   * (see own-writes.ts). Without it (publish = false), every change applies.
    */
   origin?: string;
 }
@@ -64,25 +45,18 @@ export interface ApplierOptions {
 /**
  * What one apply call (one transaction) works out once and reuses. Plans, by the decoded table object the changes
  * of a message share: the checks and the statement lookup run once per table of a message, not once per row. And
- * the range of change ids in each table's change log (null: empty): the app cannot write during the transaction,
- * so the range can only narrow, as own changes leave the log.
+ * what the own-writes rule reads of the change logs once per transaction.
  */
 interface ApplyContext {
   plans: Map<WireTable, { upsert?: Plan; delete?: Plan }>;
-  logIds: Map<string, { min: number; max: number } | null>;
+  own: OwnWritesScan;
 }
 
-const newContext = (): ApplyContext => ({ plans: new Map(), logIds: new Map() });
+const newContext = (): ApplyContext => ({ plans: new Map(), own: new Map() });
 
 const duplicate = (): ApplyResult => ({ outcome: "duplicate", applied: 0, parked: 0 });
 
 /** Why a change cannot be applied here, or undefined when it can. Names come only from the local schema. */
-/** The key of the row a change is about, in the order of its table's key columns. */
-function changeKey(change: WireChange): WireChange["values"] {
-  const { table } = change;
-  return change.op === "upsert" ? table.keyColumns.map((k) => change.values[table.columns.indexOf(k)]!) : change.values;
-}
-
 function mismatch(change: WireChange, local: TableInfo | undefined): string | undefined {
   if (!local) return `table "${change.table.name}" does not exist on this node`;
   const wireKey = change.table.keyColumns;
@@ -113,26 +87,19 @@ export class Applier {
   /** Tables with parked changes: later changes to them wait too, so their order is kept. */
   private readonly parkedTables = new Set<string>();
   private readonly reportedMissing = new Set<string>();
-  private readonly pendingLookups = new Map<string, PendingLookup>();
+  private readonly ownWrites: OwnWrites;
   /** replicated changes not applied because a newer local change of the row is on its way (since start) */
   superseded = 0;
   /**
-   * Rows whose newer local change JetStream has stored but this node has not applied back yet, with where it was
-   * stored: the change log no longer holds that change, yet an earlier message of the row must not undo it here.
-   */
-  private readonly stored = new Map<string, { stream: string; seq: number; shippedHere: boolean }>();
-  /**
    * Whether anything but the app and this applier's statements for a row can change a row here: the app's own
-   * triggers (they fire on applied changes too), or a UNIQUE clash that replaced rows of a table (by table name).
-   * Until then, this node's own change back from the stream leaves its row as it is (see supersededLocally).
+   * triggers (they may fire on applied changes too), or a UNIQUE clash that replaced rows of a table (by table
+   * name). Until then, this node's own change back from the stream leaves its row as it is (see OwnWrites).
    */
   private appTriggers = true;
   /** the schema version appTriggers was read at; a trigger created since turns the shortcut off until setTables */
   private triggersReadAt = -1;
   private readonly schemaVersion: Statement;
   private readonly replacedIn = new Set<string>();
-  /** per stream, what noteStored() added, to drop once the stream is applied past it */
-  private readonly storedByStream = new Map<string, { seq: number; rowKey: string }[]>();
   private readonly enterApply: Statement;
   private readonly leaveApply: Statement;
   private readonly recordApplied: Statement;
@@ -141,8 +108,9 @@ export class Applier {
   constructor(
     private readonly db: Database,
     private readonly logger: Logger,
-    private readonly options: ApplierOptions = {},
+    options: ApplierOptions = {},
   ) {
+    this.ownWrites = new OwnWrites(db, options.origin);
     this.schemaVersion = db.prepare("PRAGMA schema_version").pluck(true);
     this.enterApply = db.prepare(`INSERT INTO ${quoteIdent(APPLYING_TABLE)} VALUES (1)`);
     this.leaveApply = db.prepare(`DELETE FROM ${quoteIdent(APPLYING_TABLE)}`);
@@ -163,8 +131,14 @@ export class Applier {
     const rows = this.db.prepare(`SELECT stream, seq FROM ${quoteIdent(APPLIED_TABLE)}`).all() as { stream: string; seq: bigint }[];
     this.applied.clear();
     for (const row of rows) this.applied.set(row.stream, Number(row.seq));
-    for (const [stream, seq] of this.applied) this.forgetStoredUpTo(stream, seq);
+    for (const [stream, seq] of this.applied) this.ownWrites.appliedUpTo(stream, seq);
     this.reloadParked();
+  }
+
+  /** After a restore: the rows are the snapshot's now, not what this run shipped (see OwnWrites.databaseReplaced). */
+  databaseReplaced(): void {
+    this.ownWrites.databaseReplaced();
+    this.reloadApplied();
   }
 
   /** Reads which tables have parked changes again: another connection (marmot -parked -discard) may have changed them. */
@@ -181,83 +155,40 @@ export class Applier {
     this.appTriggers = triggers.some((name) => !isInternalName(name));
     this.triggersReadAt = Number(this.schemaVersion.get());
     this.statements.clear();
-    this.pendingLookups.clear();
+    this.ownWrites.reset();
+  }
+
+  /** Rows of this node JetStream stored that it has not applied back yet (the own-writes record, a metric). */
+  get storedRows(): number {
+    return this.ownWrites.size;
   }
 
   /**
    * The shipper's word that JetStream stored this node's latest changes of these rows (see rowKeyString) at `seq`
    * of `stream`. Until this node has applied the stream that far, earlier changes of those rows are superseded.
    */
-  noteStored(stream: string, seq: number, rowKeys: readonly string[], shippedHere = true): void {
-    if (this.options.origin === undefined || seq <= this.appliedSequence(stream)) return;
-    let queue = this.storedByStream.get(stream);
-    if (!queue) this.storedByStream.set(stream, (queue = []));
-    for (const rowKey of rowKeys) {
-      const previous = this.stored.get(rowKey);
-      if (previous === undefined || previous.stream !== stream || previous.seq < seq) this.stored.set(rowKey, { stream, seq, shippedHere });
-      queue.push({ seq, rowKey });
-    }
+  noteStored(stream: string, seq: number, rowKeys: readonly string[]): void {
+    this.ownWrites.noteStored(stream, seq, rowKeys, this.appliedSequence(stream));
   }
 
   /**
    * The same word, read back from the stream at start: a message of this node that JetStream stored at `seq`
-   * before the last run ended, and that this node has not applied yet. Its rows are kept as noteStored() keeps
-   * them, so a crash does not reopen the window that record closes. Returns how many rows it holds (0 when the
+   * before the last run ended, and that this node has not applied yet. Returns how many rows it holds (0 when the
    * message is another node's, or not a batch at all).
    */
   noteStoredMessage(stream: string, seq: number, data: Uint8Array): number {
-    if (seq <= this.appliedSequence(stream)) return 0;
-    const batch = this.ownBatch(data);
-    if (batch === undefined) return 0;
-    const rowKeys = batch.changes.map((change) => rowKeyString(rowKeyBytes(change.table.name, changeKey(change))));
-    // Read back from the stream, not shipped by this run: the file may have been replaced since (a restore).
-    this.noteStored(stream, seq, rowKeys, false);
-    return rowKeys.length;
+    return this.ownWrites.noteStoredMessage(stream, seq, data, this.appliedSequence(stream));
   }
 
   /**
    * For a node that does not apply (replicate = false): a message of its own that the stream holds, found at start.
-   * Its changes are in the stream, so they leave the change log as they would when applied back; the last run
-   * stopped before it could take them out. Returns how many change-log rows went.
+   * Its changes leave the change log, as they would when applied back. Returns how many change-log rows went.
    */
   forgetOwnMessage(data: Uint8Array): number {
-    const batch = this.ownBatch(data);
-    if (batch === undefined) return 0;
-    let removed = 0;
-    this.db.transaction(() => {
-      for (const change of batch.changes) {
-        const local = this.tables.get(change.table.name);
-        if (local === undefined || mismatch(change, local) !== undefined) continue;
-        removed += this.pendingLookup(local).forget.run(...changeKey(change), BigInt(change.changeId)).changes;
-      }
-    })();
-    return removed;
-  }
-
-  /** The batch in `data` when this node wrote it (in this epoch); undefined for another node's or a non-batch. */
-  private ownBatch(data: Uint8Array): ChangeBatch | undefined {
-    if (this.options.origin === undefined) return undefined;
-    try {
-      const batch = decodeBatch(data);
-      return batch.origin === this.options.origin ? batch : undefined;
-    } catch (err) {
-      if (err instanceof DecodeError) return undefined;
-      throw err;
-    }
-  }
-
-  /** After a commit up to `last`: the stored changes at or below it are applied (or passed), no longer pending. */
-  private forgetStoredUpTo(stream: string, last: number): void {
-    const queue = this.storedByStream.get(stream);
-    if (!queue) return;
-    let done = 0;
-    while (done < queue.length && queue[done]!.seq <= last) {
-      const { seq, rowKey } = queue[done]!;
-      const entry = this.stored.get(rowKey);
-      if (entry !== undefined && entry.stream === stream && entry.seq === seq) this.stored.delete(rowKey);
-      done++;
-    }
-    if (done > 0) queue.splice(0, done);
+    return this.ownWrites.forgetOwnMessage(data, (change) => {
+      const local = this.tables.get(change.table.name);
+      return local !== undefined && mismatch(change, local) === undefined ? local : undefined;
+    });
   }
 
   appliedSequence(stream: string): number {
@@ -271,12 +202,10 @@ export class Applier {
    * Otherwise another node's changes are gone and only a snapshot can bring them (false).
    */
   passOwnGap(stream: string, from: number, to: number): boolean {
-    if (this.options.origin === undefined || to < from) return false;
-    const own = new Set((this.storedByStream.get(stream) ?? []).map((entry) => entry.seq));
-    for (let seq = from; seq <= to; seq++) if (!own.has(seq)) return false;
+    if (!this.ownWrites.enabled || to < from || !this.ownWrites.storedEvery(stream, from, to)) return false;
     this.recordApplied.run(stream, BigInt(to));
     this.applied.set(stream, to);
-    this.forgetStoredUpTo(stream, to);
+    this.ownWrites.appliedUpTo(stream, to);
     return true;
   }
 
@@ -324,7 +253,7 @@ export class Applier {
       throw err;
     }
     this.applied.set(stream, last);
-    this.forgetStoredUpTo(stream, last);
+    this.ownWrites.appliedUpTo(stream, last);
     return results;
   }
 
@@ -343,7 +272,7 @@ export class Applier {
     const parked: ParkedChange[] = [];
     // Tables with a change parked earlier in this message: their later changes wait behind it, as across messages.
     const waitingHere = new Set<string>();
-    const source: Source = { stream, seq, own: batch.origin === this.options.origin };
+    const source: ChangeSource = { stream, seq, own: this.ownWrites.isOwn(batch.origin) };
     for (const change of batch.changes) {
       const name = change.table.name;
       const reason =
@@ -380,7 +309,7 @@ export class Applier {
         if (stillWaiting.has(row.tbl)) continue;
         const batch = decodeBatch(row.payload);
         const change = batch.changes[0]!;
-        const source = { stream: row.stream, seq: Number(row.seq), own: batch.origin === this.options.origin };
+        const source = { stream: row.stream, seq: Number(row.seq), own: this.ownWrites.isOwn(batch.origin) };
         if (this.applyChange(change, source) === undefined) {
           remove.run(row.id);
           appliedCount++;
@@ -413,7 +342,7 @@ export class Applier {
    * Apply one change; returns why it cannot be applied, or undefined when it was applied or is superseded by a
    * newer local change of its row.
    */
-  private applyChange(change: WireChange, source: Source, context: ApplyContext = newContext()): string | undefined {
+  private applyChange(change: WireChange, source: ChangeSource, context: ApplyContext = newContext()): string | undefined {
     let byOp = context.plans.get(change.table);
     if (!byOp) context.plans.set(change.table, (byOp = {}));
     let plan = byOp[change.op];
@@ -426,15 +355,18 @@ export class Applier {
           : {
               statement: this.statementFor(local!, change),
               local: local!,
-              pending: this.pendingLookup(local!),
               keyPositions: change.op === "upsert" ? local!.keyColumns.map((k) => change.table.columns.indexOf(k)) : [],
             };
       byOp[change.op] = plan;
     }
     if (plan.reason !== undefined) return plan.reason;
-    if (this.options.origin !== undefined && this.supersededLocally(plan, change, source, context)) {
-      this.superseded++;
-      return undefined;
+    if (this.ownWrites.enabled) {
+      const key = change.op === "upsert" ? plan.keyPositions.map((p) => change.values[p]!) : change.values;
+      const unchangedSinceShipped = !this.appTriggers && !this.replacedIn.has(plan.local.name);
+      if (this.ownWrites.supersedes(plan.local, key, change, source, context.own, unchangedSinceShipped)) {
+        this.superseded++;
+        return undefined;
+      }
     }
     try {
       plan.statement.run(change.values);
@@ -447,67 +379,6 @@ export class Applier {
       }
       throw err;
     }
-  }
-
-  /**
-   * Whether the row has a newer local change that lands later in the stream: one JetStream stored at a later
-   * sequence (see noteStored), or one still in the change log (not in the stream yet, or at a later sequence: an
-   * earlier one would have been applied back already and left the log). On every node that change overwrites
-   * whatever this one writes. Applying this change here would only show the app its row going back to an older
-   * state for a while, and a write the app makes on that older state (an INSERT OR IGNORE that now finds no row)
-   * would be lost. Own changes coming back from the stream first take their row's log entries up to them out of
-   * the change log: those are sequenced now.
-   */
-  private supersededLocally(plan: Extract<Plan, { reason?: undefined }>, change: WireChange, source: Source, context: ApplyContext): boolean {
-    const key = change.op === "upsert" ? plan.keyPositions.map((p) => change.values[p]!) : change.values;
-    // Most of the time the log is empty, or holds nothing this change could concern: no lookup per row then.
-    let ids = context.logIds.get(plan.local.name);
-    if (ids === undefined) {
-      const [min, max] = plan.pending.range.get() as [bigint | null, bigint | null];
-      ids = min === null || max === null ? null : { min: Number(min), max: Number(max) };
-      context.logIds.set(plan.local.name, ids);
-    }
-    if (source.own && ids !== null && ids.min <= change.changeId) plan.pending.forget.run(...key, BigInt(change.changeId));
-    if (this.stored.size > 0) {
-      const stored = this.stored.get(rowKeyString(rowKeyBytes(plan.local.name, key)));
-      if (stored !== undefined && stored.stream === source.stream && stored.seq > source.seq) return true;
-      // This run shipped this very change of the row at this sequence. Since the app wrote it, the row either kept
-      // it (changes of others sequenced before it were superseded above, later ones come after it) or has a newer
-      // local change, which supersedes it: writing it again changes nothing either way, unless an app trigger or a
-      // UNIQUE clash changed the row meanwhile.
-      if (
-        source.own &&
-        stored !== undefined &&
-        stored.shippedHere &&
-        stored.stream === source.stream &&
-        stored.seq === source.seq &&
-        !this.appTriggers &&
-        !this.replacedIn.has(plan.local.name)
-      ) {
-        return true;
-      }
-    }
-    if (ids === null || (source.own && ids.max <= change.changeId)) return false;
-    return plan.pending.newest.get(...key) != null;
-  }
-
-  private pendingLookup(table: TableInfo): PendingLookup {
-    let lookup = this.pendingLookups.get(table.name);
-    if (lookup) return lookup;
-    const log = quoteIdent(changeLogTable(table.name));
-    const id = quoteIdent(LOG_ID_COLUMN);
-    const where = changeLogKeyColumns(table)
-      .map((k) => `${quoteIdent(k)} IS ?`)
-      .join(" AND ");
-    // Marker rows are not changes (see keepLastTriggerSql); there are one or two of them, at the top of the log.
-    const first = (order: string) => `(SELECT ${id} FROM ${log} WHERE ${NOT_MARKER} ORDER BY ${id} ${order} LIMIT 1)`;
-    lookup = {
-      range: this.db.prepare(`SELECT ${first("ASC")}, ${first("DESC")}`).raw(true),
-      newest: this.db.prepare(`SELECT max(${id}) FROM ${log} WHERE ${where} AND ${NOT_MARKER}`).pluck(true),
-      forget: this.db.prepare(`DELETE FROM ${log} WHERE ${where} AND ${id} <= ? AND ${NOT_MARKER}`),
-    };
-    this.pendingLookups.set(table.name, lookup);
-    return lookup;
   }
 
   /**

@@ -18,12 +18,12 @@ import type { ShardStream } from "./streams.js";
 export interface MessageApplier {
   appliedSequence(stream: string): number;
   applyMessage(stream: string, seq: number, data: Uint8Array): ApplyResult;
-  /** Several messages in one transaction that records the last sequence (optional: else one at a time). */
-  applyMessages?(stream: string, messages: readonly StreamMessage[]): ApplyResult[];
+  /** Several messages in one transaction that records the last sequence. */
+  applyMessages(stream: string, messages: readonly StreamMessage[]): ApplyResult[];
   /** This node's message stored at `seq` and not applied yet (see recallOwnMessages); returns its row count. */
-  noteStoredMessage?(stream: string, seq: number, data: Uint8Array): number;
+  noteStoredMessage(stream: string, seq: number, data: Uint8Array): number;
   /** Moves past dropped messages `from`..`to` when they were all this node's own (see Applier.passOwnGap). */
-  passOwnGap?(stream: string, from: number, to: number): boolean;
+  passOwnGap(stream: string, from: number, to: number): boolean;
 }
 
 /** Messages already delivered that are applied together at most: bounds how long one transaction holds the write lock. */
@@ -72,6 +72,8 @@ export interface StreamGap {
 export class ShardConsumer {
   private lastLag = -1;
   private lastEnd = -1;
+  /** messages the stream dropped before this node applied them, since start (see handle) */
+  private missed = 0;
   /** the running consume() call, to stop when it stalls */
   private current?: { stop(): void };
   private progress = { applied: -1, at: Date.now() };
@@ -123,8 +125,7 @@ export class ShardConsumer {
    * memory of the run that ended. Returns how many messages were found.
    */
   async recallOwnMessages(msgIdPrefix: string, lastStored: number, signal: AbortSignal): Promise<number> {
-    const note = this.applier.noteStoredMessage?.bind(this.applier);
-    if (!note) return 0;
+    const note = this.applier.noteStoredMessage.bind(this.applier);
     const { stream } = this.shard;
     const applied = this.appliedSequence();
     // Only as far as the last run recorded storing a message whose changes then left the change log (one still in
@@ -171,6 +172,11 @@ export class ShardConsumer {
     });
     this.progress = { applied, at: now };
     this.current.stop();
+  }
+
+  /** Messages of this stream the node never applied because the stream dropped them first (since start). */
+  get missedMessages(): number {
+    return this.missed;
   }
 
   get lastKnownLag(): number {
@@ -234,8 +240,8 @@ export class ShardConsumer {
   }
 
   /**
-   * Apply messages that continue the stream in one transaction, then ack them all; anything unusual (a gap, or an
-   * applier without batches) takes the one-at-a-time path. False when the consumer must be started again.
+   * Apply messages that continue the stream in one transaction, then ack them all; anything unusual (a gap) takes
+   * the one-at-a-time path. False when the consumer must be started again.
    */
   private async handleBatch(batch: JsMsg[], signal: AbortSignal): Promise<boolean> {
     const { stream } = this.shard;
@@ -245,13 +251,13 @@ export class ShardConsumer {
       expected = Math.max(expected, m.seq + 1);
       return ok;
     });
-    if (batch.length === 1 || !contiguous || !this.applier.applyMessages) {
+    if (batch.length === 1 || !contiguous) {
       for (const m of batch) if (!(await this.handle(m, signal))) return false;
       return true;
     }
     const messages: StreamMessage[] = [];
     for (const m of batch) messages.push({ seq: m.seq, data: await this.resolvedData(m.seq, m.data) });
-    const results = await withWriteLock(() => this.applier.applyMessages!(stream, messages), `applying ${stream}`, this.logger, signal);
+    const results = await withWriteLock(() => this.applier.applyMessages(stream, messages), `applying ${stream}`, this.logger, signal);
     // Acked only now: the transaction that applied them and recorded the last sequence has committed.
     for (const m of batch) m.ack();
     for (const [i, result] of results.entries()) this.record(batch[i]!, result);
@@ -313,7 +319,7 @@ export class ShardConsumer {
     const applied = this.applier.appliedSequence(stream);
     if (m.seq > applied + 1) {
       const info = await this.jsm.streams.info(stream);
-      if (info.state.first_seq > applied + 1 && this.applier.passOwnGap?.(stream, applied + 1, info.state.first_seq - 1)) {
+      if (info.state.first_seq > applied + 1 && this.applier.passOwnGap(stream, applied + 1, info.state.first_seq - 1)) {
         this.logger.info("the stream dropped messages of this node before it applied them back; they came from this database, nothing is missing", {
           stream,
           from: applied + 1,
@@ -322,6 +328,9 @@ export class ShardConsumer {
         // Anything between the dropped messages and this one is fetched again, in order.
         if (m.seq > info.state.first_seq) return false;
       } else if (info.state.first_seq > applied + 1) {
+        const missed = info.state.first_seq - 1 - applied;
+        this.missed += missed;
+        this.metrics?.missedMessages.inc(missed, { stream });
         this.logger.error("this node missed changes: the stream dropped them before they were applied here (max_entries)", {
           stream,
           missed_from: applied + 1,
