@@ -65,6 +65,8 @@ export class Metrics {
   readonly parked: Metric;
   /** per shard: messages in the stream this node has not applied yet */
   readonly shardLag: Metric;
+  /** how late the event loop ran what was due, over the last few seconds (quantile label: 0.5, 0.99, 1) */
+  readonly eventLoopLag: Metric;
   private readonly all: Metric[];
 
   constructor(namespace = "marmot", subsystem = "") {
@@ -76,7 +78,8 @@ export class Metrics {
     this.applied = new Metric(name("applied"), "Replicated changes applied to the local database.", "counter");
     this.parked = new Metric(name("parked"), "Replicated changes set aside because this node cannot apply them yet.", "counter");
     this.shardLag = new Metric(name("shard_lag"), "Messages in the shard's stream not yet applied by this node.", "gauge");
-    this.all = [this.published, this.pendingPublish, this.countChanges, this.scanChanges, this.applied, this.parked, this.shardLag];
+    this.eventLoopLag = new Metric(name("event_loop_lag_seconds"), "How late the event loop ran what was due, over the last few seconds.", "gauge");
+    this.all = [this.published, this.pendingPublish, this.countChanges, this.scanChanges, this.applied, this.parked, this.shardLag, this.eventLoopLag];
   }
 
   render(): string {

@@ -9,17 +9,19 @@ import type { NatsConnection } from "@nats-io/transport-node";
 import type { CliOptions, Config } from "./config/types.js";
 import { ServerError } from "./errors.js";
 import type { Logger } from "./log.js";
+import { EventLoopLag } from "./event-loop-lag.js";
 import { Metrics } from "./metrics.js";
 import { startMetricsServer } from "./metrics-server.js";
 import { ChangeShipper, msgIdPrefix } from "./shipper.js";
 import { sleep } from "./sleep.js";
 import { Applier } from "./sqlite/applier.js";
+import { failFastWhenBusy, withWriteLock } from "./sqlite/busy.js";
 import { installCapture, schemaVersion } from "./sqlite/capture.js";
 import { ChangeLogReader } from "./sqlite/change-log.js";
 import { logAllRowsSql } from "./sqlite/trigger-sql.js";
 import { openDatabase } from "./sqlite/open.js";
 import type { TableInfo } from "./sqlite/table.js";
-import { DatabaseWatcher } from "./sqlite/watcher.js";
+import { commitWatch, DatabaseWatcher } from "./sqlite/watcher.js";
 import { connectNats } from "./stream/connect.js";
 import { batchOrigin } from "./wire/codec.js";
 import { ShardConsumer } from "./stream/consumer.js";
@@ -44,7 +46,8 @@ export class MarmotNode {
   private readonly tasks: Promise<void>[] = [];
   private readonly db: Database.Database;
   private readonly reader: ChangeLogReader;
-  private readonly applier: Applier;
+  /** set once capture is installed (it creates the tables the applier uses) */
+  private applier!: Applier;
   private readonly watcher: DatabaseWatcher;
   private epoch = "";
   private knownSchemaVersion = -1;
@@ -53,8 +56,11 @@ export class MarmotNode {
   private metricsServer: Server | undefined;
   private consumers: ShardConsumer[] = [];
   private lastActivity = Date.now();
+  private readonly loopLag = new EventLoopLag();
   private serverStopped = false;
   private capturedTables: readonly TableInfo[] = [];
+  /** a capture update after a schema change, waiting for the app's write lock */
+  private captureUpdate: Promise<void> | undefined;
   private stopping: Promise<void> | undefined;
   /** the start's networking part; a stop waits for it, so nothing it creates is left behind */
   private starting: Promise<void> = Promise.resolve();
@@ -75,19 +81,29 @@ export class MarmotNode {
     });
     this.done.catch(() => undefined);
     this.db = openDatabase(config.dbPath, logger);
-    // Capture first: it creates the internal tables the reader and the applier use.
-    const captured = installCapture(this.db, logger, config.tables);
+    failFastWhenBusy(this.db);
     this.reader = new ChangeLogReader(this.db);
+    this.watcher = new DatabaseWatcher(
+      {
+        dbPath: config.dbPath,
+        pollingInterval: config.pollingInterval,
+        onChange: () => this.onDatabaseChange(),
+        committedElsewhere: commitWatch(this.db),
+      },
+      logger,
+    );
+  }
+
+  /** Capture first: it creates the internal tables the reader and the applier use. */
+  private async installCaptureAtStart(signal: AbortSignal): Promise<void> {
+    const { config, logger } = this;
+    const captured = await withWriteLock(() => installCapture(this.db, logger, config.tables), "installing capture", logger, signal);
     this.applier = new Applier(
       this.db,
       logger.child({ component: "applier" }),
       config.publish ? { origin: batchOrigin(config.nodeId, captured.epoch) } : {},
     );
     this.useCapture(captured);
-    this.watcher = new DatabaseWatcher(
-      { dbPath: config.dbPath, pollingInterval: config.pollingInterval, onChange: () => this.onDatabaseChange() },
-      logger,
-    );
   }
 
   /**
@@ -98,7 +114,10 @@ export class MarmotNode {
   static async start(config: Config, cli: CliOptions, logger: Logger, onCreated?: (node: MarmotNode) => void): Promise<MarmotNode> {
     const node = new MarmotNode(config, cli, logger);
     onCreated?.(node);
-    node.starting = node.startNetworking();
+    node.starting = (async () => {
+      await node.installCaptureAtStart(node.abort.signal);
+      await node.startNetworking();
+    })();
     try {
       await node.starting;
       if (node.abort.signal.aborted) throw node.abort.signal.reason;
@@ -136,16 +155,32 @@ export class MarmotNode {
 
   /** Called by the watcher: a new table or column is captured from now on, then the shipper looks for changes. */
   private onDatabaseChange(): void {
-    try {
-      if (schemaVersion(this.db) !== this.knownSchemaVersion) {
-        this.logger.info("schema changed; updating capture");
-        this.useCapture(installCapture(this.db, this.logger, this.config.tables), this.capturedTables);
-        if (this.applier.hasParked()) this.applier.retryParked();
+    if (this.captureUpdate === undefined) {
+      try {
+        if (schemaVersion(this.db) !== this.knownSchemaVersion) {
+          this.logger.info("schema changed; updating capture");
+          this.captureUpdate = withWriteLock(() => this.updateCapture(), "updating capture after a schema change", this.logger, this.abort.signal)
+            .catch((err) => {
+              if (!this.abort.signal.aborted) this.logger.warn("could not update capture after a schema change; will try again", { reason: (err as Error).message });
+            })
+            .finally(() => {
+              this.captureUpdate = undefined;
+              this.wakeup.notify();
+            });
+        }
+      } catch (err) {
+        this.logger.warn("could not read the schema version; will try again", { reason: (err as Error).message });
       }
-    } catch (err) {
-      this.logger.warn("could not update capture after a schema change; will try again", { reason: (err as Error).message });
     }
     this.wakeup.notify();
+  }
+
+  /** One try: installCapture is one transaction, and retryParked another (it may find the lock taken again). */
+  private updateCapture(): void {
+    if (schemaVersion(this.db) !== this.knownSchemaVersion) {
+      this.useCapture(installCapture(this.db, this.logger, this.config.tables), this.capturedTables);
+    }
+    if (this.applier.hasParked()) this.applier.retryParked();
   }
 
   private async startNetworking(): Promise<void> {
@@ -354,7 +389,13 @@ export class MarmotNode {
 
   private async discardLoop(signal: AbortSignal): Promise<void> {
     while (!signal.aborted) {
-      const removed = this.reader.discardAll();
+      let removed = 0;
+      try {
+        removed = await withWriteLock(() => this.reader.discardAll(), "dropping captured changes (publish = false)", this.logger, signal);
+      } catch (err) {
+        if (signal.aborted) break;
+        this.logger.warn("could not drop captured changes (publish = false); will try again", { reason: (err as Error).message });
+      }
       if (removed > 0) this.logger.debug("publish = false: dropped captured changes", { changes: removed });
       await sleep(Math.max(this.config.cleanupInterval, 100), signal).catch(() => undefined);
     }
@@ -363,9 +404,14 @@ export class MarmotNode {
   /** Metrics that need a look at the database or the streams, and the idle exit of sleep_timeout. */
   private async housekeeping(signal: AbortSignal): Promise<void> {
     let appliedBefore = this.metrics.applied.get();
+    this.loopLag.start();
     while (!signal.aborted) {
       await sleep(2000, signal).catch(() => undefined);
       if (signal.aborted) break;
+      const lag = this.loopLag.take();
+      this.metrics.eventLoopLag.set(lag.p50Ms / 1000, { quantile: "0.5" });
+      this.metrics.eventLoopLag.set(lag.p99Ms / 1000, { quantile: "0.99" });
+      this.metrics.eventLoopLag.set(lag.maxMs / 1000, { quantile: "1" });
       try {
         this.metrics.pendingPublish.set(this.reader.pendingCount());
         for (const c of this.consumers) await c.lag();
@@ -406,8 +452,10 @@ export class MarmotNode {
       this.logger.info("stopping");
       this.abort.abort(new Error("marmot is stopping"));
       this.watcher.stop();
+      this.loopLag.stop();
       await this.starting.catch(() => undefined);
       await Promise.allSettled(this.tasks);
+      await this.captureUpdate;
       if (this.nc) await this.nc.drain().catch(() => undefined);
       this.metricsServer?.close();
       if (this.server) await this.server.stop();

@@ -15,6 +15,7 @@ import type { LargeBatchStore } from "./stream/large-objects.js";
 import type { BatchPublisher } from "./stream/publisher.js";
 import { orAbort, sleep } from "./sleep.js";
 import { checkMarginMs } from "./stream/duplicate-window.js";
+import { withWriteLock } from "./sqlite/busy.js";
 import { rowKeyBytes, rowKeyString, shardOf } from "./wire/shard.js";
 
 export interface ShipperOptions {
@@ -113,7 +114,8 @@ export class ChangeShipper {
     const batches = this.cutBatches(latest.values());
     this.storedInRound.clear();
     await this.publishAll(batches, maxInFlight, signal);
-    this.reader.removeUpTo(upTo, this.keptIds(), this.storedInRound);
+    const kept = this.keptIds();
+    await withWriteLock(() => this.reader.removeUpTo(upTo, kept, this.storedInRound), "removing shipped changes from the change log", this.logger, signal);
     this.metrics?.published.inc(changes.length);
     return changes.length;
   }

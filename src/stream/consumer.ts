@@ -9,6 +9,7 @@ import { sleep } from "../sleep.js";
 import { decodeReference } from "../wire/codec.js";
 import { DecodeError } from "../errors.js";
 import type { JetStreamLargeBatches } from "./large-objects.js";
+import { withWriteLock } from "../sqlite/busy.js";
 import { readOwnMessages } from "./own-messages.js";
 import type { ShardStream } from "./streams.js";
 
@@ -195,7 +196,7 @@ export class ShardConsumer {
         // counts the client's queued pull requests, so it can stay above 0 with no message left and stall the batch.
         const queued = messages.getReceived() - messages.getProcessed();
         if (queued > 0 && batch.length < MAX_BATCH_MESSAGES && batchBytes < MAX_BATCH_BYTES) continue;
-        const goOn = await this.handleBatch(batch);
+        const goOn = await this.handleBatch(batch, signal);
         batch = [];
         batchBytes = 0;
         if (!goOn) break;
@@ -212,7 +213,7 @@ export class ShardConsumer {
    * Apply messages that continue the stream in one transaction, then ack them all; anything unusual (a gap, or an
    * applier without batches) takes the one-at-a-time path. False when the consumer must be started again.
    */
-  private async handleBatch(batch: JsMsg[]): Promise<boolean> {
+  private async handleBatch(batch: JsMsg[], signal: AbortSignal): Promise<boolean> {
     const { stream } = this.shard;
     let expected = this.applier.appliedSequence(stream) + 1;
     const contiguous = batch.every((m) => {
@@ -221,12 +222,12 @@ export class ShardConsumer {
       return ok;
     });
     if (batch.length === 1 || !contiguous || !this.applier.applyMessages) {
-      for (const m of batch) if (!(await this.handle(m))) return false;
+      for (const m of batch) if (!(await this.handle(m, signal))) return false;
       return true;
     }
     const messages: StreamMessage[] = [];
     for (const m of batch) messages.push({ seq: m.seq, data: await this.resolvedData(m.seq, m.data) });
-    const results = this.applier.applyMessages(stream, messages);
+    const results = await withWriteLock(() => this.applier.applyMessages!(stream, messages), `applying ${stream}`, this.logger, signal);
     // Acked only now: the transaction that applied them and recorded the last sequence has committed.
     for (const m of batch) m.ack();
     for (const [i, result] of results.entries()) this.record(batch[i]!, result);
@@ -281,7 +282,7 @@ export class ShardConsumer {
   }
 
   /** Apply one message; false when the consumer must be started again to keep the order. */
-  private async handle(m: JsMsg): Promise<boolean> {
+  private async handle(m: JsMsg, signal: AbortSignal): Promise<boolean> {
     const { stream } = this.shard;
     const applied = this.applier.appliedSequence(stream);
     if (m.seq > applied + 1) {
@@ -298,7 +299,8 @@ export class ShardConsumer {
         return false;
       }
     }
-    const result = this.applier.applyMessage(stream, m.seq, await this.resolvedData(m.seq, m.data));
+    const data = await this.resolvedData(m.seq, m.data);
+    const result = await withWriteLock(() => this.applier.applyMessage(stream, m.seq, data), `applying ${stream}`, this.logger, signal);
     m.ack();
     this.record(m, result);
     return true;

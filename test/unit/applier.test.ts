@@ -678,3 +678,37 @@ describe("the app's own newer writes", () => {
     }
   });
 });
+
+describe("the node's own changes coming back from the stream", () => {
+  const USERS: WireTable = { name: "users", columns: ["id", "email"], keyColumns: ["id"] };
+  const schema = "CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT UNIQUE);";
+  const userKey = (id: bigint) => rowKeyString(rowKeyBytes("users", [id]));
+
+  it("are written again when the row no longer holds them, and change nothing when it does", () => {
+    const n = node(schema, { origin: "1/e1" });
+    try {
+      sqlite3(n.path, "INSERT INTO users VALUES (1, 'x@example.com'), (2, 'y@example.com');");
+      const logged = Number(n.db.prepare(`SELECT max(__marmot_id) FROM ${quoteIdent(changeLogTable("users"))}`).pluck().get());
+      // The shipper published both rows; JetStream stored them at 2; they left the change log.
+      n.applier.noteStored(STREAM, 2, [userKey(1n), userKey(2n)]);
+      n.db.prepare(`DELETE FROM ${quoteIdent(changeLogTable("users"))} WHERE __marmot_id <= ?`).run(BigInt(logged));
+      // Before them in the stream: another node's row with the same email as row 1. It wins here for now (the
+      // later write wins), and takes row 1 away.
+      n.applier.applyMessage(STREAM, 1, batch(change(USERS, "upsert", 9, [5n, "x@example.com"])));
+      assert.equal(rows(n.path, "SELECT group_concat(id, ',') FROM (SELECT id FROM users ORDER BY id)"), "2,5");
+
+      // Row 1 comes back later in the stream: every node ends with it, so this one must write it again; row 2
+      // is as the message leaves it.
+      const result = n.applier.applyMessage(
+        STREAM,
+        2,
+        encodeBatch({ origin: "1/e1", changes: [change(USERS, "upsert", logged - 1, [1n, "x@example.com"]), change(USERS, "upsert", logged, [2n, "y@example.com"])] }),
+      );
+      assert.equal(result.outcome, "applied");
+      assert.equal(rows(n.path, "SELECT group_concat(id || ':' || email, ',') FROM (SELECT * FROM users ORDER BY id)"), "1:x@example.com,2:y@example.com");
+      assert.equal(appliedSeq(n.path), "2");
+    } finally {
+      n.db.close();
+    }
+  });
+});
