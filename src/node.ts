@@ -5,7 +5,9 @@ import type { Server } from "node:http";
 import { dirname, join } from "node:path";
 import type Database from "better-sqlite3";
 import { jetstream, type JetStreamClient, type JetStreamManager } from "@nats-io/jetstream";
+import { Kvm } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
+import { Agreement, digestBucketName, type AgreementSummary } from "./cluster/agreement.js";
 import type { CliOptions, Config } from "./config/types.js";
 import { ServerError } from "./errors.js";
 import type { Logger } from "./log.js";
@@ -22,6 +24,7 @@ import { logAllRowsSql } from "./sqlite/trigger-sql.js";
 import { openDatabase } from "./sqlite/open.js";
 import type { TableInfo } from "./sqlite/table.js";
 import { commitWatch, DatabaseWatcher } from "./sqlite/watcher.js";
+import { catchUp } from "./stream/catch-up.js";
 import { connectNats } from "./stream/connect.js";
 import { batchOrigin } from "./wire/codec.js";
 import { ShardConsumer } from "./stream/consumer.js";
@@ -39,6 +42,9 @@ export function embeddedStoreDir(config: Config): string {
   return join(dirname(config.dbPath), `marmot-nats-${config.nodeId}`);
 }
 
+/** How long catching up before publishing may go without progress before the node publishes anyway. */
+const CATCH_UP_STALL_MS = 60_000;
+
 export class MarmotNode {
   readonly metrics: Metrics;
   private readonly abort = new AbortController();
@@ -55,6 +61,7 @@ export class MarmotNode {
   private nc: NatsConnection | undefined;
   private metricsServer: Server | undefined;
   private consumers: ShardConsumer[] = [];
+  private agreement: Agreement | undefined;
   private lastActivity = Date.now();
   private readonly loopLag = new EventLoopLag();
   private serverStopped = false;
@@ -126,6 +133,38 @@ export class MarmotNode {
       throw err;
     }
     return node;
+  }
+
+  /** Messages the streams dropped before this node applied them, since start: more than 0 means it diverged. */
+  get missedMessages(): number {
+    return this.consumers.reduce((sum, c) => sum + c.missedMessages, 0);
+  }
+
+  /** Whether this node holds the same rows as the others, as far as digests of quiet shards have shown. */
+  agreementSummary(): AgreementSummary {
+    return this.agreement?.summary() ?? { state: "unknown", mismatches: [] };
+  }
+
+  /** Digests of quiet shards, compared with the other nodes' (see cluster/agreement.ts). */
+  private startAgreement(js: JetStreamClient, streams: readonly ShardStream[], signal: AbortSignal): Agreement {
+    const byShard = new Map(this.consumers.map((c, i) => [streams[i]!.shard, c]));
+    const agreement = new Agreement(
+      {
+        dbPath: this.config.dbPath,
+        nodeId: this.config.nodeId,
+        shards: this.config.replicationLog.shards,
+        streams,
+        tables: () => this.capturedTables,
+        appliedSequence: (stream) => this.applier.appliedSequence(stream),
+        caughtUp: (shard) => byShard.get(shard)?.lastKnownLag === 0,
+        openBucket: () =>
+          new Kvm(js).create(digestBucketName(this.config.nats.streamPrefix), { replicas: this.config.replicationLog.replicas, history: 1 }),
+      },
+      this.logger.child({ component: "agreement" }),
+      this.metrics,
+    );
+    this.tasks.push(agreement.run(signal));
+    return agreement;
   }
 
   /** Whether stop() was called (by a signal, say). */
@@ -235,6 +274,7 @@ export class MarmotNode {
       );
       if (config.publish) await this.recallOwnMessages(this.consumers, msgIdPrefix(config.nodeId, this.epoch), signal);
       for (const c of this.consumers) this.tasks.push(c.run(signal));
+      this.agreement = this.startAgreement(js, streams, signal);
     }
     if (config.publish) {
       const nc = this.nc;
@@ -296,7 +336,14 @@ export class MarmotNode {
   }
 
   private async shipLoop(shipper: ChangeShipper, leftovers: () => Promise<void>, signal: AbortSignal): Promise<void> {
-    await leftovers().catch(() => undefined);
+    try {
+      await leftovers();
+    } catch (err) {
+      if (signal.aborted) return;
+      this.logger.error("could not check the changes left by the last run against the streams; publishing them anyway", {
+        reason: (err as Error).message,
+      });
+    }
     while (!signal.aborted) {
       let shipped = 0;
       try {
@@ -324,22 +371,16 @@ export class MarmotNode {
     if (pending === 0 || this.consumers.length === 0) return;
     const started = Date.now();
     this.logger.info("applying the streams to their end before publishing the changes left by the last run", { pending });
-    let lastReport = started;
-    for (const consumer of this.consumers) {
-      let end: number | undefined;
-      while (end === undefined) {
-        end = await consumer.streamEnd().catch(() => undefined);
-        if (end === undefined) await sleep(500, signal);
-      }
-      while (consumer.appliedSequence() < end) {
-        if (Date.now() - lastReport > 30_000) {
-          lastReport = Date.now();
-          this.logger.info("still applying before publishing", { stream: consumer.stream, applied: consumer.appliedSequence(), until: end });
-        }
-        await sleep(100, signal);
-      }
+    // Waiting as long as applying progresses; a consumer that cannot must not stop all publishing for good. Going
+    // on then risks only what the wait avoids: a change the stream already holds goes out again, later in order.
+    if (await catchUp(this.consumers, this.logger, signal, { stallMs: CATCH_UP_STALL_MS })) {
+      this.logger.info("caught up; publishing", { after_ms: Date.now() - started, pending: this.reader.pendingCount() });
+    } else {
+      this.logger.error("publishing without having applied the streams to their end: changes the last run sent may go out twice", {
+        pending: this.reader.pendingCount(),
+        after_ms: Date.now() - started,
+      });
     }
-    this.logger.info("caught up; publishing", { after_ms: Date.now() - started, pending: this.reader.pendingCount() });
   }
 
   /**
@@ -414,6 +455,7 @@ export class MarmotNode {
       this.metrics.eventLoopLag.set(lag.maxMs / 1000, { quantile: "1" });
       try {
         this.metrics.pendingPublish.set(this.reader.pendingCount());
+        this.metrics.storedUnapplied.set(this.applier.storedRows);
         for (const c of this.consumers) await c.lag();
       } catch (err) {
         this.logger.debug("metrics refresh failed", { reason: (err as Error).message });

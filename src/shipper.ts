@@ -16,7 +16,7 @@ import type { BatchPublisher } from "./stream/publisher.js";
 import { orAbort, sleep } from "./sleep.js";
 import { checkMarginMs } from "./stream/duplicate-window.js";
 import { withWriteLock } from "./sqlite/busy.js";
-import { rowKeyBytes, rowKeyString, shardOf } from "./wire/shard.js";
+import { rowKeyBytes, rowKeyString, shardOfRow } from "./wire/shard.js";
 
 export interface ShipperOptions {
   /** this node's id */
@@ -107,7 +107,7 @@ export class ChangeShipper {
       const rowKey = rowKeyString(keyBytes);
       // Only the row's last change of the round travels: it carries the row's whole state.
       latest.delete(rowKey);
-      latest.set(rowKey, { change, shard: shardOf(keyBytes, this.options.shards), rowKey });
+      latest.set(rowKey, { change, shard: shardOfRow(change.wireTable.name, keyBytes, this.options.shards, change.wholeTableShard), rowKey });
       upTo.set(change.wireTable.name, Math.max(upTo.get(change.wireTable.name) ?? 0, change.changeId));
     }
 

@@ -17,10 +17,10 @@ import type { ShardStream } from "./streams.js";
 export interface MessageApplier {
   appliedSequence(stream: string): number;
   applyMessage(stream: string, seq: number, data: Uint8Array): ApplyResult;
-  /** Several messages in one transaction that records the last sequence (optional: else one at a time). */
-  applyMessages?(stream: string, messages: readonly StreamMessage[]): ApplyResult[];
+  /** Several messages in one transaction that records the last sequence. */
+  applyMessages(stream: string, messages: readonly StreamMessage[]): ApplyResult[];
   /** This node's message stored at `seq` and not applied yet (see recallOwnMessages); returns its row count. */
-  noteStoredMessage?(stream: string, seq: number, data: Uint8Array): number;
+  noteStoredMessage(stream: string, seq: number, data: Uint8Array): number;
 }
 
 /** Messages already delivered that are applied together at most: bounds how long one transaction holds the write lock. */
@@ -56,6 +56,8 @@ export interface ShardConsumerOptions {
  */
 export class ShardConsumer {
   private lastLag = -1;
+  /** messages the stream dropped before this node applied them, since start (see handle) */
+  private missed = 0;
   /** the running consume() call, to stop when it stalls */
   private current?: { stop(): void };
   private progress = { applied: -1, at: Date.now() };
@@ -105,8 +107,7 @@ export class ShardConsumer {
    * memory of the run that ended. Returns how many messages were found.
    */
   async recallOwnMessages(msgIdPrefix: string, lastStored: number, signal: AbortSignal): Promise<number> {
-    const note = this.applier.noteStoredMessage?.bind(this.applier);
-    if (!note) return 0;
+    const note = this.applier.noteStoredMessage.bind(this.applier);
     const { stream } = this.shard;
     const applied = this.appliedSequence();
     // Only as far as the last run recorded storing a message whose changes then left the change log (one still in
@@ -152,6 +153,11 @@ export class ShardConsumer {
     });
     this.progress = { applied, at: now };
     this.current.stop();
+  }
+
+  /** Messages of this stream the node never applied because the stream dropped them first (since start). */
+  get missedMessages(): number {
+    return this.missed;
   }
 
   get lastKnownLag(): number {
@@ -210,8 +216,8 @@ export class ShardConsumer {
   }
 
   /**
-   * Apply messages that continue the stream in one transaction, then ack them all; anything unusual (a gap, or an
-   * applier without batches) takes the one-at-a-time path. False when the consumer must be started again.
+   * Apply messages that continue the stream in one transaction, then ack them all; anything unusual (a gap) takes
+   * the one-at-a-time path. False when the consumer must be started again.
    */
   private async handleBatch(batch: JsMsg[], signal: AbortSignal): Promise<boolean> {
     const { stream } = this.shard;
@@ -221,7 +227,7 @@ export class ShardConsumer {
       expected = Math.max(expected, m.seq + 1);
       return ok;
     });
-    if (batch.length === 1 || !contiguous || !this.applier.applyMessages) {
+    if (batch.length === 1 || !contiguous) {
       for (const m of batch) if (!(await this.handle(m, signal))) return false;
       return true;
     }
@@ -288,6 +294,9 @@ export class ShardConsumer {
     if (m.seq > applied + 1) {
       const info = await this.jsm.streams.info(stream);
       if (info.state.first_seq > applied + 1) {
+        const missed = info.state.first_seq - 1 - applied;
+        this.missed += missed;
+        this.metrics?.missedMessages.inc(missed, { stream });
         this.logger.error("this node missed changes: the stream dropped them before they were applied here (max_entries)", {
           stream,
           missed_from: applied + 1,
