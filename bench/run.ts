@@ -1,9 +1,9 @@
-// The benchmark: starts a real three-node cluster through bin/marmot, runs T1 T2 L1 O1 M1 C1, prints and saves the figures.
+// The benchmark: starts a real three-node cluster through bin/marmot, runs T1 T2 L1 O1 M1 C1 S1, prints and saves the figures.
 //
-//   npm run bench              full run (about 1.5 minutes)
+//   npm run bench              full run (about 2.5 minutes)
 //   npm run bench -- --quick   smaller workloads (about 35 seconds)
 //   options: --reps N (T1 repetitions), --t1-rows N, --t2-seconds N, --l1-seconds N, --shards N (default 1),
-//            --only C1,O1,T1,T2,L1,L1N,L1S,E1
+//            --only C1,O1,T1,T2,L1,L1N,L1S,E1,S1
 
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -16,6 +16,7 @@ import { tempDir } from "../test/helpers/sqlite.js";
 import { measureJetStream, marmotMessages, type PublishRate } from "./ceilings.js";
 import { startApp } from "./child.js";
 import { describeMachine } from "./machine.js";
+import { measureSnapshots, renderSnapshotFigures, type SnapshotFigure } from "./snapshot.js";
 import { measureOverhead, type OverheadRun } from "./overhead.js";
 import { ProcessSampler, type CpuFigures, type MemoryFigures, type WatchedProcess } from "./sampler.js";
 import { fixed, int, median, percentile, table } from "./stats.js";
@@ -70,7 +71,7 @@ function parseSettings(argv: string[]): Settings {
     inFlight: 16,
     ceilingInFlight: 64,
     shards: option("--shards", 1),
-    only: new Set((argv.includes("--only") ? argv[argv.indexOf("--only") + 1] ?? "" : "C1,O1,T1,T2,L1,L1N,L1S,E1").toUpperCase().split(",")),
+    only: new Set((argv.includes("--only") ? argv[argv.indexOf("--only") + 1] ?? "" : "C1,O1,T1,T2,L1,L1N,L1S,E1,S1").toUpperCase().split(",")),
   };
 }
 
@@ -339,6 +340,7 @@ interface Results {
   L1N?: LatencyRun;
   L1S?: LatencyRun;
   E1?: LatencyRun & { loop?: LoopRun };
+  S1?: SnapshotFigure[];
   M1?: { phases: Record<string, Record<string, MemoryFigures>>; highWaterMb: Record<string, number | undefined>; processes: WatchedProcess[] };
   /** CPU seconds of each marmot and nats-server process per phase, and the phase's wall time */
   cpu?: Record<string, { wallS: number; processes: Record<string, CpuFigures> }>;
@@ -468,9 +470,19 @@ async function main(): Promise<void> {
     if (cluster) await cluster.stopAll().catch((err) => results.errors.push(`stopping the cluster: ${(err as Error).message}`));
     await killAll();
   }
+  // After the cluster stopped: the snapshot figures want the machine to themselves.
+  if (run("S1")) {
+    const mb = settings.quick ? 50 : 220;
+    console.log(`S1: snapshot save and restore of a ${mb} MB database through the file and nats stores ...`);
+    results.S1 = await measureSnapshots({ mb, stores: ["file", "nats"] }).catch((err: Error) => {
+      results.errors.push(err.stack ?? String(err));
+      return undefined;
+    });
+  }
 
   console.log("");
   console.log(render(results));
+  if (results.S1) console.log(`\n${renderSnapshotFigures(results.S1)}`);
   const outDir = join(repoRoot, "bench", "results");
   mkdirSync(outDir, { recursive: true });
   const file = join(outDir, `${results.date.replace(/[:.]/g, "-")}.json`);

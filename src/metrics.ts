@@ -73,6 +73,13 @@ export class Metrics {
   readonly storedUnapplied: Metric;
   /** (table, shard, other node) whose digest differs from this node's at the same stream sequence */
   readonly digestMismatches: Metric;
+  /** size of the last snapshot this node saved */
+  readonly snapshotSizeBytes: Metric;
+  /** unix seconds the last snapshot this node saved or restored was taken */
+  readonly snapshotTime: Metric;
+  readonly snapshotSaveSeconds: Metric;
+  readonly snapshotRestoreSeconds: Metric;
+  readonly snapshotRestores: Metric;
   private readonly all: Metric[];
 
   constructor(namespace = "marmot", subsystem = "") {
@@ -88,6 +95,11 @@ export class Metrics {
     this.missedMessages = new Metric(name("missed_messages"), "Messages the stream dropped before this node applied them: it diverged.", "counter");
     this.storedUnapplied = new Metric(name("stored_unapplied_rows"), "Rows of this node stored in JetStream and not yet applied back here.", "gauge");
     this.digestMismatches = new Metric(name("digest_mismatches"), "Tables of a shard whose rows differ from another node's at the same stream sequence.", "gauge");
+    this.snapshotSizeBytes = new Metric(name("snapshot_size_bytes"), "Size of the last snapshot saved by this node.", "gauge");
+    this.snapshotTime = new Metric(name("snapshot_timestamp_seconds"), "Unix time the last snapshot this node saved or restored was taken.", "gauge");
+    this.snapshotSaveSeconds = new Metric(name("snapshot_save_seconds"), "Duration of the last snapshot save.", "gauge");
+    this.snapshotRestoreSeconds = new Metric(name("snapshot_restore_seconds"), "Duration of the last snapshot restore.", "gauge");
+    this.snapshotRestores = new Metric(name("snapshot_restores"), "Snapshots restored into the local database.", "counter");
     this.all = [
       this.published,
       this.pendingPublish,
@@ -100,6 +112,11 @@ export class Metrics {
       this.storedUnapplied,
       this.digestMismatches,
       this.eventLoopLag,
+      this.snapshotSizeBytes,
+      this.snapshotTime,
+      this.snapshotSaveSeconds,
+      this.snapshotRestoreSeconds,
+      this.snapshotRestores,
     ];
   }
 

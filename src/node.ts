@@ -28,7 +28,7 @@ import { catchUp } from "./stream/catch-up.js";
 import { connectNats } from "./stream/connect.js";
 import { batchOrigin } from "./wire/codec.js";
 import { ShardConsumer } from "./stream/consumer.js";
-import { EmbeddedServer } from "./stream/embedded-server.js";
+import { EmbeddedServer, type EmbeddedServerOptions } from "./stream/embedded-server.js";
 import { waitForJetStream } from "./stream/jetstream-ready.js";
 import { DUPLICATE_WINDOW_MS } from "./stream/duplicate-window.js";
 import { cleanUpLargeBatches, JetStreamLargeBatches, largeBatchBucket } from "./stream/large-objects.js";
@@ -44,6 +44,18 @@ export function embeddedStoreDir(config: Config): string {
 
 /** How long catching up before publishing may go without progress before the node publishes anyway. */
 const CATCH_UP_STALL_MS = 60_000;
+/** How a node (or a one-shot command of the node, -save-snapshot) starts its embedded nats-server. */
+export function embeddedServerOptions(config: Config, cli: CliOptions): EmbeddedServerOptions {
+  return {
+    serverName: `marmot-node-${config.nodeId}`,
+    storeDir: embeddedStoreDir(config),
+    bindAddress: config.nats.bindAddress,
+    clusterAddr: cli.clusterAddr || undefined,
+    clusterPeers: cli.clusterPeers,
+    leafServers: cli.leafServers,
+    serverConfig: config.nats.serverConfig || undefined,
+  };
+}
 
 export class MarmotNode {
   readonly metrics: Metrics;
@@ -228,20 +240,9 @@ export class MarmotNode {
     const name = `marmot-node-${config.nodeId}`;
     let servers = config.nats.urls;
     if (servers.length === 0) {
-      const storeDir = embeddedStoreDir(config);
-      mkdirSync(storeDir, { recursive: true });
-      this.server = await EmbeddedServer.start(
-        {
-          serverName: name,
-          storeDir,
-          bindAddress: config.nats.bindAddress,
-          clusterAddr: this.cli.clusterAddr || undefined,
-          clusterPeers: this.cli.clusterPeers,
-          leafServers: this.cli.leafServers,
-          serverConfig: config.nats.serverConfig || undefined,
-        },
-        logger.child({ component: "nats-server" }),
-      );
+      const options = embeddedServerOptions(config, this.cli);
+      mkdirSync(options.storeDir, { recursive: true });
+      this.server = await EmbeddedServer.start(options, logger.child({ component: "nats-server" }));
       this.server.onUnexpectedExit((exit) => {
         this.fail(new ServerError(`the embedded nats-server (pid ${this.server?.pid}) exited unexpectedly (code ${exit.code}, signal ${exit.signal}); marmot stops`));
       });

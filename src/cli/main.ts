@@ -8,6 +8,7 @@ import { createLogger } from "../logger.js";
 import { parseArgs } from "./args.js";
 import { cleanupCommand } from "./cleanup.js";
 import { runCommand } from "./run.js";
+import { saveSnapshotCommand } from "./save-snapshot.js";
 import { usage } from "./usage.js";
 
 function version(): string {
@@ -42,10 +43,7 @@ export async function main(argv: string[]): Promise<number> {
   for (const w of warnings) logger.warn(w);
   try {
     if (cli.cleanup) return cleanupCommand(config, logger);
-    if (cli.saveSnapshot) {
-      logger.error("-save-snapshot: snapshots are not available in this version of marmot yet");
-      return 2;
-    }
+    if (cli.saveSnapshot) return await saveSnapshotCommand(config, cli, logger);
     return await runCommand(config, cli, logger);
   } catch (err) {
     const e = err as Error;

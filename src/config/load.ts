@@ -111,7 +111,8 @@ function readConfig(root: TableReader, problems: Problems, file: string): Config
       store: snap.choice("store", d.snapshot.store, SNAPSHOT_STORES),
       nats: {
         replicas: snapNats.integer("replicas", d.snapshot.nats.replicas, 1, 5),
-        bucket: snapNats.string("bucket", d.snapshot.nats.bucket),
+        // The bucket becomes the stream OBJ_<bucket>; empty means "<stream_prefix>-snapshot-store".
+        bucket: snapNats.string("bucket", d.snapshot.nats.bucket, (v) => (v === "" ? undefined : natsNameProblem(v))),
       },
       s3: {
         path: s3.string("path", d.snapshot.s3.path),

@@ -58,8 +58,11 @@ export function isInternalName(name: string): boolean {
   return name.startsWith(INTERNAL_PREFIX);
 }
 
+/** Only in a snapshot file: key/value facts of the snapshot (streams and sequences it covers, format, config). */
+export const SNAPSHOT_TABLE = "__marmot__snapshot";
+
 /** The tables marmot creates besides the change logs. */
-export const INTERNAL_TABLES: readonly string[] = [APPLYING_TABLE, APPLIED_TABLE, META_TABLE, PARKED_TABLE];
+export const INTERNAL_TABLES: readonly string[] = [APPLYING_TABLE, APPLIED_TABLE, META_TABLE, PARKED_TABLE, SNAPSHOT_TABLE];
 
 const CHANGE_LOG_PREFIX = `${INTERNAL_PREFIX}__`;
 const CHANGE_LOG_SUFFIX = "_change_log";

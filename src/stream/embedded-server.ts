@@ -289,6 +289,27 @@ function renderConfig(
 }
 
 /** Kills a nats-server that a previous marmot, killed with SIGKILL, left running on this store. */
+/**
+ * The pid of the nats-server that runs with the config in `storeDir` (a running marmot's embedded server, or one a
+ * killed marmot left behind), or undefined when none runs. Starting another server on that store would kill it.
+ */
+export function runningServerPid(storeDir: string): number | undefined {
+  const dir = resolve(storeDir);
+  let pid: number;
+  try {
+    pid = Number.parseInt(readFileSync(join(dir, PID_FILE), "utf8").trim(), 10);
+  } catch {
+    return undefined;
+  }
+  if (!Number.isInteger(pid) || pid <= 1 || pid === process.pid || !isAlive(pid)) return undefined;
+  try {
+    const argv = readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0");
+    return argv.some((arg) => arg.includes("nats-server")) && argv.includes(join(dir, CONFIG_FILE)) ? pid : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 async function killOrphanedServer(pidFile: string, configPath: string, logger: Logger): Promise<void> {
   let pid: number;
   try {

@@ -2,12 +2,19 @@
 
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
-import { marmotBin, MarmotProcess, repoRoot, TestCluster, waitFor } from "../helpers/marmot.js";
+import { loadConfig } from "../../src/config/load.js";
+import { silentLogger } from "../../src/log.js";
+import { downloadSnapshot } from "../../src/snapshot/download.js";
+import { fetchLatestManifest } from "../../src/snapshot/manifest.js";
+import { openSnapshotStore } from "../../src/snapshot/open-store.js";
+import { restoreSnapshot } from "../../src/snapshot/restore.js";
+import { openDatabase } from "../../src/sqlite/open.js";
+import { marmotBin, MarmotProcess, repoRoot, tableDiff, TestCluster, waitFor } from "../helpers/marmot.js";
 import { startNatsServer, type TestNatsServer } from "../helpers/nats.js";
 import { freePorts } from "../helpers/ports.js";
 import { killPid, spawnTracked, untrackPid, useProcessCleanup } from "../helpers/processes.js";
@@ -238,12 +245,55 @@ describe("marmot on the command line", () => {
     assert.equal(sqlite3(db, "SELECT group_concat(name) FROM (SELECT name FROM sqlite_master ORDER BY name)").trim(), "__marmot_users,t");
   });
 
-  test("-save-snapshot says snapshots are not available yet and exits non-zero", async () => {
+  test("-save-snapshot into the file store exits 0, says what, where and how large, and the object restores", async () => {
     const dir = tempDir();
-    const db = createDb(join(dir, "app.db"), "CREATE TABLE t (id INTEGER PRIMARY KEY);");
-    const run = await runMarmot(["-config", config(dir, db), "-save-snapshot"]);
-    assert.notEqual(run.code, 0);
-    assert.match(run.stdout + run.stderr, /snapshots are not available/);
+    const db = copyFixture("chinook", dir);
+    sqlite3(db, "CREATE TABLE wide (id INTEGER PRIMARY KEY, big INTEGER, b BLOB); INSERT INTO wide VALUES (1, 9223372036854775807, x'00ff');");
+    const folder = join(dir, "snapshots");
+    const configPath = config(dir, db, `[snapshot]\nstore = "file"\n[snapshot.file]\npath = ${JSON.stringify(folder)}\n`);
+    const run = await runMarmot(["-config", configPath, "-save-snapshot"]);
+    assert.equal(run.code, 0, run.stdout + run.stderr);
+    const match = /saved snapshot (snapshot-\S+\.db) to folder (\S+): [\d.]+ [KMG]iB \((\d+) bytes\), (\d+) tables/.exec(run.stdout);
+    assert.ok(match, run.stdout);
+    assert.equal(match[2], `${folder}`);
+    assert.equal(Number(match[3]), statSync(join(folder, match[1]!)).size);
+    assert.equal(Number(match[4]), 12);
+
+    const target = join(tempDir(), "restored.db");
+    const loaded = loadConfig(configPath).config;
+    loaded.dbPath = target;
+    const store = openSnapshotStore(loaded, { logger: silentLogger });
+    const manifest = await fetchLatestManifest(store);
+    assert.equal(manifest?.object, match[1]);
+    const file = await downloadSnapshot(store, manifest!, loaded, { dir: join(target, "..") });
+    const targetDb = openDatabase(target, silentLogger);
+    try {
+      restoreSnapshot(targetDb, file, { config: loaded, logger: silentLogger });
+    } finally {
+      targetDb.close();
+    }
+    for (const table of ["Album", "Artist", "Invoice", "InvoiceLine", "Track", "wide"]) assert.equal(tableDiff(db, target, table), "", table);
+  });
+
+  test("-save-snapshot with the embedded server refuses while the node's marmot runs, and saves once it stopped", async () => {
+    const dir = tempDir();
+    const db = createDb(join(dir, "app.db"), "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'one');");
+    const configPath = join(dir, "embedded.toml");
+    writeFileSync(configPath, `db_path = ${JSON.stringify(db)}\nnode_id = 7\n`);
+    const node = new MarmotProcess({ id: 7, dbPath: db, configPath, storeDir: join(dir, "marmot-nats-7"), logPath: join(dir, "marmot.log"), args: ["-config", configPath] });
+    node.start();
+    try {
+      await node.waitForLog(/marmot is running/);
+      const refused = await runMarmot(["-config", configPath, "-save-snapshot"]);
+      assert.notEqual(refused.code, 0);
+      assert.match(refused.stdout + refused.stderr, /embedded nats-server of node 7 is running \(pid \d+/);
+      assert.ok(node.running, "the refused command must leave the running node alone");
+    } finally {
+      await node.stop();
+    }
+    const run = await runMarmot(["-config", configPath, "-save-snapshot"], 120_000);
+    assert.equal(run.code, 0, run.stdout + run.stderr);
+    assert.match(run.stdout, /saved snapshot snapshot-\S+\.db to NATS object store marmot-changes-snapshot-store: .* 1 tables, streams marmot-changes-1-1@\d+/);
   });
 
   test("an FTS5 table beside normal tables is skipped with a note, and the normal tables replicate", async () => {

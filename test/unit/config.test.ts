@@ -275,6 +275,7 @@ subsystem = "replication"
     assert.match(configError('[nats]\nstream_prefix = "marmot.changes"\n'), /nats\.stream_prefix must be non-empty/);
     assert.match(configError('[nats]\nsubject_prefix = ""\n'), /nats\.subject_prefix must be non-empty/);
     assert.match(configError('[nats]\nstream_prefix = "a b"\n'), /nats\.stream_prefix .* got "a b"/);
+    assert.match(configError('[snapshot.nats]\nbucket = "my.bucket"\n'), /snapshot\.nats\.bucket must be non-empty .* got "my\.bucket"/);
   });
 
   test("bad addresses and URLs are errors naming the key", () => {
