@@ -207,7 +207,11 @@ function alterChangeLog(
   // The old triggers name the log's columns: SQLite checks them on every ALTER of the log. They are made again.
   for (const trigger of captureTriggers(table)) db.exec(`DROP TRIGGER IF EXISTS ${quoteIdent(trigger.name)}`);
   if (!hasPendingRows(db, logName)) {
-    rebuildChangeLog(db, table, logName);
+    const autoincrement = isAutoincrementLog(db, logName);
+    const lastId = rebuildChangeLog(db, table, logName);
+    if (autoincrement) {
+      notes.push({ level: "info", message: `rebuilt the change log of table "${table.name}" without AUTOINCREMENT`, fields: { last_id: lastId } });
+    }
     return true;
   }
 
@@ -248,10 +252,11 @@ function alterChangeLog(
 }
 
 /** An empty change log made again with the columns `table` needs, its ids going on. */
-function rebuildChangeLog(db: Database.Database, table: TableInfo, logName: string): void {
+function rebuildChangeLog(db: Database.Database, table: TableInfo, logName: string): string | undefined {
   const lastId = lastChangeId(db, logName);
   db.exec(`DROP TABLE ${quoteIdent(logName)}`);
   createChangeLog(db, table, lastId);
+  return lastId;
 }
 
 /**
