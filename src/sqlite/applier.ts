@@ -5,7 +5,6 @@ import type { Database, Statement } from "better-sqlite3";
 import { DecodeError } from "../errors.js";
 import type { Logger } from "../log.js";
 import { decodeBatch, encodeBatch, type ChangeBatch, type WireChange, type WireTable } from "../wire/codec.js";
-import { wireTableOf } from "./change-log.js";
 import { APPLIED_TABLE, APPLYING_TABLE, PARKED_TABLE, ROWID_KEY } from "./names.js";
 import { OwnWrites, type ChangeSource, type OwnWritesScan } from "./own-writes.js";
 import { quoteIdent } from "./quote.js";
@@ -313,7 +312,6 @@ export class Applier {
       const key = change.op === "upsert" ? plan.keyPositions.map((p) => change.values[p]!) : change.values;
       if (this.ownWrites.supersedes(plan.local, key, change, source, context.own)) {
         this.superseded++;
-        if (change.op === "upsert" && plan.local.uniqueBeyondKey === true) this.removeClashing(plan.local, key, change);
         return undefined;
       }
     }
@@ -328,24 +326,6 @@ export class Applier {
       }
       throw err;
     }
-  }
-
-  /**
-   * A superseded upsert still removes the rows its values clash with: on every node that applies it, those rows go
-   * (see replaceConflicting), and no message will ever remove them here. The row itself keeps its local state: it
-   * is written with the change's values, which replaces the clashing rows, and then put back as it was (its old
-   * values clash with nothing left, since they sat beside every remaining row before).
-   */
-  private removeClashing(local: TableInfo, key: WireChange["values"], change: WireChange): void {
-    const ident = (name: string) => (local.rowidKeyed && name === ROWID_KEY ? rowidAlias(local) : quoteIdent(name));
-    const wire = wireTableOf(local);
-    const where = local.keyColumns.map((k) => `${ident(k)} IS ?`).join(" AND ");
-    const before = this.db.prepare(`SELECT ${wire.columns.map(ident).join(", ")} FROM ${quoteIdent(local.name)} WHERE ${where}`).raw(true).get(...key) as
-      | WireChange["values"]
-      | undefined;
-    if (this.replaceConflicting(local, change) !== undefined) return;
-    if (before === undefined) this.db.prepare(`DELETE FROM ${quoteIdent(local.name)} WHERE ${where}`).run(...key);
-    else this.statementFor(local, { table: wire, op: "upsert", changeId: change.changeId, values: before }).run(before);
   }
 
   /**

@@ -9,6 +9,11 @@
 // on that older state (an INSERT OR IGNORE that now finds no row) would be lost. Once the stream is applied up to
 // the newer change, the record of it goes, trimmed by sequence, so its size is bounded by what is stored and not
 // yet applied. Without an origin (publish = false) nothing is ever skipped.
+//
+// Not in a table with a UNIQUE constraint besides its key: there a change of one row can remove another (the row
+// it clashes with, see Applier.replaceConflicting), so skipping it here would keep a row every other node removed,
+// and a row that holds the app's unsent value could be removed here and nowhere else. Such a table applies every
+// change in stream order; the app's newer write may go back for a while and wins again when it comes back.
 
 import type { Database, Statement } from "better-sqlite3";
 import { DecodeError } from "../errors.js";
@@ -44,7 +49,7 @@ interface PendingLookup {
 export type OwnWritesScan = Map<string, { min: number; max: number } | null>;
 
 /** The key of the row a change is about, in the order of its table's key columns. */
-export function changeKey(change: WireChange): SqlValue[] {
+function changeKey(change: WireChange): SqlValue[] {
   const { table } = change;
   return change.op === "upsert" ? table.keyColumns.map((k) => change.values[table.columns.indexOf(k)]!) : change.values;
 }
@@ -99,7 +104,10 @@ export class OwnWrites {
   noteStored(stream: string, seq: number, rowKeys: readonly string[], applied: number): void {
     if (this.origin === undefined || seq <= applied || rowKeys.length === 0) return;
     let queue = this.storedByStream.get(stream);
-    if (!queue) this.storedByStream.set(stream, (queue = []));
+    if (!queue) {
+      queue = [];
+      this.storedByStream.set(stream, queue);
+    }
     for (const rowKey of rowKeys) {
       const previous = this.stored.get(rowKey);
       if (previous === undefined || previous.stream !== stream || previous.seq < seq) this.stored.set(rowKey, { stream, seq });
@@ -176,6 +184,8 @@ export class OwnWrites {
       scan.set(local.name, ids);
     }
     if (source.own && ids !== null && ids.min <= change.changeId) lookup.forget.run(...key, BigInt(change.changeId));
+    // A table whose rows clash is not skipped in (see the top); its own changes still leave the log above.
+    if (local.uniqueBeyondKey === true) return false;
     if (this.stored.size > 0) {
       const stored = this.stored.get(rowKeyString(rowKeyBytes(local.name, key)));
       if (stored !== undefined && stored.stream === source.stream && stored.seq > source.seq) return true;
