@@ -5,7 +5,7 @@ import type { Database, Statement } from "better-sqlite3";
 import { DecodeError } from "../errors.js";
 import type { Logger } from "../log.js";
 import { decodeBatch, encodeBatch, type ChangeBatch, type WireChange, type WireTable } from "../wire/codec.js";
-import { APPLIED_TABLE, APPLYING_TABLE, PARKED_TABLE, ROWID_KEY } from "./names.js";
+import { APPLIED_TABLE, APPLYING_TABLE, isInternalName, PARKED_TABLE, ROWID_KEY } from "./names.js";
 import { OwnWrites, type ChangeSource, type OwnWritesScan } from "./own-writes.js";
 import { quoteIdent } from "./quote.js";
 import { rowidAlias } from "./schema.js";
@@ -90,6 +90,16 @@ export class Applier {
   private readonly ownWrites: OwnWrites;
   /** replicated changes not applied because a newer local change of the row is on its way (since start) */
   superseded = 0;
+  /**
+   * Whether anything but the app and this applier's statements for a row can change a row here: the app's own
+   * triggers (they may fire on applied changes too), or a UNIQUE clash that replaced rows of a table (by table
+   * name). Until then, this node's own change back from the stream leaves its row as it is (see OwnWrites).
+   */
+  private appTriggers = true;
+  /** the schema version appTriggers was read at; a trigger created since turns the shortcut off until setTables */
+  private triggersReadAt = -1;
+  private readonly schemaVersion: Statement;
+  private readonly replacedIn = new Set<string>();
   private readonly enterApply: Statement;
   private readonly leaveApply: Statement;
   private readonly recordApplied: Statement;
@@ -101,6 +111,7 @@ export class Applier {
     options: ApplierOptions = {},
   ) {
     this.ownWrites = new OwnWrites(db, options.origin);
+    this.schemaVersion = db.prepare("PRAGMA schema_version").pluck(true);
     this.enterApply = db.prepare(`INSERT INTO ${quoteIdent(APPLYING_TABLE)} VALUES (1)`);
     this.leaveApply = db.prepare(`DELETE FROM ${quoteIdent(APPLYING_TABLE)}`);
     this.recordApplied = db.prepare(
@@ -118,6 +129,9 @@ export class Applier {
   /** The schema to apply against: only these tables and columns are ever named in SQL. */
   setTables(tables: readonly TableInfo[]): void {
     this.tables = new Map(tables.map((t) => [t.name, t]));
+    const triggers = this.db.prepare("SELECT name FROM sqlite_master WHERE type = 'trigger'").pluck(true).all() as string[];
+    this.appTriggers = triggers.some((name) => !isInternalName(name));
+    this.triggersReadAt = Number(this.schemaVersion.get());
     this.statements.clear();
     this.ownWrites.reset();
   }
@@ -182,6 +196,8 @@ export class Applier {
     const parkedTablesBefore = new Set(this.parkedTables);
     try {
       this.db.transaction(() => {
+        // The schema changed since setTables (an app trigger may be new): no shortcut until it runs again.
+        if (!this.appTriggers && Number(this.schemaVersion.get()) !== this.triggersReadAt) this.appTriggers = true;
         this.enterApply.run();
         for (const { seq, data } of messages) {
           if (seq <= last) {
@@ -310,7 +326,8 @@ export class Applier {
     if (plan.reason !== undefined) return plan.reason;
     if (this.ownWrites.enabled) {
       const key = change.op === "upsert" ? plan.keyPositions.map((p) => change.values[p]!) : change.values;
-      if (this.ownWrites.supersedes(plan.local, key, change, source, context.own)) {
+      const unchangedSinceShipped = !this.appTriggers && !this.replacedIn.has(plan.local.name);
+      if (this.ownWrites.supersedes(plan.local, key, change, source, context.own, unchangedSinceShipped)) {
         this.superseded++;
         return undefined;
       }
@@ -342,6 +359,7 @@ export class Applier {
       statement = this.db.prepare(`INSERT OR REPLACE INTO ${quoteIdent(local.name)} (${columns.join(", ")}) VALUES (${columns.map(() => "?").join(", ")})`);
       this.statements.set(cacheKey, statement);
     }
+    this.replacedIn.add(local.name);
     try {
       const replaced = statement.run(change.values).changes;
       this.logger.warn("a replicated row replaced a row that clashed with it on a UNIQUE column (the later write wins)", {
