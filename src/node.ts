@@ -232,8 +232,8 @@ export class MarmotNode {
     return this.abort.signal.aborted;
   }
 
-  private useCapture({ tables, epoch }: { tables: TableInfo[]; epoch: string }, previous?: readonly TableInfo[]): void {
-    if (previous) this.captureRowsOfNewTables(tables, previous);
+  private useCapture({ tables, epoch, relogged }: { tables: TableInfo[]; epoch: string; relogged: string[] }, previous?: readonly TableInfo[]): void {
+    if (previous) this.captureRowsOfNewTables(tables, [...previous, ...tables.filter((t) => relogged.includes(t.name))]);
     this.epoch = epoch;
     this.capturedTables = tables;
     this.reader.setTables(tables);

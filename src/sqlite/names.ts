@@ -9,6 +9,8 @@ export const APPLYING_TABLE = "__marmot__applying";
 export const APPLIED_TABLE = "__marmot__applied";
 /** key/value facts about this installation (install epoch, per-table capture signature). */
 export const META_TABLE = "__marmot__meta";
+/** The app's triggers marmot guarded, with their exact text, so that cleanup puts that text back (see user-triggers.ts). */
+export const USER_TRIGGERS_TABLE = "__marmot__user_triggers";
 /** Replicated changes this node could not apply (unknown table/column, undecodable), kept for retry and inspection. */
 export const PARKED_TABLE = "__marmot__parked";
 
@@ -54,6 +56,11 @@ export function triggerName(table: string, op: "insert" | "update" | "delete"): 
   return `${INTERNAL_PREFIX}__${table}_${op}`;
 }
 
+/** The BEFORE trigger that logs the rows an INSERT or UPDATE OR REPLACE of `table` removes on a UNIQUE clash. */
+export function clashTriggerName(table: string, op: "insert" | "update"): string {
+  return `${INTERNAL_PREFIX}__${table}_clash_${op}`;
+}
+
 export function isInternalName(name: string): boolean {
   return name.startsWith(INTERNAL_PREFIX);
 }
@@ -62,7 +69,7 @@ export function isInternalName(name: string): boolean {
 export const SNAPSHOT_TABLE = "__marmot__snapshot";
 
 /** The tables marmot creates besides the change logs. */
-export const INTERNAL_TABLES: readonly string[] = [APPLYING_TABLE, APPLIED_TABLE, META_TABLE, PARKED_TABLE, SNAPSHOT_TABLE];
+export const INTERNAL_TABLES: readonly string[] = [APPLYING_TABLE, APPLIED_TABLE, META_TABLE, PARKED_TABLE, SNAPSHOT_TABLE, USER_TRIGGERS_TABLE];
 
 const CHANGE_LOG_PREFIX = `${INTERNAL_PREFIX}__`;
 const CHANGE_LOG_SUFFIX = "_change_log";
