@@ -8,8 +8,8 @@ import { jetstream, type JetStreamClient, type JetStreamManager } from "@nats-io
 import { Kvm } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { NodeStatusTracker } from "./cluster/node-status.js";
-import type { AgreementSource, NodeStatus, SnapshotStatus } from "./cluster/status-model.js";
-import { Agreement, digestBucketName, type AgreementSummary } from "./cluster/agreement.js";
+import type { NodeStatus } from "./cluster/status-model.js";
+import { Agreement, digestBucketName } from "./cluster/agreement.js";
 import type { CliOptions, Config } from "./config/types.js";
 import { ServerError, SnapshotAccessError } from "./errors.js";
 import type { Logger } from "./log.js";
@@ -86,7 +86,6 @@ export class MarmotNode {
   private replication: { abort: AbortController; tasks: Promise<void>[] } | undefined;
   private snapshots: NodeSnapshots | undefined;
   private healing: Promise<void> | undefined;
-  private agreement: Agreement | undefined;
   private lastActivity = Date.now();
   private readonly startedAt = Date.now();
   private readonly loopLag = new EventLoopLag();
@@ -178,33 +177,8 @@ export class MarmotNode {
     return this.statusTracker.selfStatus();
   }
 
-  /** Set while the database is being restored from a snapshot: the node shows as "restoring" and is not ready. */
-  setRestoring(restoring: boolean): void {
-    this.statusTracker.setRestoring(restoring);
-  }
-
-  /** The last snapshot taken here or restored from, for the status. */
-  setLastSnapshot(snapshot: SnapshotStatus | null): void {
-    this.statusTracker.setLastSnapshot(snapshot);
-  }
-
-  /** Where the status learns whether the nodes agree (per-shard digests); without one, agreement is "unknown". */
-  setAgreementSource(source: AgreementSource): void {
-    this.statusTracker.setAgreementSource(source);
-  }
-
-  /** Messages the streams dropped before this node applied them, since start: more than 0 means it diverged. */
-  get missedMessages(): number {
-    return this.consumers.reduce((sum, c) => sum + c.missedMessages, 0);
-  }
-
-  /** Whether this node holds the same rows as the others, as far as digests of quiet shards have shown. */
-  agreementSummary(): AgreementSummary {
-    return this.agreement?.summary() ?? { state: "unknown", mismatches: [] };
-  }
-
   /** Digests of quiet shards, compared with the other nodes' (see cluster/agreement.ts). */
-  private startAgreement(js: JetStreamClient, streams: readonly ShardStream[], signal: AbortSignal): Agreement {
+  private startAgreement(js: JetStreamClient, streams: readonly ShardStream[], signal: AbortSignal): void {
     const agreement = new Agreement(
       {
         dbPath: this.config.dbPath,
@@ -224,7 +198,6 @@ export class MarmotNode {
     this.tasks.push(agreement.run(signal));
     // The status page shows, for this node, what its own comparisons say about each shard.
     this.statusTracker.setAgreementSource({ summary: () => ({ [this.config.nodeId]: agreement.byShard() }) });
-    return agreement;
   }
 
   /** Whether stop() was called (by a signal, say). */
@@ -362,7 +335,7 @@ export class MarmotNode {
       );
     }
     await this.startReplication(js, jsm, streams, largeBatches, signal);
-    if (config.replicate) this.agreement = this.startAgreement(js, streams, signal);
+    if (config.replicate) this.startAgreement(js, streams, signal);
     if (config.publish) {
       this.tasks.push(cleanUpLargeBatches(largeBatches, `${config.nodeId}-`, jsm, logger.child({ component: "large-changes" }), signal));
     }

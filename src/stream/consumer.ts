@@ -72,8 +72,6 @@ export interface StreamGap {
 export class ShardConsumer {
   private lastLag = -1;
   private lastEnd = -1;
-  /** messages the stream dropped before this node applied them, since start (see handle) */
-  private missed = 0;
   /** the running consume() call, to stop when it stalls */
   private current?: { stop(): void };
   private progress = { applied: -1, at: Date.now() };
@@ -172,11 +170,6 @@ export class ShardConsumer {
     });
     this.progress = { applied, at: now };
     this.current.stop();
-  }
-
-  /** Messages of this stream the node never applied because the stream dropped them first (since start). */
-  get missedMessages(): number {
-    return this.missed;
   }
 
   get lastKnownLag(): number {
@@ -329,7 +322,6 @@ export class ShardConsumer {
         if (m.seq > info.state.first_seq) return false;
       } else if (info.state.first_seq > applied + 1) {
         const missed = info.state.first_seq - 1 - applied;
-        this.missed += missed;
         this.metrics?.missedMessages.inc(missed, { stream });
         this.logger.error("this node missed changes: the stream dropped them before they were applied here (max_entries)", {
           stream,

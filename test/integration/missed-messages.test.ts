@@ -49,7 +49,6 @@ test("messages the stream dropped before this node applied them are counted and 
     await waitFor(() => applier.appliedSequence(shard.stream) === 10, 30_000, () => `the stream applied to 10, at ${applier.appliedSequence(shard.stream)}`);
 
     assert.equal(sqlite3(path, "SELECT group_concat(id) FROM Books;").trim(), "8,9,10", "only what the stream still held arrived");
-    assert.equal(consumer.missedMessages, 7);
     assert.equal(metrics.missedMessages.get({ stream: shard.stream }), 7);
     assert.match(metrics.render(), /marmot_missed_messages\{stream="marmot-changes-1-1"\} 7/);
     const line = logger.lines.find((l) => l.level === "error" && /missed changes/.test(l.message));
