@@ -17,6 +17,8 @@ export interface StoreUnderTest {
   store(): SnapshotStore;
   /** the folder where the server keeps the store's objects, to find temporary uploads left behind */
   serverFolder?(): string;
+  /** size of the round-trip file (default 12 MB: more than one S3 multipart part) */
+  bigFileBytes?: number;
 }
 
 function sha256(bytes: Uint8Array): string {
@@ -49,9 +51,10 @@ function assertProgress(reports: TransferProgress[], size: number, what: string)
 export function storeConformance(subject: StoreUnderTest): void {
   const dir = tempDir("marmot-store-conformance-");
 
-  test("a 12 MB file goes up and comes back byte for byte, with progress both ways", async () => {
+  const bigFileBytes = subject.bigFileBytes ?? 12 * MB;
+  test(`a ${Math.round(bigFileBytes / MB)} MB file goes up and comes back byte for byte, with progress both ways`, async () => {
     const store = subject.store();
-    const original = randomFile(dir, "big.db", 12 * MB);
+    const original = randomFile(dir, "big.db", bigFileBytes);
     const uploaded: TransferProgress[] = [];
     await store.upload("snapshot-big.db", original.path, { onProgress: (p) => uploaded.push({ ...p }) });
     const back = join(dir, "big-back.db");

@@ -180,6 +180,8 @@ describe("SFTP snapshot store on rclone serve sftp, with a password", () => {
       return shared;
     },
     serverFolder: () => join(server!.dataDir, "snapshots"),
+    // This server takes one write at a time (see the store's fallback), which a 3 MB file exercises as well as 12.
+    bigFileBytes: 3 * 1024 * 1024,
   });
 
   test("a wrong password is a SnapshotAccessError that does not show the password", async () => {
