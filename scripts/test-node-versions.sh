@@ -88,8 +88,22 @@ for i in "${!pids[@]}"; do
   wait "${pids[$i]}" || { echo "node-versions: could not install the dependencies for node ${versions[$i]}" >&2; exit 1; }
 done
 echo "node-versions: runtimes and dependencies ready after $SECONDS s"
+# The runtimes' test runs go side by side too (most of their time is spent waiting on servers); each one's output
+# is kept in a file and printed whole once it ends, so the two do not interleave.
+logs=$(mktemp -d "${TMPDIR:-/tmp}/marmot-node-versions.XXXXXX")
+pids=()
+for version in "${versions[@]}"; do
+  run_tests "$version" >"$logs/$version.log" 2>&1 &
+  pids+=($!)
+done
 failed=()
-for version in "${versions[@]}"; do run_tests "$version" || failed+=("$version"); done
+for i in "${!pids[@]}"; do
+  status=0
+  wait "${pids[$i]}" || status=$?
+  cat "$logs/${versions[$i]}.log"
+  [ "$status" -eq 0 ] || failed+=("${versions[$i]}")
+done
+rm -rf "$logs"
 if [ ${#failed[@]} -gt 0 ]; then
   echo "node-versions: tests failed on node ${failed[*]}" >&2
   exit 1
