@@ -65,6 +65,14 @@ export class Metrics {
   readonly parked: Metric;
   /** per shard: messages in the stream this node has not applied yet */
   readonly shardLag: Metric;
+  /** how late the event loop ran what was due, over the last few seconds (quantile label: 0.5, 0.99, 1) */
+  readonly eventLoopLag: Metric;
+  /** per stream: messages the stream dropped before this node applied them (the node diverged) */
+  readonly missedMessages: Metric;
+  /** rows of this node JetStream stored that it has not applied back yet (the own-writes record) */
+  readonly storedUnapplied: Metric;
+  /** (table, shard, other node) whose digest differs from this node's at the same stream sequence */
+  readonly digestMismatches: Metric;
   /** size of the last snapshot this node saved */
   readonly snapshotSizeBytes: Metric;
   /** unix seconds the last snapshot this node saved or restored was taken */
@@ -83,6 +91,10 @@ export class Metrics {
     this.applied = new Metric(name("applied"), "Replicated changes applied to the local database.", "counter");
     this.parked = new Metric(name("parked"), "Replicated changes set aside because this node cannot apply them yet.", "counter");
     this.shardLag = new Metric(name("shard_lag"), "Messages in the shard's stream not yet applied by this node.", "gauge");
+    this.eventLoopLag = new Metric(name("event_loop_lag_seconds"), "How late the event loop ran what was due, over the last few seconds.", "gauge");
+    this.missedMessages = new Metric(name("missed_messages"), "Messages the stream dropped before this node applied them: it diverged.", "counter");
+    this.storedUnapplied = new Metric(name("stored_unapplied_rows"), "Rows of this node stored in JetStream and not yet applied back here.", "gauge");
+    this.digestMismatches = new Metric(name("digest_mismatches"), "Tables of a shard whose rows differ from another node's at the same stream sequence.", "gauge");
     this.snapshotSizeBytes = new Metric(name("snapshot_size_bytes"), "Size of the last snapshot saved by this node.", "gauge");
     this.snapshotTime = new Metric(name("snapshot_timestamp_seconds"), "Unix time the last snapshot this node saved or restored was taken.", "gauge");
     this.snapshotSaveSeconds = new Metric(name("snapshot_save_seconds"), "Duration of the last snapshot save.", "gauge");
@@ -96,6 +108,10 @@ export class Metrics {
       this.applied,
       this.parked,
       this.shardLag,
+      this.missedMessages,
+      this.storedUnapplied,
+      this.digestMismatches,
+      this.eventLoopLag,
       this.snapshotSizeBytes,
       this.snapshotTime,
       this.snapshotSaveSeconds,

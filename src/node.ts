@@ -5,21 +5,26 @@ import type { Server } from "node:http";
 import { dirname, join } from "node:path";
 import type Database from "better-sqlite3";
 import { jetstream, type JetStreamClient, type JetStreamManager } from "@nats-io/jetstream";
+import { Kvm } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
+import { Agreement, digestBucketName, type AgreementSummary } from "./cluster/agreement.js";
 import type { CliOptions, Config } from "./config/types.js";
 import { ServerError } from "./errors.js";
 import type { Logger } from "./log.js";
+import { EventLoopLag } from "./event-loop-lag.js";
 import { Metrics } from "./metrics.js";
 import { startMetricsServer } from "./metrics-server.js";
 import { ChangeShipper, msgIdPrefix } from "./shipper.js";
 import { sleep } from "./sleep.js";
 import { Applier } from "./sqlite/applier.js";
+import { failFastWhenBusy, withWriteLock } from "./sqlite/busy.js";
 import { installCapture, schemaVersion } from "./sqlite/capture.js";
 import { ChangeLogReader } from "./sqlite/change-log.js";
 import { logAllRowsSql } from "./sqlite/trigger-sql.js";
 import { openDatabase } from "./sqlite/open.js";
 import type { TableInfo } from "./sqlite/table.js";
-import { DatabaseWatcher } from "./sqlite/watcher.js";
+import { commitWatch, DatabaseWatcher } from "./sqlite/watcher.js";
+import { catchUp } from "./stream/catch-up.js";
 import { connectNats } from "./stream/connect.js";
 import { batchOrigin } from "./wire/codec.js";
 import { ShardConsumer } from "./stream/consumer.js";
@@ -37,6 +42,8 @@ export function embeddedStoreDir(config: Config): string {
   return join(dirname(config.dbPath), `marmot-nats-${config.nodeId}`);
 }
 
+/** How long catching up before publishing may go without progress before the node publishes anyway. */
+const CATCH_UP_STALL_MS = 60_000;
 /** How a node (or a one-shot command of the node, -save-snapshot) starts its embedded nats-server. */
 export function embeddedServerOptions(config: Config, cli: CliOptions): EmbeddedServerOptions {
   return {
@@ -57,7 +64,8 @@ export class MarmotNode {
   private readonly tasks: Promise<void>[] = [];
   private readonly db: Database.Database;
   private readonly reader: ChangeLogReader;
-  private readonly applier: Applier;
+  /** set once capture is installed (it creates the tables the applier uses) */
+  private applier!: Applier;
   private readonly watcher: DatabaseWatcher;
   private epoch = "";
   private knownSchemaVersion = -1;
@@ -65,9 +73,13 @@ export class MarmotNode {
   private nc: NatsConnection | undefined;
   private metricsServer: Server | undefined;
   private consumers: ShardConsumer[] = [];
+  private agreement: Agreement | undefined;
   private lastActivity = Date.now();
+  private readonly loopLag = new EventLoopLag();
   private serverStopped = false;
   private capturedTables: readonly TableInfo[] = [];
+  /** a capture update after a schema change, waiting for the app's write lock */
+  private captureUpdate: Promise<void> | undefined;
   private stopping: Promise<void> | undefined;
   /** the start's networking part; a stop waits for it, so nothing it creates is left behind */
   private starting: Promise<void> = Promise.resolve();
@@ -88,19 +100,29 @@ export class MarmotNode {
     });
     this.done.catch(() => undefined);
     this.db = openDatabase(config.dbPath, logger);
-    // Capture first: it creates the internal tables the reader and the applier use.
-    const captured = installCapture(this.db, logger, config.tables);
+    failFastWhenBusy(this.db);
     this.reader = new ChangeLogReader(this.db);
+    this.watcher = new DatabaseWatcher(
+      {
+        dbPath: config.dbPath,
+        pollingInterval: config.pollingInterval,
+        onChange: () => this.onDatabaseChange(),
+        committedElsewhere: commitWatch(this.db),
+      },
+      logger,
+    );
+  }
+
+  /** Capture first: it creates the internal tables the reader and the applier use. */
+  private async installCaptureAtStart(signal: AbortSignal): Promise<void> {
+    const { config, logger } = this;
+    const captured = await withWriteLock(() => installCapture(this.db, logger, config.tables), "installing capture", logger, signal);
     this.applier = new Applier(
       this.db,
       logger.child({ component: "applier" }),
       config.publish ? { origin: batchOrigin(config.nodeId, captured.epoch) } : {},
     );
     this.useCapture(captured);
-    this.watcher = new DatabaseWatcher(
-      { dbPath: config.dbPath, pollingInterval: config.pollingInterval, onChange: () => this.onDatabaseChange() },
-      logger,
-    );
   }
 
   /**
@@ -111,7 +133,10 @@ export class MarmotNode {
   static async start(config: Config, cli: CliOptions, logger: Logger, onCreated?: (node: MarmotNode) => void): Promise<MarmotNode> {
     const node = new MarmotNode(config, cli, logger);
     onCreated?.(node);
-    node.starting = node.startNetworking();
+    node.starting = (async () => {
+      await node.installCaptureAtStart(node.abort.signal);
+      await node.startNetworking();
+    })();
     try {
       await node.starting;
       if (node.abort.signal.aborted) throw node.abort.signal.reason;
@@ -120,6 +145,38 @@ export class MarmotNode {
       throw err;
     }
     return node;
+  }
+
+  /** Messages the streams dropped before this node applied them, since start: more than 0 means it diverged. */
+  get missedMessages(): number {
+    return this.consumers.reduce((sum, c) => sum + c.missedMessages, 0);
+  }
+
+  /** Whether this node holds the same rows as the others, as far as digests of quiet shards have shown. */
+  agreementSummary(): AgreementSummary {
+    return this.agreement?.summary() ?? { state: "unknown", mismatches: [] };
+  }
+
+  /** Digests of quiet shards, compared with the other nodes' (see cluster/agreement.ts). */
+  private startAgreement(js: JetStreamClient, streams: readonly ShardStream[], signal: AbortSignal): Agreement {
+    const byShard = new Map(this.consumers.map((c, i) => [streams[i]!.shard, c]));
+    const agreement = new Agreement(
+      {
+        dbPath: this.config.dbPath,
+        nodeId: this.config.nodeId,
+        shards: this.config.replicationLog.shards,
+        streams,
+        tables: () => this.capturedTables,
+        appliedSequence: (stream) => this.applier.appliedSequence(stream),
+        caughtUp: (shard) => byShard.get(shard)?.lastKnownLag === 0,
+        openBucket: () =>
+          new Kvm(js).create(digestBucketName(this.config.nats.streamPrefix), { replicas: this.config.replicationLog.replicas, history: 1 }),
+      },
+      this.logger.child({ component: "agreement" }),
+      this.metrics,
+    );
+    this.tasks.push(agreement.run(signal));
+    return agreement;
   }
 
   /** Whether stop() was called (by a signal, say). */
@@ -149,16 +206,32 @@ export class MarmotNode {
 
   /** Called by the watcher: a new table or column is captured from now on, then the shipper looks for changes. */
   private onDatabaseChange(): void {
-    try {
-      if (schemaVersion(this.db) !== this.knownSchemaVersion) {
-        this.logger.info("schema changed; updating capture");
-        this.useCapture(installCapture(this.db, this.logger, this.config.tables), this.capturedTables);
-        if (this.applier.hasParked()) this.applier.retryParked();
+    if (this.captureUpdate === undefined) {
+      try {
+        if (schemaVersion(this.db) !== this.knownSchemaVersion) {
+          this.logger.info("schema changed; updating capture");
+          this.captureUpdate = withWriteLock(() => this.updateCapture(), "updating capture after a schema change", this.logger, this.abort.signal)
+            .catch((err) => {
+              if (!this.abort.signal.aborted) this.logger.warn("could not update capture after a schema change; will try again", { reason: (err as Error).message });
+            })
+            .finally(() => {
+              this.captureUpdate = undefined;
+              this.wakeup.notify();
+            });
+        }
+      } catch (err) {
+        this.logger.warn("could not read the schema version; will try again", { reason: (err as Error).message });
       }
-    } catch (err) {
-      this.logger.warn("could not update capture after a schema change; will try again", { reason: (err as Error).message });
     }
     this.wakeup.notify();
+  }
+
+  /** One try: installCapture is one transaction, and retryParked another (it may find the lock taken again). */
+  private updateCapture(): void {
+    if (schemaVersion(this.db) !== this.knownSchemaVersion) {
+      this.useCapture(installCapture(this.db, this.logger, this.config.tables), this.capturedTables);
+    }
+    if (this.applier.hasParked()) this.applier.retryParked();
   }
 
   private async startNetworking(): Promise<void> {
@@ -202,6 +275,7 @@ export class MarmotNode {
       );
       if (config.publish) await this.recallOwnMessages(this.consumers, msgIdPrefix(config.nodeId, this.epoch), signal);
       for (const c of this.consumers) this.tasks.push(c.run(signal));
+      this.agreement = this.startAgreement(js, streams, signal);
     }
     if (config.publish) {
       const nc = this.nc;
@@ -263,7 +337,14 @@ export class MarmotNode {
   }
 
   private async shipLoop(shipper: ChangeShipper, leftovers: () => Promise<void>, signal: AbortSignal): Promise<void> {
-    await leftovers().catch(() => undefined);
+    try {
+      await leftovers();
+    } catch (err) {
+      if (signal.aborted) return;
+      this.logger.error("could not check the changes left by the last run against the streams; publishing them anyway", {
+        reason: (err as Error).message,
+      });
+    }
     while (!signal.aborted) {
       let shipped = 0;
       try {
@@ -291,22 +372,16 @@ export class MarmotNode {
     if (pending === 0 || this.consumers.length === 0) return;
     const started = Date.now();
     this.logger.info("applying the streams to their end before publishing the changes left by the last run", { pending });
-    let lastReport = started;
-    for (const consumer of this.consumers) {
-      let end: number | undefined;
-      while (end === undefined) {
-        end = await consumer.streamEnd().catch(() => undefined);
-        if (end === undefined) await sleep(500, signal);
-      }
-      while (consumer.appliedSequence() < end) {
-        if (Date.now() - lastReport > 30_000) {
-          lastReport = Date.now();
-          this.logger.info("still applying before publishing", { stream: consumer.stream, applied: consumer.appliedSequence(), until: end });
-        }
-        await sleep(100, signal);
-      }
+    // Waiting as long as applying progresses; a consumer that cannot must not stop all publishing for good. Going
+    // on then risks only what the wait avoids: a change the stream already holds goes out again, later in order.
+    if (await catchUp(this.consumers, this.logger, signal, { stallMs: CATCH_UP_STALL_MS })) {
+      this.logger.info("caught up; publishing", { after_ms: Date.now() - started, pending: this.reader.pendingCount() });
+    } else {
+      this.logger.error("publishing without having applied the streams to their end: changes the last run sent may go out twice", {
+        pending: this.reader.pendingCount(),
+        after_ms: Date.now() - started,
+      });
     }
-    this.logger.info("caught up; publishing", { after_ms: Date.now() - started, pending: this.reader.pendingCount() });
   }
 
   /**
@@ -356,7 +431,13 @@ export class MarmotNode {
 
   private async discardLoop(signal: AbortSignal): Promise<void> {
     while (!signal.aborted) {
-      const removed = this.reader.discardAll();
+      let removed = 0;
+      try {
+        removed = await withWriteLock(() => this.reader.discardAll(), "dropping captured changes (publish = false)", this.logger, signal);
+      } catch (err) {
+        if (signal.aborted) break;
+        this.logger.warn("could not drop captured changes (publish = false); will try again", { reason: (err as Error).message });
+      }
       if (removed > 0) this.logger.debug("publish = false: dropped captured changes", { changes: removed });
       await sleep(Math.max(this.config.cleanupInterval, 100), signal).catch(() => undefined);
     }
@@ -365,11 +446,17 @@ export class MarmotNode {
   /** Metrics that need a look at the database or the streams, and the idle exit of sleep_timeout. */
   private async housekeeping(signal: AbortSignal): Promise<void> {
     let appliedBefore = this.metrics.applied.get();
+    this.loopLag.start();
     while (!signal.aborted) {
       await sleep(2000, signal).catch(() => undefined);
       if (signal.aborted) break;
+      const lag = this.loopLag.take();
+      this.metrics.eventLoopLag.set(lag.p50Ms / 1000, { quantile: "0.5" });
+      this.metrics.eventLoopLag.set(lag.p99Ms / 1000, { quantile: "0.99" });
+      this.metrics.eventLoopLag.set(lag.maxMs / 1000, { quantile: "1" });
       try {
         this.metrics.pendingPublish.set(this.reader.pendingCount());
+        this.metrics.storedUnapplied.set(this.applier.storedRows);
         for (const c of this.consumers) await c.lag();
       } catch (err) {
         this.logger.debug("metrics refresh failed", { reason: (err as Error).message });
@@ -408,8 +495,10 @@ export class MarmotNode {
       this.logger.info("stopping");
       this.abort.abort(new Error("marmot is stopping"));
       this.watcher.stop();
+      this.loopLag.stop();
       await this.starting.catch(() => undefined);
       await Promise.allSettled(this.tasks);
+      await this.captureUpdate;
       if (this.nc) await this.nc.drain().catch(() => undefined);
       this.metricsServer?.close();
       if (this.server) await this.server.stop();

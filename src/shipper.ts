@@ -15,7 +15,8 @@ import type { LargeBatchStore } from "./stream/large-objects.js";
 import type { BatchPublisher } from "./stream/publisher.js";
 import { orAbort, sleep } from "./sleep.js";
 import { checkMarginMs } from "./stream/duplicate-window.js";
-import { rowKeyBytes, rowKeyString, shardOf } from "./wire/shard.js";
+import { withWriteLock } from "./sqlite/busy.js";
+import { rowKeyBytes, rowKeyString, shardOfRow } from "./wire/shard.js";
 
 export interface ShipperOptions {
   /** this node's id */
@@ -106,14 +107,15 @@ export class ChangeShipper {
       const rowKey = rowKeyString(keyBytes);
       // Only the row's last change of the round travels: it carries the row's whole state.
       latest.delete(rowKey);
-      latest.set(rowKey, { change, shard: shardOf(keyBytes, this.options.shards), rowKey });
+      latest.set(rowKey, { change, shard: shardOfRow(change.wireTable.name, keyBytes, this.options.shards, change.wholeTableShard), rowKey });
       upTo.set(change.wireTable.name, Math.max(upTo.get(change.wireTable.name) ?? 0, change.changeId));
     }
 
     const batches = this.cutBatches(latest.values());
     this.storedInRound.clear();
     await this.publishAll(batches, maxInFlight, signal);
-    this.reader.removeUpTo(upTo, this.keptIds(), this.storedInRound);
+    const kept = this.keptIds();
+    await withWriteLock(() => this.reader.removeUpTo(upTo, kept, this.storedInRound), "removing shipped changes from the change log", this.logger, signal);
     this.metrics?.published.inc(changes.length);
     return changes.length;
   }

@@ -5,12 +5,12 @@ import type { Database, Statement } from "better-sqlite3";
 import { DecodeError } from "../errors.js";
 import type { Logger } from "../log.js";
 import { decodeBatch, encodeBatch, type ChangeBatch, type WireChange, type WireTable } from "../wire/codec.js";
-import { rowKeyBytes, rowKeyString } from "../wire/shard.js";
-import { APPLIED_TABLE, APPLYING_TABLE, changeLogTable, LOG_ID_COLUMN, PARKED_TABLE, ROWID_KEY } from "./names.js";
+import { wireTableOf } from "./change-log.js";
+import { APPLIED_TABLE, APPLYING_TABLE, PARKED_TABLE, ROWID_KEY } from "./names.js";
+import { OwnWrites, type ChangeSource, type OwnWritesScan } from "./own-writes.js";
 import { quoteIdent } from "./quote.js";
 import { rowidAlias } from "./schema.js";
 import type { TableInfo } from "./table.js";
-import { changeLogKeyColumns, NOT_MARKER } from "./trigger-sql.js";
 
 export type ApplyOutcome = "applied" | "duplicate" | "parked" | "partly-parked";
 
@@ -30,33 +30,15 @@ export interface StreamMessage {
   data: Uint8Array;
 }
 
-/** Where a change comes from: a message at `seq` of `stream`, written by this node (`own`) or another. */
-interface Source {
-  stream: string;
-  seq: number;
-  own: boolean;
-}
-
 /** How one wire table's changes of one op are applied here: a statement, or why they cannot be. */
 type Plan =
-  | { statement: Statement; local: TableInfo; pending: PendingLookup; keyPositions: number[]; reason?: undefined }
+  | { statement: Statement; local: TableInfo; keyPositions: number[]; reason?: undefined }
   | { statement?: undefined; local?: undefined; reason: string };
-
-/** Statements on one table's change log, by row key: the local changes of a row that are not in the stream yet. */
-interface PendingLookup {
-  /** the lowest and highest change id in the whole change log */
-  range: Statement;
-  /** the newest change id of the row still in the change log, or null */
-  newest: Statement;
-  /** remove the row's changes up to a change id: the stream holds them (or a later change of the row) now */
-  forget: Statement;
-}
 
 export interface ApplierOptions {
   /**
-   * This node's id, when it publishes its changes. The applier then keeps the app's own newer writes: a replicated
-   * change of a row with a local change the stream has not sequenced yet is superseded, because that local change
-   * will land later in the stream and win on every node anyway. Without it (publish = false), every change applies.
+   * This node's batch origin, when it publishes its changes. The applier then keeps the app's own newer writes
+   * (see own-writes.ts). Without it (publish = false), every change applies.
    */
   origin?: string;
 }
@@ -64,25 +46,18 @@ export interface ApplierOptions {
 /**
  * What one apply call (one transaction) works out once and reuses. Plans, by the decoded table object the changes
  * of a message share: the checks and the statement lookup run once per table of a message, not once per row. And
- * the range of change ids in each table's change log (null: empty): the app cannot write during the transaction,
- * so the range can only narrow, as own changes leave the log.
+ * what the own-writes rule reads of the change logs once per transaction.
  */
 interface ApplyContext {
   plans: Map<WireTable, { upsert?: Plan; delete?: Plan }>;
-  logIds: Map<string, { min: number; max: number } | null>;
+  own: OwnWritesScan;
 }
 
-const newContext = (): ApplyContext => ({ plans: new Map(), logIds: new Map() });
+const newContext = (): ApplyContext => ({ plans: new Map(), own: new Map() });
 
 const duplicate = (): ApplyResult => ({ outcome: "duplicate", applied: 0, parked: 0 });
 
 /** Why a change cannot be applied here, or undefined when it can. Names come only from the local schema. */
-/** The key of the row a change is about, in the order of its table's key columns. */
-function changeKey(change: WireChange): WireChange["values"] {
-  const { table } = change;
-  return change.op === "upsert" ? table.keyColumns.map((k) => change.values[table.columns.indexOf(k)]!) : change.values;
-}
-
 function mismatch(change: WireChange, local: TableInfo | undefined): string | undefined {
   if (!local) return `table "${change.table.name}" does not exist on this node`;
   const wireKey = change.table.keyColumns;
@@ -113,16 +88,9 @@ export class Applier {
   /** Tables with parked changes: later changes to them wait too, so their order is kept. */
   private readonly parkedTables = new Set<string>();
   private readonly reportedMissing = new Set<string>();
-  private readonly pendingLookups = new Map<string, PendingLookup>();
+  private readonly ownWrites: OwnWrites;
   /** replicated changes not applied because a newer local change of the row is on its way (since start) */
   superseded = 0;
-  /**
-   * Rows whose newer local change JetStream has stored but this node has not applied back yet, with where it was
-   * stored: the change log no longer holds that change, yet an earlier message of the row must not undo it here.
-   */
-  private readonly stored = new Map<string, { stream: string; seq: number }>();
-  /** per stream, what noteStored() added, to drop once the stream is applied past it */
-  private readonly storedByStream = new Map<string, { seq: number; rowKey: string }[]>();
   private readonly enterApply: Statement;
   private readonly leaveApply: Statement;
   private readonly recordApplied: Statement;
@@ -131,8 +99,9 @@ export class Applier {
   constructor(
     private readonly db: Database,
     private readonly logger: Logger,
-    private readonly options: ApplierOptions = {},
+    options: ApplierOptions = {},
   ) {
+    this.ownWrites = new OwnWrites(db, options.origin);
     this.enterApply = db.prepare(`INSERT INTO ${quoteIdent(APPLYING_TABLE)} VALUES (1)`);
     this.leaveApply = db.prepare(`DELETE FROM ${quoteIdent(APPLYING_TABLE)}`);
     this.recordApplied = db.prepare(
@@ -151,7 +120,12 @@ export class Applier {
   setTables(tables: readonly TableInfo[]): void {
     this.tables = new Map(tables.map((t) => [t.name, t]));
     this.statements.clear();
-    this.pendingLookups.clear();
+    this.ownWrites.reset();
+  }
+
+  /** Rows of this node JetStream stored that it has not applied back yet (the own-writes record, a metric). */
+  get storedRows(): number {
+    return this.ownWrites.size;
   }
 
   /**
@@ -159,74 +133,27 @@ export class Applier {
    * of `stream`. Until this node has applied the stream that far, earlier changes of those rows are superseded.
    */
   noteStored(stream: string, seq: number, rowKeys: readonly string[]): void {
-    if (this.options.origin === undefined || seq <= this.appliedSequence(stream)) return;
-    let queue = this.storedByStream.get(stream);
-    if (!queue) this.storedByStream.set(stream, (queue = []));
-    for (const rowKey of rowKeys) {
-      const previous = this.stored.get(rowKey);
-      if (previous === undefined || previous.stream !== stream || previous.seq < seq) this.stored.set(rowKey, { stream, seq });
-      queue.push({ seq, rowKey });
-    }
+    this.ownWrites.noteStored(stream, seq, rowKeys, this.appliedSequence(stream));
   }
 
   /**
    * The same word, read back from the stream at start: a message of this node that JetStream stored at `seq`
-   * before the last run ended, and that this node has not applied yet. Its rows are kept as noteStored() keeps
-   * them, so a crash does not reopen the window that record closes. Returns how many rows it holds (0 when the
+   * before the last run ended, and that this node has not applied yet. Returns how many rows it holds (0 when the
    * message is another node's, or not a batch at all).
    */
   noteStoredMessage(stream: string, seq: number, data: Uint8Array): number {
-    if (seq <= this.appliedSequence(stream)) return 0;
-    const batch = this.ownBatch(data);
-    if (batch === undefined) return 0;
-    const rowKeys = batch.changes.map((change) => rowKeyString(rowKeyBytes(change.table.name, changeKey(change))));
-    this.noteStored(stream, seq, rowKeys);
-    return rowKeys.length;
+    return this.ownWrites.noteStoredMessage(stream, seq, data, this.appliedSequence(stream));
   }
 
   /**
    * For a node that does not apply (replicate = false): a message of its own that the stream holds, found at start.
-   * Its changes are in the stream, so they leave the change log as they would when applied back; the last run
-   * stopped before it could take them out. Returns how many change-log rows went.
+   * Its changes leave the change log, as they would when applied back. Returns how many change-log rows went.
    */
   forgetOwnMessage(data: Uint8Array): number {
-    const batch = this.ownBatch(data);
-    if (batch === undefined) return 0;
-    let removed = 0;
-    this.db.transaction(() => {
-      for (const change of batch.changes) {
-        const local = this.tables.get(change.table.name);
-        if (local === undefined || mismatch(change, local) !== undefined) continue;
-        removed += this.pendingLookup(local).forget.run(...changeKey(change), BigInt(change.changeId)).changes;
-      }
-    })();
-    return removed;
-  }
-
-  /** The batch in `data` when this node wrote it (in this epoch); undefined for another node's or a non-batch. */
-  private ownBatch(data: Uint8Array): ChangeBatch | undefined {
-    if (this.options.origin === undefined) return undefined;
-    try {
-      const batch = decodeBatch(data);
-      return batch.origin === this.options.origin ? batch : undefined;
-    } catch (err) {
-      if (err instanceof DecodeError) return undefined;
-      throw err;
-    }
-  }
-
-  /** After a commit up to `last`: the stored changes at or below it are applied (or passed), no longer pending. */
-  private forgetStoredUpTo(stream: string, last: number): void {
-    const queue = this.storedByStream.get(stream);
-    if (!queue) return;
-    let done = 0;
-    while (done < queue.length && queue[done]!.seq <= last) {
-      const { seq, rowKey } = queue[done]!;
-      const entry = this.stored.get(rowKey);
-      if (entry !== undefined && entry.stream === stream && entry.seq === seq) this.stored.delete(rowKey);
-      done++;
-    }
-    if (done > 0) queue.splice(0, done);
+    return this.ownWrites.forgetOwnMessage(data, (change) => {
+      const local = this.tables.get(change.table.name);
+      return local !== undefined && mismatch(change, local) === undefined ? local : undefined;
+    });
   }
 
   appliedSequence(stream: string): number {
@@ -275,7 +202,7 @@ export class Applier {
       throw err;
     }
     this.applied.set(stream, last);
-    this.forgetStoredUpTo(stream, last);
+    this.ownWrites.appliedUpTo(stream, last);
     return results;
   }
 
@@ -294,7 +221,7 @@ export class Applier {
     const parked: ParkedChange[] = [];
     // Tables with a change parked earlier in this message: their later changes wait behind it, as across messages.
     const waitingHere = new Set<string>();
-    const source: Source = { stream, seq, own: batch.origin === this.options.origin };
+    const source: ChangeSource = { stream, seq, own: this.ownWrites.isOwn(batch.origin) };
     for (const change of batch.changes) {
       const name = change.table.name;
       const reason =
@@ -331,7 +258,7 @@ export class Applier {
         if (stillWaiting.has(row.tbl)) continue;
         const batch = decodeBatch(row.payload);
         const change = batch.changes[0]!;
-        const source = { stream: row.stream, seq: Number(row.seq), own: batch.origin === this.options.origin };
+        const source = { stream: row.stream, seq: Number(row.seq), own: this.ownWrites.isOwn(batch.origin) };
         if (this.applyChange(change, source) === undefined) {
           remove.run(row.id);
           appliedCount++;
@@ -364,7 +291,7 @@ export class Applier {
    * Apply one change; returns why it cannot be applied, or undefined when it was applied or is superseded by a
    * newer local change of its row.
    */
-  private applyChange(change: WireChange, source: Source, context: ApplyContext = newContext()): string | undefined {
+  private applyChange(change: WireChange, source: ChangeSource, context: ApplyContext = newContext()): string | undefined {
     let byOp = context.plans.get(change.table);
     if (!byOp) context.plans.set(change.table, (byOp = {}));
     let plan = byOp[change.op];
@@ -377,15 +304,18 @@ export class Applier {
           : {
               statement: this.statementFor(local!, change),
               local: local!,
-              pending: this.pendingLookup(local!),
               keyPositions: change.op === "upsert" ? local!.keyColumns.map((k) => change.table.columns.indexOf(k)) : [],
             };
       byOp[change.op] = plan;
     }
     if (plan.reason !== undefined) return plan.reason;
-    if (this.options.origin !== undefined && this.supersededLocally(plan, change, source, context)) {
-      this.superseded++;
-      return undefined;
+    if (this.ownWrites.enabled) {
+      const key = change.op === "upsert" ? plan.keyPositions.map((p) => change.values[p]!) : change.values;
+      if (this.ownWrites.supersedes(plan.local, key, change, source, context.own)) {
+        this.superseded++;
+        if (change.op === "upsert" && plan.local.uniqueBeyondKey === true) this.removeClashing(plan.local, key, change);
+        return undefined;
+      }
     }
     try {
       plan.statement.run(change.values);
@@ -401,49 +331,21 @@ export class Applier {
   }
 
   /**
-   * Whether the row has a newer local change that lands later in the stream: one JetStream stored at a later
-   * sequence (see noteStored), or one still in the change log (not in the stream yet, or at a later sequence: an
-   * earlier one would have been applied back already and left the log). On every node that change overwrites
-   * whatever this one writes. Applying this change here would only show the app its row going back to an older
-   * state for a while, and a write the app makes on that older state (an INSERT OR IGNORE that now finds no row)
-   * would be lost. Own changes coming back from the stream first take their row's log entries up to them out of
-   * the change log: those are sequenced now.
+   * A superseded upsert still removes the rows its values clash with: on every node that applies it, those rows go
+   * (see replaceConflicting), and no message will ever remove them here. The row itself keeps its local state: it
+   * is written with the change's values, which replaces the clashing rows, and then put back as it was (its old
+   * values clash with nothing left, since they sat beside every remaining row before).
    */
-  private supersededLocally(plan: Extract<Plan, { reason?: undefined }>, change: WireChange, source: Source, context: ApplyContext): boolean {
-    const key = change.op === "upsert" ? plan.keyPositions.map((p) => change.values[p]!) : change.values;
-    // Most of the time the log is empty, or holds nothing this change could concern: no lookup per row then.
-    let ids = context.logIds.get(plan.local.name);
-    if (ids === undefined) {
-      const [min, max] = plan.pending.range.get() as [bigint | null, bigint | null];
-      ids = min === null || max === null ? null : { min: Number(min), max: Number(max) };
-      context.logIds.set(plan.local.name, ids);
-    }
-    if (source.own && ids !== null && ids.min <= change.changeId) plan.pending.forget.run(...key, BigInt(change.changeId));
-    if (this.stored.size > 0) {
-      const stored = this.stored.get(rowKeyString(rowKeyBytes(plan.local.name, key)));
-      if (stored !== undefined && stored.stream === source.stream && stored.seq > source.seq) return true;
-    }
-    if (ids === null || (source.own && ids.max <= change.changeId)) return false;
-    return plan.pending.newest.get(...key) != null;
-  }
-
-  private pendingLookup(table: TableInfo): PendingLookup {
-    let lookup = this.pendingLookups.get(table.name);
-    if (lookup) return lookup;
-    const log = quoteIdent(changeLogTable(table.name));
-    const id = quoteIdent(LOG_ID_COLUMN);
-    const where = changeLogKeyColumns(table)
-      .map((k) => `${quoteIdent(k)} IS ?`)
-      .join(" AND ");
-    // Marker rows are not changes (see keepLastTriggerSql); there are one or two of them, at the top of the log.
-    const first = (order: string) => `(SELECT ${id} FROM ${log} WHERE ${NOT_MARKER} ORDER BY ${id} ${order} LIMIT 1)`;
-    lookup = {
-      range: this.db.prepare(`SELECT ${first("ASC")}, ${first("DESC")}`).raw(true),
-      newest: this.db.prepare(`SELECT max(${id}) FROM ${log} WHERE ${where} AND ${NOT_MARKER}`).pluck(true),
-      forget: this.db.prepare(`DELETE FROM ${log} WHERE ${where} AND ${id} <= ? AND ${NOT_MARKER}`),
-    };
-    this.pendingLookups.set(table.name, lookup);
-    return lookup;
+  private removeClashing(local: TableInfo, key: WireChange["values"], change: WireChange): void {
+    const ident = (name: string) => (local.rowidKeyed && name === ROWID_KEY ? rowidAlias(local) : quoteIdent(name));
+    const wire = wireTableOf(local);
+    const where = local.keyColumns.map((k) => `${ident(k)} IS ?`).join(" AND ");
+    const before = this.db.prepare(`SELECT ${wire.columns.map(ident).join(", ")} FROM ${quoteIdent(local.name)} WHERE ${where}`).raw(true).get(...key) as
+      | WireChange["values"]
+      | undefined;
+    if (this.replaceConflicting(local, change) !== undefined) return;
+    if (before === undefined) this.db.prepare(`DELETE FROM ${quoteIdent(local.name)} WHERE ${where}`).run(...key);
+    else this.statementFor(local, { table: wire, op: "upsert", changeId: change.changeId, values: before }).run(before);
   }
 
   /**

@@ -24,6 +24,8 @@ export interface PendingChange {
   /** upsert: one per wireTable.columns; delete: one per wireTable.keyColumns */
   values: SqlValue[];
   key: SqlValue[];
+  /** the table's rows all go to one shard (see shardOfRow) */
+  wholeTableShard: boolean;
   /**
    * Rough encoded size (text counted at 3 bytes a character), to plan how changes are packed into messages. Never
    * a test of fit: the shipper decides that on the encoded bytes.
@@ -127,7 +129,7 @@ export class ChangeLogReader {
         const values = op === "upsert" ? all : key;
         let size = 16;
         for (const v of values) size += valueSize(v);
-        out.push({ wireTable: reader.wireTable, op, changeId, values, key, size });
+        out.push({ wireTable: reader.wireTable, op, changeId, values, key, wholeTableShard: reader.table.uniqueBeyondKey === true, size });
         reader.cursor = changeId;
         bytes += size;
         if (bytes >= maxBytes) break;

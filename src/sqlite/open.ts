@@ -4,7 +4,10 @@ import Database from "better-sqlite3";
 import { SchemaError } from "../errors.js";
 import type { Logger } from "../log.js";
 
-/** How long a statement waits for the app's write lock before failing with SQLITE_BUSY. */
+/**
+ * How long a statement waits for the app's write lock before failing with SQLITE_BUSY, while opening (switching to
+ * WAL) and in the one-shot commands. A running node then fails fast and retries without blocking (see busy.ts).
+ */
 export const BUSY_TIMEOUT_MS = 10_000;
 
 /**

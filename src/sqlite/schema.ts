@@ -106,10 +106,11 @@ export function readTable(db: Database.Database, name: string, withoutRowid: boo
     .filter((row) => Number(row.hidden) === 0)
     .map((row) => ({ name: row.name, type: row.type, notNull: Number(row.notnull) !== 0, pkIndex: Number(row.pk) }));
   const keyed = columns.filter((column) => column.pkIndex > 0).sort((a, b) => a.pkIndex - b.pkIndex);
+  const uniqueBeyondKey = hasUniqueBeyondKey(db, name);
   if (keyed.length > 0) {
-    return { name, columns, keyColumns: keyed.map((column) => column.name), rowidKeyed: false, withoutRowid };
+    return { name, columns, keyColumns: keyed.map((column) => column.name), rowidKeyed: false, withoutRowid, uniqueBeyondKey };
   }
-  const table: TableInfo = { name, columns, keyColumns: [ROWID_KEY], rowidKeyed: true, withoutRowid };
+  const table: TableInfo = { name, columns, keyColumns: [ROWID_KEY], rowidKeyed: true, withoutRowid, uniqueBeyondKey };
   // rowidAlias() sees only the captured columns; a hidden or generated column can shadow a rowid name too.
   const alias = findRowidAlias(columns.map((column) => column.name));
   if (alias === undefined || findRowidAlias(rows.map((row) => row.name)) !== alias) {
@@ -119,6 +120,12 @@ export function readTable(db: Database.Database, name: string, withoutRowid: boo
     );
   }
   return table;
+}
+
+/** Whether a UNIQUE constraint or a unique index (partial or on expressions too) other than the key exists. */
+function hasUniqueBeyondKey(db: Database.Database, name: string): boolean {
+  const row = db.prepare("SELECT 1 FROM pragma_index_list(?, 'main') WHERE \"unique\" = 1 AND origin <> 'pk' LIMIT 1").get(name);
+  return row !== undefined;
 }
 
 /**

@@ -20,4 +20,9 @@ export interface TableInfo {
   keyColumns: string[];
   rowidKeyed: boolean;
   withoutRowid: boolean;
+  /**
+   * The table has a UNIQUE constraint or unique index besides its key: two rows with different keys can clash, so
+   * all its rows share one shard (see shardOfRow). Absent: false.
+   */
+  uniqueBeyondKey?: boolean;
 }

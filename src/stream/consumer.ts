@@ -9,6 +9,7 @@ import { sleep } from "../sleep.js";
 import { decodeReference } from "../wire/codec.js";
 import { DecodeError } from "../errors.js";
 import type { JetStreamLargeBatches } from "./large-objects.js";
+import { withWriteLock } from "../sqlite/busy.js";
 import { readOwnMessages } from "./own-messages.js";
 import type { ShardStream } from "./streams.js";
 
@@ -16,10 +17,10 @@ import type { ShardStream } from "./streams.js";
 export interface MessageApplier {
   appliedSequence(stream: string): number;
   applyMessage(stream: string, seq: number, data: Uint8Array): ApplyResult;
-  /** Several messages in one transaction that records the last sequence (optional: else one at a time). */
-  applyMessages?(stream: string, messages: readonly StreamMessage[]): ApplyResult[];
+  /** Several messages in one transaction that records the last sequence. */
+  applyMessages(stream: string, messages: readonly StreamMessage[]): ApplyResult[];
   /** This node's message stored at `seq` and not applied yet (see recallOwnMessages); returns its row count. */
-  noteStoredMessage?(stream: string, seq: number, data: Uint8Array): number;
+  noteStoredMessage(stream: string, seq: number, data: Uint8Array): number;
 }
 
 /** Messages already delivered that are applied together at most: bounds how long one transaction holds the write lock. */
@@ -55,6 +56,8 @@ export interface ShardConsumerOptions {
  */
 export class ShardConsumer {
   private lastLag = -1;
+  /** messages the stream dropped before this node applied them, since start (see handle) */
+  private missed = 0;
   /** the running consume() call, to stop when it stalls */
   private current?: { stop(): void };
   private progress = { applied: -1, at: Date.now() };
@@ -104,8 +107,7 @@ export class ShardConsumer {
    * memory of the run that ended. Returns how many messages were found.
    */
   async recallOwnMessages(msgIdPrefix: string, lastStored: number, signal: AbortSignal): Promise<number> {
-    const note = this.applier.noteStoredMessage?.bind(this.applier);
-    if (!note) return 0;
+    const note = this.applier.noteStoredMessage.bind(this.applier);
     const { stream } = this.shard;
     const applied = this.appliedSequence();
     // Only as far as the last run recorded storing a message whose changes then left the change log (one still in
@@ -153,6 +155,11 @@ export class ShardConsumer {
     this.current.stop();
   }
 
+  /** Messages of this stream the node never applied because the stream dropped them first (since start). */
+  get missedMessages(): number {
+    return this.missed;
+  }
+
   get lastKnownLag(): number {
     return this.lastLag;
   }
@@ -195,7 +202,7 @@ export class ShardConsumer {
         // counts the client's queued pull requests, so it can stay above 0 with no message left and stall the batch.
         const queued = messages.getReceived() - messages.getProcessed();
         if (queued > 0 && batch.length < MAX_BATCH_MESSAGES && batchBytes < MAX_BATCH_BYTES) continue;
-        const goOn = await this.handleBatch(batch);
+        const goOn = await this.handleBatch(batch, signal);
         batch = [];
         batchBytes = 0;
         if (!goOn) break;
@@ -209,10 +216,10 @@ export class ShardConsumer {
   }
 
   /**
-   * Apply messages that continue the stream in one transaction, then ack them all; anything unusual (a gap, or an
-   * applier without batches) takes the one-at-a-time path. False when the consumer must be started again.
+   * Apply messages that continue the stream in one transaction, then ack them all; anything unusual (a gap) takes
+   * the one-at-a-time path. False when the consumer must be started again.
    */
-  private async handleBatch(batch: JsMsg[]): Promise<boolean> {
+  private async handleBatch(batch: JsMsg[], signal: AbortSignal): Promise<boolean> {
     const { stream } = this.shard;
     let expected = this.applier.appliedSequence(stream) + 1;
     const contiguous = batch.every((m) => {
@@ -220,13 +227,13 @@ export class ShardConsumer {
       expected = Math.max(expected, m.seq + 1);
       return ok;
     });
-    if (batch.length === 1 || !contiguous || !this.applier.applyMessages) {
-      for (const m of batch) if (!(await this.handle(m))) return false;
+    if (batch.length === 1 || !contiguous) {
+      for (const m of batch) if (!(await this.handle(m, signal))) return false;
       return true;
     }
     const messages: StreamMessage[] = [];
     for (const m of batch) messages.push({ seq: m.seq, data: await this.resolvedData(m.seq, m.data) });
-    const results = this.applier.applyMessages(stream, messages);
+    const results = await withWriteLock(() => this.applier.applyMessages!(stream, messages), `applying ${stream}`, this.logger, signal);
     // Acked only now: the transaction that applied them and recorded the last sequence has committed.
     for (const m of batch) m.ack();
     for (const [i, result] of results.entries()) this.record(batch[i]!, result);
@@ -281,12 +288,15 @@ export class ShardConsumer {
   }
 
   /** Apply one message; false when the consumer must be started again to keep the order. */
-  private async handle(m: JsMsg): Promise<boolean> {
+  private async handle(m: JsMsg, signal: AbortSignal): Promise<boolean> {
     const { stream } = this.shard;
     const applied = this.applier.appliedSequence(stream);
     if (m.seq > applied + 1) {
       const info = await this.jsm.streams.info(stream);
       if (info.state.first_seq > applied + 1) {
+        const missed = info.state.first_seq - 1 - applied;
+        this.missed += missed;
+        this.metrics?.missedMessages.inc(missed, { stream });
         this.logger.error("this node missed changes: the stream dropped them before they were applied here (max_entries)", {
           stream,
           missed_from: applied + 1,
@@ -298,7 +308,8 @@ export class ShardConsumer {
         return false;
       }
     }
-    const result = this.applier.applyMessage(stream, m.seq, await this.resolvedData(m.seq, m.data));
+    const data = await this.resolvedData(m.seq, m.data);
+    const result = await withWriteLock(() => this.applier.applyMessage(stream, m.seq, data), `applying ${stream}`, this.logger, signal);
     m.ack();
     this.record(m, result);
     return true;

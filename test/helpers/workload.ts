@@ -131,6 +131,17 @@ const TABLES: TableSpec[] = [
     order: "node, k",
   },
   {
+    name: "accounts",
+    columns: [
+      { name: "id", decl: "INTEGER" },
+      { name: "email", decl: "TEXT" },
+      { name: "v", decl: "" },
+    ],
+    // Rows with different keys clash on email: with several shards, every node must still keep the same ones.
+    ddl: "CREATE TABLE accounts (id INTEGER PRIMARY KEY, email TEXT UNIQUE, v)",
+    order: "id",
+  },
+  {
     name: "journal",
     columns: [
       { name: "id", decl: "INTEGER" },
@@ -156,6 +167,8 @@ const OWNERS = ["a", "o'neil", "🦫", "Ünï"].map(textLiteral);
 const SLOTS = ["0", "1", "2", "3", "4"];
 const LOOSE_ROWIDS = Array.from({ length: 20 }, (_, i) => String(i + 1));
 const OWNED_KEYS = Array.from({ length: 8 }, (_, i) => String(i));
+const ACCOUNT_IDS = Array.from({ length: 12 }, (_, i) => String(i + 1));
+const EMAILS = ["a@example.com", "b@example.com", "c@example.com", "d@example.com", "ünï@example.com", "NULL"].map((e) => (e === "NULL" ? e : textLiteral(e)));
 const KV_KEYS = [...Array.from({ length: 18 }, (_, i) => `k${i}`), "it's", "日本"].map(textLiteral);
 
 const TEXT_PIECES = ["plain", "it's", '"dq"', "🦫", "Ünïcödé", "日本語", "line\nbreak", "tab\there", "", " ", "%_", "\\", "NULL", "x'00'", "'", "Ω≈ç√"];
@@ -292,7 +305,9 @@ export class WorkloadWriter {
   }
 
   private operation(): string {
-    switch (this.r.int(5)) {
+    switch (this.r.int(6)) {
+      case 5:
+        return this.accountsOp();
       case 0:
         return this.itemsOp();
       case 1:
@@ -441,6 +456,28 @@ export class WorkloadWriter {
         return `DELETE FROM kv WHERE k = ${k()};`;
       default:
         return `UPDATE OR ${r.pick(["IGNORE", "REPLACE"])} kv SET k = ${k()} WHERE k = ${k()};`;
+    }
+  }
+
+  /** Rows that clash on a UNIQUE email: only the forms that resolve a clash locally, so the app never fails. */
+  private accountsOp(): string {
+    const r = this.r;
+    const id = () => this.key("accounts", "id", ACCOUNT_IDS);
+    const email = () => this.key("accounts", "email", EMAILS);
+    switch (r.int(5)) {
+      case 0:
+      case 1: {
+        const [v] = this.values("accounts", ["v"]);
+        return `INSERT OR REPLACE INTO accounts (id, email, v) VALUES (${id()}, ${email()}, ${v});`;
+      }
+      case 2:
+        return `UPDATE OR ${r.pick(["IGNORE", "REPLACE"])} accounts SET email = ${email()} WHERE id = ${id()};`;
+      case 3: {
+        const [v] = this.values("accounts", ["v"]);
+        return `INSERT OR IGNORE INTO accounts (id, email, v) VALUES (${id()}, ${email()}, ${v});`;
+      }
+      default:
+        return r.chance(0.5) ? `DELETE FROM accounts WHERE email = ${email()};` : `DELETE FROM accounts WHERE id = ${id()};`;
     }
   }
 

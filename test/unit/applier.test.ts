@@ -513,6 +513,45 @@ describe("rows that clash on a UNIQUE column", () => {
   });
 });
 
+describe("rows that clash on a UNIQUE column while the app's newer write is on its way", () => {
+  const USERS: WireTable = { name: "users", columns: ["id", "email", "name"], keyColumns: ["id"] };
+  const schema = "CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT UNIQUE, name TEXT);";
+  const users = (path: string) => rows(path, "SELECT group_concat(id || ':' || email || ':' || name, ',') FROM (SELECT * FROM users ORDER BY id)");
+
+  it("go as they go on every other node, though the change that clashes with them is skipped here", () => {
+    // This node (1) and another one (3) apply the same stream; only node 1's app writes meanwhile.
+    const here = node(schema, { origin: "1/e1" });
+    const elsewhere = node(schema, { origin: "3/e1" });
+    try {
+      for (const n of [here, elsewhere]) n.applier.applyMessage(STREAM, 1, batch(change(USERS, "upsert", 1, [7n, "x@example.com", "seven"])));
+      // The app here writes row 9; before that reaches the stream, node 2's row 9 takes row 7's email.
+      sqlite3(here.path, "INSERT INTO users VALUES (9, 'y@example.com', 'mine');");
+      const clash = batch(change(USERS, "upsert", 2, [9n, "x@example.com", "theirs"]));
+      for (const n of [here, elsewhere]) n.applier.applyMessage(STREAM, 2, clash);
+      assert.equal(users(elsewhere.path), "9:x@example.com:theirs", "row 7 lost the clash");
+      assert.equal(users(here.path), "9:y@example.com:mine", "here too row 7 went, and the app's newer row 9 stays");
+      // The app's row 9 reaches the stream: both nodes end the same.
+      for (const n of [here, elsewhere]) n.applier.applyMessage(STREAM, 3, batch(change(USERS, "upsert", 5, [9n, "y@example.com", "mine"])));
+      assert.equal(users(elsewhere.path), users(here.path));
+    } finally {
+      here.db.close();
+      elsewhere.db.close();
+    }
+  });
+
+  it("go too when the app's newer change of the row is a delete", () => {
+    const here = node(schema, { origin: "1/e1" });
+    try {
+      here.applier.applyMessage(STREAM, 1, batch(change(USERS, "upsert", 1, [7n, "x@example.com", "seven"]), change(USERS, "upsert", 2, [9n, "z@example.com", "nine"])));
+      sqlite3(here.path, "DELETE FROM users WHERE id = 9;");
+      here.applier.applyMessage(STREAM, 2, batch(change(USERS, "upsert", 3, [9n, "x@example.com", "theirs"])));
+      assert.equal(users(here.path), "", "row 7 lost the clash, and row 9 stays deleted");
+    } finally {
+      here.db.close();
+    }
+  });
+});
+
 describe("the app's own newer writes", () => {
   const OWN: ApplierOptions = { origin: "1/e1" };
 
@@ -673,6 +712,40 @@ describe("the app's own newer writes", () => {
       sqlite3(n.path, "INSERT INTO Books VALUES (1, 'Emma', 'Austen');");
       n.applier.applyMessage(STREAM, 1, batch(upsertBook(1, "Dracula", "Stoker", 5)));
       assert.equal(rows(n.path, "SELECT title FROM Books"), "Dracula");
+    } finally {
+      n.db.close();
+    }
+  });
+});
+
+describe("the node's own changes coming back from the stream", () => {
+  const USERS: WireTable = { name: "users", columns: ["id", "email"], keyColumns: ["id"] };
+  const schema = "CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT UNIQUE);";
+  const userKey = (id: bigint) => rowKeyString(rowKeyBytes("users", [id]));
+
+  it("are written again when the row no longer holds them, and change nothing when it does", () => {
+    const n = node(schema, { origin: "1/e1" });
+    try {
+      sqlite3(n.path, "INSERT INTO users VALUES (1, 'x@example.com'), (2, 'y@example.com');");
+      const logged = Number(n.db.prepare(`SELECT max(__marmot_id) FROM ${quoteIdent(changeLogTable("users"))}`).pluck().get());
+      // The shipper published both rows; JetStream stored them at 2; they left the change log.
+      n.applier.noteStored(STREAM, 2, [userKey(1n), userKey(2n)]);
+      n.db.prepare(`DELETE FROM ${quoteIdent(changeLogTable("users"))} WHERE __marmot_id <= ?`).run(BigInt(logged));
+      // Before them in the stream: another node's row with the same email as row 1. It wins here for now (the
+      // later write wins), and takes row 1 away.
+      n.applier.applyMessage(STREAM, 1, batch(change(USERS, "upsert", 9, [5n, "x@example.com"])));
+      assert.equal(rows(n.path, "SELECT group_concat(id, ',') FROM (SELECT id FROM users ORDER BY id)"), "2,5");
+
+      // Row 1 comes back later in the stream: every node ends with it, so this one must write it again; row 2
+      // is as the message leaves it.
+      const result = n.applier.applyMessage(
+        STREAM,
+        2,
+        encodeBatch({ origin: "1/e1", changes: [change(USERS, "upsert", logged - 1, [1n, "x@example.com"]), change(USERS, "upsert", logged, [2n, "y@example.com"])] }),
+      );
+      assert.equal(result.outcome, "applied");
+      assert.equal(rows(n.path, "SELECT group_concat(id || ':' || email, ',') FROM (SELECT * FROM users ORDER BY id)"), "1:x@example.com,2:y@example.com");
+      assert.equal(appliedSeq(n.path), "2");
     } finally {
       n.db.close();
     }

@@ -14,7 +14,7 @@ import { createHash } from "node:crypto";
 import { decodeBatch, decodeReference, type WireChange } from "../../src/wire/codec.js";
 import type { LargeBatchStore } from "../../src/stream/large-objects.js";
 import type { BatchPublisher } from "../../src/stream/publisher.js";
-import { rowKeyBytes, rowKeyString, shardOf } from "../../src/wire/shard.js";
+import { rowKeyBytes, rowKeyString, shardOf, shardOfRow } from "../../src/wire/shard.js";
 import { createDb, recordingLogger, removeTempDirs, sqlite3, tempDir, type RecordedLine } from "../helpers/sqlite.js";
 
 after(removeTempDirs);
@@ -87,8 +87,8 @@ interface Setup {
   shipper(publisher: BatchPublisher, options?: Partial<ShipperOptions>): ChangeShipper;
 }
 
-function setup(): Setup {
-  const path = createDb(join(tempDir(), "app.sqlite"), SCHEMA);
+function setup(schema = SCHEMA): Setup {
+  const path = createDb(join(tempDir(), "app.sqlite"), schema);
   const db = openDatabase(path, recordingLogger());
   const reader = new ChangeLogReader(db);
   reader.setTables(installCapture(db, recordingLogger()).tables);
@@ -582,6 +582,32 @@ describe("shipping the change log", () => {
       assert.equal(stream.stored.length, 1);
       assert.equal(decodeBatch(stream.stored[0]!.payload).changes.length, 3);
       assert.equal(pendingInFile(s.path), 0);
+      } finally {
+        s.db.close();
+      }
+    });
+
+  it("keeps every row of a table with a UNIQUE value besides its key on one shard, so one stream orders their clashes", async () => {
+    const s = setup(`${SCHEMA}
+      CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT UNIQUE, name TEXT);
+      CREATE TABLE handles (id TEXT PRIMARY KEY, handle TEXT);
+      CREATE UNIQUE INDEX handles_by_handle ON handles (lower(handle));`);
+    try {
+      const users: string[] = [];
+      const handles: string[] = [];
+      for (let i = 0; i < 60; i++) {
+        users.push(`(${i}, 'u${i}@example.com', 'user ${i}')`);
+        handles.push(`('h${i}', 'Handle${i}')`);
+      }
+      sqlite3(s.path, `INSERT INTO users VALUES ${users.join(", ")}; INSERT INTO handles VALUES ${handles.join(", ")};`);
+      insertBooks(s.path, 1, 60);
+      const shards = 4;
+      const fake = new FakePublisher();
+      await s.shipper(fake, { shards }).shipRound(new AbortController().signal);
+      const shardsOf = (table: string) => new Set(fake.changes().filter(({ change }) => change.table.name === table).map(({ shard }) => shard));
+      assert.deepEqual([...shardsOf("users")], [shardOfRow("users", new Uint8Array(), shards, true)]);
+      assert.deepEqual([...shardsOf("handles")], [shardOfRow("handles", new Uint8Array(), shards, true)]);
+      assert.equal(shardsOf("Books").size, shards, "a table without such a constraint still spreads");
     } finally {
       s.db.close();
     }
