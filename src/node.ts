@@ -18,10 +18,11 @@ import { ChangeShipper, msgIdPrefix } from "./shipper.js";
 import { sleep } from "./sleep.js";
 import { Applier } from "./sqlite/applier.js";
 import { failFastWhenBusy, withWriteLock } from "./sqlite/busy.js";
-import { installCapture, schemaVersion } from "./sqlite/capture.js";
+import { installCapture, schemaVersion, type CaptureResult } from "./sqlite/capture.js";
 import { ChangeLogReader } from "./sqlite/change-log.js";
 import { logAllRowsSql } from "./sqlite/trigger-sql.js";
 import { openDatabase } from "./sqlite/open.js";
+import { SchemaSync } from "./sqlite/schema-sync.js";
 import type { TableInfo } from "./sqlite/table.js";
 import { commitWatch, DatabaseWatcher } from "./sqlite/watcher.js";
 import { catchUp } from "./stream/catch-up.js";
@@ -34,7 +35,7 @@ import { DUPLICATE_WINDOW_MS } from "./stream/duplicate-window.js";
 import { cleanUpLargeBatches, JetStreamLargeBatches, largeBatchBucket } from "./stream/large-objects.js";
 import { readOwnMessages } from "./stream/own-messages.js";
 import { JetStreamPublisher } from "./stream/publisher.js";
-import { ensureStreams, serverVersionRisk, type ShardStream } from "./stream/streams.js";
+import { ensureStreams, schemaStream, serverVersionRisk, type ShardStream } from "./stream/streams.js";
 import { Wakeup } from "./wakeup.js";
 
 /** Where the embedded nats-server keeps its JetStream store: beside the database, one folder per node. */
@@ -66,6 +67,8 @@ export class MarmotNode {
   private readonly reader: ChangeLogReader;
   /** set once capture is installed (it creates the tables the applier uses) */
   private applier!: Applier;
+  /** schema changes to and from the other nodes; set with capture */
+  private schema!: SchemaSync;
   private readonly watcher: DatabaseWatcher;
   private epoch = "";
   private knownSchemaVersion = -1;
@@ -116,13 +119,43 @@ export class MarmotNode {
   /** Capture first: it creates the internal tables the reader and the applier use. */
   private async installCaptureAtStart(signal: AbortSignal): Promise<void> {
     const { config, logger } = this;
-    const captured = await withWriteLock(() => installCapture(this.db, logger, config.tables), "installing capture", logger, signal);
-    this.applier = new Applier(
-      this.db,
-      logger.child({ component: "applier" }),
-      config.publish ? { origin: batchOrigin(config.nodeId, captured.epoch) } : {},
-    );
+    const install = this.db.transaction(() => {
+      const result = installCapture(this.db, logger, config.tables);
+      this.schema = this.newSchemaSync(result.epoch);
+      this.schema.start(result.tables);
+      return result;
+    });
+    const captured = await withWriteLock(() => install.immediate(), "installing capture", logger, signal);
+    this.applier = new Applier(this.db, logger.child({ component: "applier" }), {
+      ...(config.publish ? { origin: batchOrigin(config.nodeId, captured.epoch) } : {}),
+      droppedTable: (table) => this.schema.isDroppedTable(table),
+    });
     this.useCapture(captured);
+  }
+
+  private newSchemaSync(epoch: string): SchemaSync {
+    const { config } = this;
+    return new SchemaSync(this.db, this.logger.child({ component: "schema" }), {
+      filter: config.tables,
+      origin: batchOrigin(config.nodeId, epoch),
+      stream: schemaStream(config).stream,
+      publish: config.publish,
+      capture: () => installCapture(this.db, this.logger, config.tables),
+      captured: (result, previous) => {
+        this.useCapture(result, previous);
+        this.retryParkedSoon();
+      },
+      capturedTables: () => this.capturedTables,
+      knownSchemaVersion: () => this.knownSchemaVersion,
+    });
+  }
+
+  /** Changes that waited for a table or column: tried again after the schema stream changed the schema. */
+  private retryParkedSoon(): void {
+    if (!this.applier.hasParked()) return;
+    withWriteLock(() => this.applier.retryParked(), "applying changes that waited for the schema", this.logger, this.abort.signal).catch((err) => {
+      if (!this.abort.signal.aborted) this.logger.warn("could not apply the changes that waited for the schema; trying at the next schema change", { reason: (err as Error).message });
+    });
   }
 
   /**
@@ -184,7 +217,7 @@ export class MarmotNode {
     return this.abort.signal.aborted;
   }
 
-  private useCapture({ tables, epoch }: { tables: TableInfo[]; epoch: string }, previous?: readonly TableInfo[]): void {
+  private useCapture({ tables, epoch }: CaptureResult, previous?: readonly TableInfo[]): void {
     if (previous) this.captureRowsOfNewTables(tables, previous);
     this.epoch = epoch;
     this.capturedTables = tables;
@@ -229,7 +262,14 @@ export class MarmotNode {
   /** One try: installCapture is one transaction, and retryParked another (it may find the lock taken again). */
   private updateCapture(): void {
     if (schemaVersion(this.db) !== this.knownSchemaVersion) {
-      this.useCapture(installCapture(this.db, this.logger, this.config.tables), this.capturedTables);
+      const previous = this.capturedTables;
+      const update = this.db.transaction(() => {
+        const result = installCapture(this.db, this.logger, this.config.tables);
+        const known = new Set(previous.map((t) => t.name));
+        this.schema.notice(result.tables, new Set(result.tables.filter((t) => !known.has(t.name)).map((t) => t.name)));
+        return result;
+      });
+      this.useCapture(update.immediate(), previous);
     }
     if (this.applier.hasParked()) this.applier.retryParked();
   }
@@ -268,7 +308,10 @@ export class MarmotNode {
     const js = jetstream(this.nc);
     const largeBatches = await JetStreamLargeBatches.open(js, largeBatchBucket(config.nats.streamPrefix), config.replicationLog.replicas, logger, signal);
 
+    const schema = schemaStream(config);
     if (config.replicate) {
+      const schemaConsumer = new ShardConsumer(js, jsm, schema, this.schema, { durableName: name }, logger.child({ component: "consumer", stream: schema.stream }), this.metrics);
+      this.tasks.push(schemaConsumer.run(signal));
       this.consumers = streams.map(
         (s) =>
           new ShardConsumer(js, jsm, s, this.applier, { durableName: name, largeBatches }, logger.child({ component: "consumer", shard: s.shard }), this.metrics),
@@ -302,7 +345,9 @@ export class MarmotNode {
       const leftovers = config.replicate
         ? () => this.catchUpBeforeShipping(signal)
         : () => this.forgetStoredLeftovers(js, jsm, streams, largeBatches, msgIdPrefix(config.nodeId, this.epoch), signal);
-      this.tasks.push(this.shipLoop(shipper, leftovers, signal));
+      const schemaPublisher = new JetStreamPublisher(js, jsm, [schema]);
+      const schemaFirst = () => this.publishSchemaChanges(schemaPublisher, signal);
+      this.tasks.push(this.shipLoop(shipper, leftovers, schemaFirst, signal));
       this.tasks.push(cleanUpLargeBatches(largeBatches, `${config.nodeId}-`, jsm, logger.child({ component: "large-changes" }), signal));
     }
     this.tasks.push(this.housekeeping(signal));
@@ -336,7 +381,22 @@ export class MarmotNode {
     );
   }
 
-  private async shipLoop(shipper: ChangeShipper, leftovers: () => Promise<void>, signal: AbortSignal): Promise<void> {
+  /**
+   * Before each shipping round: a schema change not noticed yet is noticed (capture follows it), and every schema
+   * message waiting is stored in the schema stream. Rows captured after a schema change so never leave before it.
+   */
+  private async publishSchemaChanges(publisher: JetStreamPublisher, signal: AbortSignal): Promise<void> {
+    if (schemaVersion(this.db) !== this.knownSchemaVersion) {
+      this.onDatabaseChange();
+      await this.captureUpdate;
+      if (schemaVersion(this.db) !== this.knownSchemaVersion) throw new Error("capture has not followed the latest schema change yet");
+    }
+    if (!this.schema.hasUnpublished()) return;
+    const prefix = msgIdPrefix(this.config.nodeId, this.epoch);
+    await this.schema.publishPending(publisher, prefix, (work) => withWriteLock(work, "recording a published schema change", this.logger, signal));
+  }
+
+  private async shipLoop(shipper: ChangeShipper, leftovers: () => Promise<void>, schemaFirst: () => Promise<void>, signal: AbortSignal): Promise<void> {
     try {
       await leftovers();
     } catch (err) {
@@ -348,6 +408,7 @@ export class MarmotNode {
     while (!signal.aborted) {
       let shipped = 0;
       try {
+        await schemaFirst();
         shipped = await shipper.shipRound(signal);
       } catch (err) {
         if (signal.aborted) break;

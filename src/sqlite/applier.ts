@@ -41,6 +41,11 @@ export interface ApplierOptions {
    * (see own-writes.ts). Without it (publish = false), every change applies.
    */
   origin?: string;
+  /**
+   * Whether the schema stream dropped this table (it does not exist here): a change of it is obsolete, not early,
+   * and is left out instead of waiting for a table that is not coming (see schema-sync.ts).
+   */
+  droppedTable?: (table: string) => boolean;
 }
 
 /**
@@ -99,7 +104,7 @@ export class Applier {
   constructor(
     private readonly db: Database,
     private readonly logger: Logger,
-    options: ApplierOptions = {},
+    private readonly options: ApplierOptions = {},
   ) {
     this.ownWrites = new OwnWrites(db, options.origin);
     this.enterApply = db.prepare(`INSERT INTO ${quoteIdent(APPLYING_TABLE)} VALUES (1)`);
@@ -308,7 +313,10 @@ export class Applier {
             };
       byOp[change.op] = plan;
     }
-    if (plan.reason !== undefined) return plan.reason;
+    if (plan.reason !== undefined) {
+      if (!this.tables.has(change.table.name) && this.options.droppedTable?.(change.table.name) === true) return undefined;
+      return plan.reason;
+    }
     if (this.ownWrites.enabled) {
       const key = change.op === "upsert" ? plan.keyPositions.map((p) => change.values[p]!) : change.values;
       if (this.ownWrites.supersedes(plan.local, key, change, source, context.own)) {

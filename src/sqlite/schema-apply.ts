@@ -1,0 +1,129 @@
+// Makes this database's objects equal to a schema message's definitions, with SQLite's exact text, keeping rows.
+
+import type Database from "better-sqlite3";
+import type { Logger } from "../log.js";
+import { tablePlan } from "../snapshot/restore-schema.js";
+import type { SchemaChange } from "../wire/schema-message.js";
+import { INTERNAL_PREFIX } from "./names.js";
+import { quoteIdent } from "./quote.js";
+import { foldCase } from "./schema.js";
+import { objectKey } from "./schema-state.js";
+
+interface LocalObject {
+  type: string;
+  name: string;
+  tblName: string;
+  sql: string | null;
+}
+
+/** Dropped before tables, created after them: what depends on a table goes first and comes back last. */
+const DEPENDENTS = ["trigger", "view", "index"] as const;
+
+function localObjects(db: Database.Database): Map<string, LocalObject> {
+  const rows = db.prepare("SELECT type, name, tbl_name AS tblName, sql FROM main.sqlite_master").all() as LocalObject[];
+  return new Map(rows.map((row) => [objectKey(row.type, row.name), row]));
+}
+
+const isVirtual = (sql: string | null): boolean => /^\s*CREATE\s+VIRTUAL\s/i.test(sql ?? "");
+
+/**
+ * Apply `changes` inside the caller's transaction. An object whose local definition already equals the message's
+ * is left alone; an index, view or trigger is dropped and created again; a table defined otherwise is rebuilt to
+ * the exact text (see rebuildTable). Each object is its own savepoint: one that SQLite refuses (its table is
+ * missing here, say) is logged and skipped, and the others still apply. Returns how many objects changed here.
+ */
+export function applySchemaChanges(db: Database.Database, changes: readonly SchemaChange[], logger: Logger): number {
+  let local = localObjects(db);
+  let changed = 0;
+  const attempt = (change: SchemaChange, what: string, work: () => void): void => {
+    try {
+      db.transaction(work)();
+      changed++;
+    } catch (err) {
+      if (!(err as { code?: string }).code?.startsWith("SQLITE_")) throw err;
+      logger.error("could not apply a schema change from another node; this node's schema differs until that object changes again", {
+        object: change.name,
+        type: change.type,
+        step: what,
+        reason: (err as Error).message,
+      });
+    }
+  };
+  const current = (change: SchemaChange) => local.get(objectKey(change.type, change.name));
+
+  for (const type of DEPENDENTS) {
+    for (const change of changes.filter((c) => c.type === type)) {
+      const here = current(change);
+      if (here === undefined || here.sql === change.sql) continue;
+      attempt(change, "drop", () => db.exec(`DROP ${type.toUpperCase()} IF EXISTS main.${quoteIdent(here.name)}`));
+    }
+  }
+  for (const change of changes.filter((c) => c.type === "table")) {
+    const here = current(change);
+    if (here?.sql === change.sql) continue;
+    if (change.sql === null) {
+      if (here !== undefined) attempt(change, "drop", () => db.exec(`DROP TABLE IF EXISTS main.${quoteIdent(here.name)}`));
+    } else if (here === undefined) {
+      attempt(change, "create", () => db.exec(change.sql!));
+    } else if (isVirtual(here.sql) || isVirtual(change.sql)) {
+      attempt(change, "create again", () => {
+        db.exec(`DROP TABLE main.${quoteIdent(here.name)}`);
+        db.exec(change.sql!);
+      });
+    } else {
+      const definedInMessage = new Set(changes.map((c) => objectKey(c.type, c.name)));
+      const keep = [...local.values()].filter(
+        (o) =>
+          (o.type === "index" || o.type === "trigger") &&
+          o.sql !== null &&
+          foldCase(o.tblName) === foldCase(here.name) &&
+          !o.name.startsWith(INTERNAL_PREFIX) &&
+          !definedInMessage.has(objectKey(o.type, o.name)),
+      );
+      attempt(change, "rebuild", () => rebuildTable(db, here.name, change.sql!, keep));
+    }
+  }
+  local = localObjects(db);
+  for (const type of ["index", "view", "trigger"] as const) {
+    for (const change of changes.filter((c) => c.type === type && c.sql !== null)) {
+      if (current(change)?.sql === change.sql) continue;
+      attempt(change, "create", () => db.exec(change.sql!));
+    }
+  }
+  return changed;
+}
+
+/**
+ * Rebuild a table to `sql`, SQLite's recommended way: the old table is renamed away (legacy_alter_table on, so no
+ * view or trigger elsewhere is rewritten to follow it), the new one created with the exact text, the columns both
+ * have copied (and the rowid, which keys rows of tables without a primary key on every node), the old one dropped,
+ * and its own indexes and triggers that the message does not define created again. Rows the copy cannot take (a new
+ * NOT NULL or CHECK) are left out: the origin sends every row of a table whose definition it changed anyway.
+ */
+function rebuildTable(db: Database.Database, name: string, sql: string, keep: readonly LocalObject[]): void {
+  const aside = `${INTERNAL_PREFIX}__rebuild_${name}`;
+  const legacy = Number(db.pragma("legacy_alter_table", { simple: true }));
+  db.pragma("legacy_alter_table = ON");
+  try {
+    db.exec(`DROP TABLE IF EXISTS main.${quoteIdent(aside)}`);
+    db.exec(`ALTER TABLE main.${quoteIdent(name)} RENAME TO ${quoteIdent(aside)}`);
+    db.exec(sql);
+    const from = tablePlan(db, "main", aside);
+    const to = tablePlan(db, "main", name);
+    const theirs = new Map(from.columns.map((c) => [foldCase(c), c]));
+    const common = to.columns.filter((c) => theirs.has(foldCase(c)));
+    const target = common.map(quoteIdent);
+    const source = common.map((c) => quoteIdent(theirs.get(foldCase(c))!));
+    if (to.rowid !== undefined && !to.rowidIsColumn && from.rowid !== undefined) {
+      target.unshift(quoteIdent(to.rowid));
+      source.unshift(quoteIdent(from.rowid));
+    }
+    if (target.length > 0) {
+      db.exec(`INSERT OR IGNORE INTO main.${quoteIdent(name)} (${target.join(", ")}) SELECT ${source.join(", ")} FROM main.${quoteIdent(aside)}`);
+    }
+    db.exec(`DROP TABLE main.${quoteIdent(aside)}`);
+  } finally {
+    db.pragma(`legacy_alter_table = ${legacy ? "ON" : "OFF"}`);
+  }
+  for (const object of keep) db.exec(object.sql!);
+}

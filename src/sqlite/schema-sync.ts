@@ -1,0 +1,272 @@
+// Schema changes between nodes: notices the app's changes of the user schema, keeps them as messages until the
+// schema stream has stored them, and applies the schema stream, every node's messages in the stream's order.
+
+import type Database from "better-sqlite3";
+import { DecodeError } from "../errors.js";
+import type { Logger } from "../log.js";
+import type { BatchPublisher } from "../stream/publisher.js";
+import type { ApplyResult, StreamMessage } from "./applier.js";
+import type { CaptureResult } from "./capture.js";
+import { decodeSchemaMessage, encodeSchemaMessage, type SchemaChange, type SchemaMessage } from "../wire/schema-message.js";
+import { APPLIED_TABLE, APPLYING_TABLE, META_TABLE, PARKED_TABLE, SCHEMA_OUTBOX_TABLE } from "./names.js";
+import { quoteIdent } from "./quote.js";
+import { foldCase, schemaVersion, type TableFilter } from "./schema.js";
+import { applySchemaChanges } from "./schema-apply.js";
+import {
+  diffSchemaState,
+  droppedTables,
+  ensureSchemaTables,
+  objectKey,
+  readSchemaState,
+  recordSchemaState,
+  storedSchemaState,
+  tableTravels,
+} from "./schema-state.js";
+import type { TableInfo } from "./table.js";
+import { logAllRowsSql } from "./trigger-sql.js";
+
+/** META_TABLE key of the last schema message id handed out: ids name messages, so they are never reused. */
+const LAST_MESSAGE_ID_KEY = "schema_message_id";
+
+export interface SchemaSyncOptions {
+  /** `[tables]`: changes of objects of other tables stay on this node */
+  filter: TableFilter;
+  /** batchOrigin() of this node: its own messages are recognised by it */
+  origin: string;
+  /** the schema stream's name, under which its applied sequence is recorded */
+  stream: string;
+  /** false with publish = false: this node's schema changes stay here */
+  publish: boolean;
+  /**
+   * Capture made to match the schema (installCapture), called inside the transaction of an apply; the result goes
+   * to `captured` after the commit, with the tables captured before.
+   */
+  capture: () => CaptureResult;
+  captured: (result: CaptureResult, previous: readonly TableInfo[]) => void;
+  /** the tables captured now */
+  capturedTables: () => readonly TableInfo[];
+  /** PRAGMA schema_version as capture last saw it */
+  knownSchemaVersion: () => number;
+}
+
+interface OutboxRow {
+  id: bigint;
+  keys: string;
+  payload: Buffer;
+  published_seq: bigint | null;
+}
+
+export class SchemaSync {
+  private applied = 0;
+  private dropped = new Set<string>();
+
+  constructor(
+    private readonly db: Database.Database,
+    private readonly logger: Logger,
+    private readonly options: SchemaSyncOptions,
+  ) {}
+
+  /**
+   * Inside the transaction that installs capture at start: creates the schema tables (the schema as it is then is
+   * the starting point of a database marmot never managed), then notices what changed while marmot was away.
+   */
+  start(tables: readonly TableInfo[]): void {
+    if (ensureSchemaTables(this.db)) recordSchemaState(this.db, readSchemaState(this.db, this.options.filter));
+    const row = this.db.prepare(`SELECT seq FROM ${quoteIdent(APPLIED_TABLE)} WHERE stream = ?`).get(this.options.stream) as { seq: bigint | number } | undefined;
+    this.applied = row === undefined ? 0 : Number(row.seq);
+    this.notice(tables, new Set());
+  }
+
+  /** Whether a row change for `table` is obsolete: the schema stream dropped its table (see Applier). */
+  isDroppedTable(table: string): boolean {
+    return this.dropped.has(foldCase(table));
+  }
+
+  /**
+   * Inside the caller's transaction, after capture was made to match the schema: when the user schema differs from
+   * the recorded state, the difference becomes a message in the outbox, and every row of a table whose definition
+   * changed (other than by a column added at its end) is logged again: whatever the app's migration did to the
+   * values, its rows then overwrite every node's copy. `loggedAlready` names tables whose rows capture just logged
+   * (tables new to it). Returns how many objects changed.
+   */
+  notice(tables: readonly TableInfo[], loggedAlready: ReadonlySet<string>): number {
+    const { db } = this;
+    const stored = storedSchemaState(db);
+    const current = readSchemaState(db, this.options.filter);
+    const changes = diffSchemaState(stored, current);
+    if (changes.length === 0) return 0;
+    const droppedHere = changes.filter((c) => c.type === "table" && c.sql === null).map((c) => c.name);
+    if (this.options.publish) {
+      const id = this.nextMessageId();
+      const message: SchemaMessage = { origin: this.options.origin, id, changes };
+      const keys = JSON.stringify(changes.map((c) => objectKey(c.type, c.name)));
+      db.prepare(`INSERT INTO ${quoteIdent(SCHEMA_OUTBOX_TABLE)} (id, keys, payload) VALUES (?, ?, ?)`).run(BigInt(id), keys, encodeSchemaMessage(message));
+      const captured = new Map(tables.map((t) => [foldCase(t.name), t]));
+      for (const change of changes) {
+        if (change.type !== "table" || change.sql === null || loggedAlready.has(change.name)) continue;
+        const table = captured.get(foldCase(change.name));
+        const before = stored.get(objectKey("table", change.name))?.sql ?? null;
+        if (table === undefined || isColumnAppend(before, change.sql)) continue;
+        const rows = db.prepare(logAllRowsSql(table)).run().changes;
+        if (rows > 0) this.logger.info("the table's definition changed: its rows are sent again so that every node holds them as here", { table: table.name, rows });
+      }
+    }
+    recordSchemaState(db, current, droppedHere);
+    this.dropped = droppedTables(db);
+    this.logger.info(this.options.publish ? "schema changed; sending the change to the other nodes" : "schema changed (publish = false: it stays on this node)", {
+      objects: changes.map(describe).join(", "),
+    });
+    return changes.length;
+  }
+
+  private nextMessageId(): number {
+    const row = this.db.prepare(`SELECT value FROM ${quoteIdent(META_TABLE)} WHERE key = ?`).get(LAST_MESSAGE_ID_KEY) as { value: unknown } | undefined;
+    const id = (row === undefined ? 0 : Number(row.value)) + 1;
+    this.db
+      .prepare(`INSERT INTO ${quoteIdent(META_TABLE)} (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value`)
+      .run(LAST_MESSAGE_ID_KEY, String(id));
+    return id;
+  }
+
+  /** Whether schema messages of this node wait to be published. */
+  hasUnpublished(): boolean {
+    return this.db.prepare(`SELECT 1 FROM ${quoteIdent(SCHEMA_OUTBOX_TABLE)} WHERE published_seq IS NULL LIMIT 1`).get() !== undefined;
+  }
+
+  /**
+   * Publish the outbox's messages in order, each recorded as stored before the next goes. The shipper calls this
+   * before each round: no row captured after a schema change leaves before the change. `record` runs database work
+   * under the write lock (withWriteLock).
+   */
+  async publishPending(publisher: BatchPublisher, msgIdPrefix: string, record: (work: () => void) => Promise<void>): Promise<number> {
+    const rows = this.db
+      .prepare(`SELECT id, keys, payload, published_seq FROM ${quoteIdent(SCHEMA_OUTBOX_TABLE)} WHERE published_seq IS NULL ORDER BY id`)
+      .safeIntegers(true)
+      .all() as OutboxRow[];
+    for (const row of rows) {
+      const seq = await publisher.publish(0, row.payload, `${msgIdPrefix}schema-${row.id}`);
+      await record(() => {
+        this.db.prepare(`UPDATE ${quoteIdent(SCHEMA_OUTBOX_TABLE)} SET published_seq = ? WHERE id = ?`).run(BigInt(seq), row.id);
+        // Applied back already (the consumer can be faster than this record): nothing waits for it any more.
+        this.db.prepare(`DELETE FROM ${quoteIdent(SCHEMA_OUTBOX_TABLE)} WHERE published_seq <= ?`).run(BigInt(this.applied));
+      });
+      this.logger.debug("published a schema change", { id: Number(row.id), seq });
+    }
+    return rows.length;
+  }
+
+  appliedSequence(_stream: string): number {
+    return this.applied;
+  }
+
+  applyMessage(stream: string, seq: number, data: Uint8Array): ApplyResult {
+    return this.applyMessages(stream, [{ seq, data }])[0]!;
+  }
+
+  noteStoredMessage(): number {
+    return 0;
+  }
+
+  /**
+   * Apply schema messages in one transaction that records the last sequence. The app's own schema changes not yet
+   * noticed are noticed first, so that they are neither lost nor undone. Of another node's message, an object is
+   * skipped while this node has a change of it that the stream has not brought back yet: that change comes later
+   * in the stream, so every node ends with it. Capture follows the new schema in the same transaction.
+   */
+  applyMessages(stream: string, messages: readonly StreamMessage[]): ApplyResult[] {
+    const { db, logger } = this;
+    const before = this.applied;
+    const previous = this.options.capturedTables();
+    let last = before;
+    const results: ApplyResult[] = [];
+    const droppedNow: string[] = [];
+    const captured = db
+      .transaction(() => {
+        if (schemaVersion(db) !== this.options.knownSchemaVersion()) this.refreshCapture(previous);
+        db.prepare(`INSERT INTO ${quoteIdent(APPLYING_TABLE)} VALUES (1)`).run();
+        for (const { seq, data } of messages) {
+          if (seq <= last) {
+            results.push({ outcome: "duplicate", applied: 0, parked: 0 });
+            continue;
+          }
+          last = seq;
+          let message: SchemaMessage;
+          try {
+            message = decodeSchemaMessage(data);
+          } catch (err) {
+            if (!(err instanceof DecodeError)) throw err;
+            logger.error("set aside a message of the schema stream that is not a valid schema message", { stream, seq, reason: err.message });
+            db.prepare(`INSERT INTO ${quoteIdent(PARKED_TABLE)} (stream, seq, tbl, reason, payload, parked_at) VALUES (?, ?, NULL, ?, ?, ?)`).run(
+              stream,
+              BigInt(seq),
+              `undecodable: ${err.message}`,
+              Buffer.from(data),
+              BigInt(Date.now()),
+            );
+            results.push({ outcome: "parked", applied: 0, parked: 1 });
+            continue;
+          }
+          if (message.origin === this.options.origin) {
+            db.prepare(`DELETE FROM ${quoteIdent(SCHEMA_OUTBOX_TABLE)} WHERE id = ?`).run(BigInt(message.id));
+            results.push({ outcome: "applied", applied: 0, parked: 0 });
+            continue;
+          }
+          const wanted = this.applicable(message.changes, seq);
+          const changed = applySchemaChanges(db, wanted, logger);
+          for (const change of wanted) if (change.type === "table" && change.sql === null) droppedNow.push(change.name);
+          if (changed > 0) logger.info("applied a schema change of another node", { seq, origin: message.origin, objects: wanted.map(describe).join(", ") });
+          results.push({ outcome: "applied", applied: wanted.length, parked: 0 });
+        }
+        db.prepare(`DELETE FROM ${quoteIdent(APPLYING_TABLE)}`).run();
+        db.prepare(`INSERT INTO ${quoteIdent(APPLIED_TABLE)} (stream, seq) VALUES (?, ?) ON CONFLICT (stream) DO UPDATE SET seq = excluded.seq`).run(
+          stream,
+          BigInt(last),
+        );
+        db.prepare(`DELETE FROM ${quoteIdent(SCHEMA_OUTBOX_TABLE)} WHERE published_seq <= ?`).run(BigInt(last));
+        const result = this.options.capture();
+        recordSchemaState(db, readSchemaState(db, this.options.filter), droppedNow);
+        return result;
+      })
+      .immediate();
+    this.applied = last;
+    this.dropped = droppedTables(db);
+    this.options.captured(captured, previous);
+    return results;
+  }
+
+  /** Capture and the recorded state brought up to the app's own schema changes, inside the apply's transaction. */
+  private refreshCapture(previous: readonly TableInfo[]): void {
+    const result = this.options.capture();
+    const known = new Set(previous.map((t) => t.name));
+    const fresh = new Set(result.tables.filter((t) => !known.has(t.name)).map((t) => t.name));
+    this.notice(result.tables, fresh);
+  }
+
+  /** The changes of a message this node takes: not those of objects it changed itself since, nor of tables it leaves out. */
+  private applicable(changes: readonly SchemaChange[], seq: number): SchemaChange[] {
+    const pending = new Set<string>();
+    const rows = this.db
+      .prepare(`SELECT keys FROM ${quoteIdent(SCHEMA_OUTBOX_TABLE)} WHERE published_seq IS NULL OR published_seq > ?`)
+      .pluck(true)
+      .all(BigInt(seq)) as string[];
+    for (const keys of rows) for (const key of JSON.parse(keys) as string[]) pending.add(key);
+    return changes.filter((c) => !pending.has(objectKey(c.type, c.name)) && (c.type === "view" || tableTravels(c.tblName, this.options.filter)));
+  }
+}
+
+/**
+ * Whether `after` is `before` with column definitions added at its end, as ALTER TABLE ADD COLUMN writes it: the
+ * rows keep their values and the new column holds its (constant) default on every node, so they need not travel.
+ */
+export function isColumnAppend(before: string | null, after: string): boolean {
+  if (before === null) return false;
+  const close = before.lastIndexOf(")");
+  if (close < 0) return false;
+  const head = before.slice(0, close);
+  const tail = before.slice(close);
+  return after.length > before.length && after.startsWith(`${head}, `) && after.endsWith(tail);
+}
+
+function describe(change: SchemaChange): string {
+  return `${change.sql === null ? "dropped" : "defined"} ${change.type} ${change.name}`;
+}
