@@ -1,5 +1,6 @@
 // Wires one marmot node together: capture on the database, the embedded or external NATS, shipping and applying.
 
+import { setMaxListeners } from "node:events";
 import { mkdirSync } from "node:fs";
 import type { Server } from "node:http";
 import { dirname, join } from "node:path";
@@ -76,6 +77,7 @@ export class MarmotNode {
   private nc: NatsConnection | undefined;
   private metricsServer: Server | undefined;
   private consumers: ShardConsumer[] = [];
+  private schemaConsumer: ShardConsumer | undefined;
   private agreement: Agreement | undefined;
   private lastActivity = Date.now();
   private readonly loopLag = new EventLoopLag();
@@ -102,6 +104,8 @@ export class MarmotNode {
       this.failure = reject;
     });
     this.done.catch(() => undefined);
+    // One listener per consumer (the shards' and the schema stream's), the loops and the agreement: more than 10.
+    setMaxListeners(64, this.abort.signal);
     this.db = openDatabase(config.dbPath, logger);
     failFastWhenBusy(this.db);
     this.reader = new ChangeLogReader(this.db);
@@ -126,10 +130,11 @@ export class MarmotNode {
       return result;
     });
     const captured = await withWriteLock(() => install.immediate(), "installing capture", logger, signal);
-    this.applier = new Applier(this.db, logger.child({ component: "applier" }), {
-      ...(config.publish ? { origin: batchOrigin(config.nodeId, captured.epoch) } : {}),
-      droppedTable: (table) => this.schema.isDroppedTable(table),
-    });
+    this.applier = new Applier(
+      this.db,
+      logger.child({ component: "applier" }),
+      config.publish ? { origin: batchOrigin(config.nodeId, captured.epoch) } : {},
+    );
     this.useCapture(captured);
   }
 
@@ -310,8 +315,8 @@ export class MarmotNode {
 
     const schema = schemaStream(config);
     if (config.replicate) {
-      const schemaConsumer = new ShardConsumer(js, jsm, schema, this.schema, { durableName: name }, logger.child({ component: "consumer", stream: schema.stream }), this.metrics);
-      this.tasks.push(schemaConsumer.run(signal));
+      this.schemaConsumer = new ShardConsumer(js, jsm, schema, this.schema, { durableName: name }, logger.child({ component: "consumer", stream: schema.stream }), this.metrics);
+      this.tasks.push(this.schemaConsumer.run(signal));
       this.consumers = streams.map(
         (s) =>
           new ShardConsumer(js, jsm, s, this.applier, { durableName: name, largeBatches }, logger.child({ component: "consumer", shard: s.shard }), this.metrics),
@@ -519,6 +524,7 @@ export class MarmotNode {
         this.metrics.pendingPublish.set(this.reader.pendingCount());
         this.metrics.storedUnapplied.set(this.applier.storedRows);
         for (const c of this.consumers) await c.lag();
+        await this.settleParked();
       } catch (err) {
         this.logger.debug("metrics refresh failed", { reason: (err as Error).message });
       }
@@ -530,6 +536,19 @@ export class MarmotNode {
         void this.stop();
       }
     }
+  }
+
+  /**
+   * Changes parked for a table or column that never came: once this node has applied the schema stream to where it
+   * ended after they were parked, every schema change they could wait for is here (see Applier.retryParked).
+   */
+  private async settleParked(): Promise<void> {
+    const consumer = this.schemaConsumer;
+    if (consumer === undefined || !this.applier.hasParked()) return;
+    const asOf = Date.now();
+    const end = await consumer.streamEnd();
+    if (consumer.appliedSequence() < end) return;
+    await withWriteLock(() => this.applier.retryParked(asOf), "settling changes that waited for the schema", this.logger, this.abort.signal);
   }
 
   /** Last resort before a forced exit: never leave the embedded server running without its marmot. */

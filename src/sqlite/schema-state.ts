@@ -78,7 +78,7 @@ export function readSchemaState(db: Database.Database, filter: TableFilter): Sch
   return out;
 }
 
-/** The recorded state: key -> object; `sql` null is a table the schema stream dropped (see isDroppedTable). */
+/** The recorded state: key -> object. */
 export function storedSchemaState(db: Database.Database): Map<string, SchemaChange> {
   const rows = db.prepare(`SELECT k, type, name, tbl_name AS tblName, sql FROM ${quoteIdent(SCHEMA_TABLE)}`).all() as (SchemaChange & { k: string })[];
   return new Map(rows.map(({ k, ...object }) => [k, object]));
@@ -104,26 +104,13 @@ export function diffSchemaState(stored: Map<string, SchemaChange>, current: read
   return changes;
 }
 
-/**
- * Record `current` as the state this node has published or applied. Tables dropped through the schema stream
- * (`droppedTables`) are kept as markers: a row change that still arrives for one of them is obsolete, not early.
- */
-export function recordSchemaState(db: Database.Database, current: readonly SchemaObject[], droppedTables: Iterable<string> = []): void {
-  const markers = new Set<string>();
-  for (const [key, object] of storedSchemaState(db)) if (object.sql === null) markers.add(key);
-  for (const name of droppedTables) markers.add(objectKey("table", name));
+/** Record `current` as the state this node has published or applied. */
+export function recordSchemaState(db: Database.Database, current: readonly SchemaObject[]): void {
   db.prepare(`DELETE FROM ${quoteIdent(SCHEMA_TABLE)}`).run();
   const insert = db.prepare(`INSERT OR REPLACE INTO ${quoteIdent(SCHEMA_TABLE)} (k, type, name, tbl_name, sql) VALUES (?, ?, ?, ?, ?)`);
-  for (const key of markers) insert.run(key, "table", key.slice("table:".length), key.slice("table:".length), null);
   for (const object of current) {
     if (object.travels) insert.run(objectKey(object.type, object.name), object.type, object.name, object.tblName, object.sql);
   }
-}
-
-/** The tables the schema stream dropped and nobody created again since. */
-export function droppedTables(db: Database.Database): Set<string> {
-  const rows = db.prepare(`SELECT name FROM ${quoteIdent(SCHEMA_TABLE)} WHERE type = 'table' AND sql IS NULL`).pluck(true).all() as string[];
-  return new Set(rows.map(foldCase));
 }
 
 /**

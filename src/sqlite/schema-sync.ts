@@ -14,7 +14,6 @@ import { foldCase, schemaVersion, type TableFilter } from "./schema.js";
 import { applySchemaChanges } from "./schema-apply.js";
 import {
   diffSchemaState,
-  droppedTables,
   ensureSchemaTables,
   objectKey,
   readSchemaState,
@@ -58,7 +57,6 @@ interface OutboxRow {
 
 export class SchemaSync {
   private applied = 0;
-  private dropped = new Set<string>();
 
   constructor(
     private readonly db: Database.Database,
@@ -77,11 +75,6 @@ export class SchemaSync {
     this.notice(tables, new Set());
   }
 
-  /** Whether a row change for `table` is obsolete: the schema stream dropped its table (see Applier). */
-  isDroppedTable(table: string): boolean {
-    return this.dropped.has(foldCase(table));
-  }
-
   /**
    * Inside the caller's transaction, after capture was made to match the schema: when the user schema differs from
    * the recorded state, the difference becomes a message in the outbox, and every row of a table whose definition
@@ -95,7 +88,6 @@ export class SchemaSync {
     const current = readSchemaState(db, this.options.filter);
     const changes = diffSchemaState(stored, current);
     if (changes.length === 0) return 0;
-    const droppedHere = changes.filter((c) => c.type === "table" && c.sql === null).map((c) => c.name);
     if (this.options.publish) {
       const id = this.nextMessageId();
       const message: SchemaMessage = { origin: this.options.origin, id, changes };
@@ -111,8 +103,7 @@ export class SchemaSync {
         if (rows > 0) this.logger.info("the table's definition changed: its rows are sent again so that every node holds them as here", { table: table.name, rows });
       }
     }
-    recordSchemaState(db, current, droppedHere);
-    this.dropped = droppedTables(db);
+    recordSchemaState(db, current);
     this.logger.info(this.options.publish ? "schema changed; sending the change to the other nodes" : "schema changed (publish = false: it stays on this node)", {
       objects: changes.map(describe).join(", "),
     });
@@ -179,7 +170,6 @@ export class SchemaSync {
     const previous = this.options.capturedTables();
     let last = before;
     const results: ApplyResult[] = [];
-    const droppedNow: string[] = [];
     const captured = db
       .transaction(() => {
         if (schemaVersion(db) !== this.options.knownSchemaVersion()) this.refreshCapture(previous);
@@ -213,7 +203,6 @@ export class SchemaSync {
           }
           const wanted = this.applicable(message.changes, seq);
           const changed = applySchemaChanges(db, wanted, logger);
-          for (const change of wanted) if (change.type === "table" && change.sql === null) droppedNow.push(change.name);
           if (changed > 0) logger.info("applied a schema change of another node", { seq, origin: message.origin, objects: wanted.map(describe).join(", ") });
           results.push({ outcome: "applied", applied: wanted.length, parked: 0 });
         }
@@ -224,12 +213,11 @@ export class SchemaSync {
         );
         db.prepare(`DELETE FROM ${quoteIdent(SCHEMA_OUTBOX_TABLE)} WHERE published_seq <= ?`).run(BigInt(last));
         const result = this.options.capture();
-        recordSchemaState(db, readSchemaState(db, this.options.filter), droppedNow);
+        recordSchemaState(db, readSchemaState(db, this.options.filter));
         return result;
       })
       .immediate();
     this.applied = last;
-    this.dropped = droppedTables(db);
     this.options.captured(captured, previous);
     return results;
   }
