@@ -222,8 +222,8 @@ export class MarmotNode {
     return this.abort.signal.aborted;
   }
 
-  private useCapture({ tables, epoch }: CaptureResult, previous?: readonly TableInfo[]): void {
-    if (previous) this.captureRowsOfNewTables(tables, previous);
+  private useCapture({ tables, epoch, relogged }: CaptureResult, previous?: readonly TableInfo[]): void {
+    if (previous) this.captureRowsOfNewTables(tables, [...previous, ...tables.filter((t) => relogged.includes(t.name))]);
     this.epoch = epoch;
     this.capturedTables = tables;
     this.reader.setTables(tables);
@@ -271,7 +271,8 @@ export class MarmotNode {
       const update = this.db.transaction(() => {
         const result = installCapture(this.db, this.logger, this.config.tables);
         const known = new Set(previous.map((t) => t.name));
-        this.schema.notice(result.tables, new Set(result.tables.filter((t) => !known.has(t.name)).map((t) => t.name)));
+        const logged = [...result.tables.filter((t) => !known.has(t.name)).map((t) => t.name), ...result.relogged];
+        this.schema.notice(result.tables, new Set(logged));
         return result;
       });
       this.useCapture(update.immediate(), previous);

@@ -177,71 +177,122 @@ function copySequence(db: Database.Database, snapshot: string): void {
   db.exec(`INSERT INTO main.sqlite_sequence (name, seq) SELECT name, seq FROM ${quoteIdent(snapshot)}.sqlite_sequence WHERE ${notMarmot}`);
 }
 
+/** The rows of one table that this node changed and has not published yet, as the table held them before the restore. */
+export interface PendingRows {
+  table: string;
+  /** the columns that reach each row's key (rowid/_rowid_/oid for a table keyed by its rowid) */
+  keys: string[];
+  /** the table's writable columns besides the key */
+  columns: string[];
+  rows: { deleted: boolean; key: unknown[]; values: unknown[] }[];
+}
+
 /**
  * This node's own changes that were never published (the app wrote them while the node was away) are the newest
- * writes of their rows: the newest pending change of each row goes back onto the restored table (only the columns
- * the table still has). The change-log rows stay, so the shipper publishes them afterwards. Returns how many rows.
+ * writes of their rows. The change logs hold only each row's key: the rows themselves are read here, from the live
+ * tables, BEFORE the copy replaces them (same transaction), and put back by reapplyPendingChanges() after it.
  */
-export function reapplyPendingChanges(db: Database.Database, logger: Logger): number {
+export function readPendingRows(db: Database.Database, logger: Logger): PendingRows[] {
   const logs = db.prepare("SELECT name FROM main.sqlite_master WHERE type = 'table'").pluck(true).all() as string[];
-  let reapplied = 0;
+  const out: PendingRows[] = [];
   for (const log of logs) {
     const owner = changeLogOwner(log);
     if (owner === undefined) continue;
-    reapplied += reapplyLog(db, log, owner, logger);
+    const rows = readPendingLog(db, log, owner, logger);
+    if (rows !== undefined) out.push(rows);
   }
-  if (reapplied > 0) logger.info("kept this node's unpublished changes on top of the snapshot; they are published next", { rows: reapplied });
-  return reapplied;
+  return out;
 }
 
-function reapplyLog(db: Database.Database, log: string, owner: string, logger: Logger): number {
+function readPendingLog(db: Database.Database, log: string, owner: string, logger: Logger): PendingRows | undefined {
   const pending = db.prepare(`SELECT 1 FROM main.${quoteIdent(log)} WHERE ${NOT_MARKER} LIMIT 1`).get();
-  if (pending === undefined) return 0;
+  if (pending === undefined) return undefined;
   const tableColumns = db.prepare("SELECT name, hidden FROM pragma_table_xinfo(?, 'main')").all(owner) as { name: string; hidden: bigint | number }[];
   if (tableColumns.length === 0) {
-    logger.warn("the snapshot has no table for this node's unpublished changes; they stay in the change log", { table: owner });
-    return 0;
+    logger.warn("this node's unpublished changes belong to a table that no longer exists; they stay in the change log", { table: owner });
+    return undefined;
   }
   const logColumns = (db.prepare("SELECT name FROM pragma_table_info(?, 'main')").all(log) as { name: string }[]).map((c) => c.name);
   const logKey = logColumns.includes(LOG_ROWID_COLUMN)
     ? [LOG_ROWID_COLUMN]
     : (db.prepare("SELECT name FROM pragma_index_info(?, 'main') ORDER BY seqno").pluck(true).all(changeLogIndex(owner)) as string[]);
-  const valueColumn = new Map(tableColumns.filter((c) => Number(c.hidden) === 0).map((c) => [logValueColumn(c.name), c.name]));
+  const writable = tableColumns.filter((c) => Number(c.hidden) === 0).map((c) => c.name);
+  const valueColumn = new Map(writable.map((c) => [logValueColumn(c), c]));
   const taken = new Set(tableColumns.map((c) => foldCase(c.name)));
   const rowidName = ["rowid", "_rowid_", "oid"].find((alias) => !taken.has(alias));
   const keyTarget = logKey.map((k) => (k === LOG_ROWID_COLUMN ? rowidName : valueColumn.get(k)));
   if (logKey.length === 0 || keyTarget.some((k) => k === undefined)) {
-    logger.warn("this node's unpublished changes do not fit the restored table's key; they stay in the change log and are published", { table: owner });
-    return 0;
+    logger.warn("this node's unpublished changes do not fit the table's key; they stay in the change log and are published", { table: owner });
+    return undefined;
   }
   const keys = keyTarget as string[];
-  const values = logColumns.filter((c) => valueColumn.has(c) && !logKey.includes(c));
-  const selected = [LOG_OP_COLUMN, ...logKey, ...values].map(quoteIdent).join(", ");
+  const columns = writable.filter((c) => !keys.includes(c));
   const id = quoteIdent(LOG_ID_COLUMN);
+  const join = keys.map((k, i) => `t.${quoteIdent(k)} IS l.${quoteIdent(logKey[i]!)}`).join(" AND ");
+  // A row is there when the join found it: by its rowid, or (WITHOUT ROWID) by its NOT NULL key.
+  const withoutRowid = rowidName === undefined || Number((db.prepare("SELECT wr FROM pragma_table_list WHERE schema = 'main' AND name = ?").get(owner) as { wr: bigint | number } | undefined)?.wr ?? 0) === 1;
+  const present = withoutRowid ? `t.${quoteIdent(keys[0]!)} IS NOT NULL` : `t.${quoteIdent(rowidName)} IS NOT NULL`;
+  const selected = [`l.${quoteIdent(LOG_OP_COLUMN)}`, present, ...logKey.map((k) => `l.${quoteIdent(k)}`), ...columns.map((c) => `t.${quoteIdent(c)}`)];
   const newest = db
     .prepare(
-      `SELECT ${selected} FROM main.${quoteIdent(log)} WHERE ${id} IN ` +
-        `(SELECT max(${id}) FROM main.${quoteIdent(log)} WHERE ${NOT_MARKER} GROUP BY ${logKey.map(quoteIdent).join(", ")}) ORDER BY ${id}`,
+      `SELECT ${selected.join(", ")} FROM main.${quoteIdent(log)} AS l LEFT JOIN main.${quoteIdent(owner)} AS t ON ${join} ` +
+        `WHERE l.${id} IN (SELECT max(${id}) FROM main.${quoteIdent(log)} WHERE ${NOT_MARKER} GROUP BY ${logKey.map(quoteIdent).join(", ")}) ` +
+        `ORDER BY l.${id}`,
     )
     .raw(true)
     .safeIntegers(true)
     .all() as unknown[][];
+  const rows = newest.map((row) => ({
+    // An upsert whose row is gone (deleted without a log row, as an apply does) puts back that it is gone.
+    deleted: row[0] === OP_DELETE || !(row[1] === 1n || row[1] === 1),
+    key: row.slice(2, 2 + keys.length),
+    values: row.slice(2 + keys.length),
+  }));
+  return { table: owner, keys, columns, rows };
+}
+
+/**
+ * Put this node's unpublished rows (read by readPendingRows before the copy) back onto the restored tables, only
+ * the columns the restored table still has. The change-log rows stay, so the shipper publishes them afterwards.
+ * Returns how many rows.
+ */
+export function reapplyPendingChanges(db: Database.Database, pending: readonly PendingRows[], logger: Logger): number {
+  let reapplied = 0;
+  for (const rows of pending) reapplied += reapplyRows(db, rows, logger);
+  if (reapplied > 0) logger.info("kept this node's unpublished changes on top of the snapshot; they are published next", { rows: reapplied });
+  return reapplied;
+}
+
+function reapplyRows(db: Database.Database, pending: PendingRows, logger: Logger): number {
+  const owner = pending.table;
+  const restored = db.prepare("SELECT name, hidden FROM pragma_table_xinfo(?, 'main')").all(owner) as { name: string; hidden: bigint | number }[];
+  if (restored.length === 0) {
+    logger.warn("the snapshot has no table for this node's unpublished changes; they stay in the change log", { table: owner });
+    return 0;
+  }
+  const has = new Set(restored.filter((c) => Number(c.hidden) === 0).map((c) => foldCase(c.name)));
+  const shadowed = new Set(restored.map((c) => foldCase(c.name)));
+  const reachable = (k: string) => has.has(foldCase(k)) || (["rowid", "_rowid_", "oid"].includes(k) && !shadowed.has(k));
+  if (!pending.keys.every(reachable)) {
+    logger.warn("this node's unpublished changes do not fit the restored table's key; they stay in the change log and are published", { table: owner });
+    return 0;
+  }
+  const kept = pending.columns.map((c, i) => ({ c, i })).filter(({ c }) => has.has(foldCase(c)));
   const table = `main.${quoteIdent(owner)}`;
-  const where = keys.map((k) => `${quoteIdent(k)} IS ?`).join(" AND ");
-  const targets = values.map((v) => quoteIdent(valueColumn.get(v)!));
+  const where = pending.keys.map((k) => `${quoteIdent(k)} IS ?`).join(" AND ");
+  const targets = kept.map(({ c }) => quoteIdent(c));
   const remove = db.prepare(`DELETE FROM ${table} WHERE ${where}`);
   const update = targets.length > 0 ? db.prepare(`UPDATE ${table} SET ${targets.map((t) => `${t} = ?`).join(", ")} WHERE ${where}`) : undefined;
-  const insertColumns = [...keys.map(quoteIdent), ...targets].join(", ");
-  const placeholders = [...keys, ...targets].map(() => "?").join(", ");
+  const insertColumns = [...pending.keys.map(quoteIdent), ...targets].join(", ");
+  const placeholders = [...pending.keys, ...targets].map(() => "?").join(", ");
   const insert = db.prepare(`INSERT INTO ${table} (${insertColumns}) VALUES (${placeholders})`);
   const replace = db.prepare(`INSERT OR REPLACE INTO ${table} (${insertColumns}) VALUES (${placeholders})`);
   let count = 0;
-  for (const row of newest) {
-    const op = row[0];
-    const key = row.slice(1, 1 + keys.length);
-    const rest = row.slice(1 + keys.length);
+  for (const row of pending.rows) {
+    const key = row.key;
+    const rest = kept.map(({ i }) => row.values[i]);
     try {
-      if (op === OP_DELETE) remove.run(...key);
+      if (row.deleted) remove.run(...key);
       else if ((update?.run(...rest, ...key).changes ?? 0) === 0) {
         try {
           insert.run(...key, ...rest);

@@ -11,7 +11,7 @@ import { APPLIED_TABLE, APPLYING_TABLE, PARKED_TABLE } from "../sqlite/names.js"
 import { quoteIdent } from "../sqlite/quote.js";
 import { resetSchemaState } from "../sqlite/schema-state.js";
 import { factsConfigMismatch, readSnapshotFacts } from "./facts.js";
-import { copyTableRows, reapplyPendingChanges, syncSchema } from "./restore-schema.js";
+import { copyTableRows, readPendingRows, reapplyPendingChanges, syncSchema } from "./restore-schema.js";
 
 export interface RestoreOptions {
   config: Config;
@@ -58,8 +58,10 @@ export function restoreSnapshot(db: Database.Database, snapshotFile: string, opt
         if (!tableExists(db, APPLYING_TABLE)) installCapture(db, logger, config.tables);
         // Capture triggers skip writes while this row is there: the restore's own writes are not changes to send.
         db.prepare(`INSERT INTO ${quoteIdent(APPLYING_TABLE)} VALUES (1)`).run();
+        // Read before the copy replaces them: the change logs hold only keys, the rows are in the tables.
+        const pending = readPendingRows(db, logger);
         const copied = syncSchema(db, SNAPSHOT_SCHEMA, (plan) => copyTableRows(db, SNAPSHOT_SCHEMA, plan, logger), logger);
-        reapplyPendingChanges(db, logger);
+        reapplyPendingChanges(db, pending, logger);
         // Inside the transaction (as a savepoint), so that no app write after the commit goes uncaptured.
         installCapture(db, logger, config.tables);
         resetSchemaState(db, config.tables);

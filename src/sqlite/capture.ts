@@ -26,14 +26,13 @@ import { quoteIdent } from "./quote.js";
 import { foldCase, readSchema, type SkippedTable, type TableFilter } from "./schema.js";
 import type { TableInfo } from "./table.js";
 import {
-  addChangeLogColumnSql,
   captureTriggers,
   changeLogColumns,
   createChangeLogIndexSql,
   createChangeLogSql,
   keepLastTriggerSql,
+  logAllRowsSql,
   NOT_MARKER,
-  relogPendingRowsSql,
 } from "./trigger-sql.js";
 
 export { schemaVersion } from "./schema.js";
@@ -46,6 +45,8 @@ export interface CaptureResult {
   /** random id of this installation, kept until a cleanup removes marmot from the file */
   epoch: string;
   skipped: SkippedTable[];
+  /** tables whose every row was logged by this install, since they were made again (see captureTable) */
+  relogged: string[];
 }
 
 const INTERNAL_TABLES_SQL = [
@@ -87,13 +88,14 @@ export function installCapture(db: Database.Database, logger: Logger, options: C
       triggers.set(row.name, row);
     }
     const wantedTriggers = new Set<string>();
+    const relogged: string[] = [];
     for (const table of schema.tables) {
-      captureTable(db, table, triggers, notes);
+      if (captureTable(db, table, triggers, notes)) relogged.push(table.name);
       for (const trigger of captureTriggers(table)) wantedTriggers.add(trigger.name);
     }
     dropStaleTriggers(db, triggers, wantedTriggers, notes);
     dropStaleChangeLogs(db, new Set(schema.tables.map((table) => table.name)), notes);
-    return { tables: schema.tables, epoch, skipped: schema.skipped };
+    return { tables: schema.tables, epoch, skipped: schema.skipped, relogged };
   });
   const result = install.immediate();
 
@@ -128,17 +130,20 @@ function ensureEpoch(db: Database.Database, sequenceBefore: string, notes: Note[
   return epoch;
 }
 
-function captureTable(db: Database.Database, table: TableInfo, triggers: Map<string, TriggerRow>, notes: Note[]): void {
+/** Returns true when every row of the table was logged (it was made again; see below). */
+function captureTable(db: Database.Database, table: TableInfo, triggers: Map<string, TriggerRow>, notes: Note[]): boolean {
   const logName = changeLogTable(table.name);
   const signature = signatureOf(table);
   const storedSignature = metaValue(db, captureSignatureKey(table.name));
   const logColumns = columnNames(db, logName);
+  const hadTriggers = captureTriggers(table).some((trigger) => triggers.get(trigger.name)?.tbl_name === table.name);
   let changed = false;
   if (logColumns.length === 0) {
     createChangeLog(db, table, metaValue(db, lastChangeIdKey(table.name)));
     changed = true;
-  } else if (storedSignature !== signature) {
+  } else {
     changed = alterChangeLog(db, table, logColumns, storedSignature, notes) || changed;
+    if (changed) for (const trigger of captureTriggers(table)) triggers.delete(trigger.name);
   }
   if (isAutoincrementLog(db, logName) && !hasPendingRows(db, logName)) {
     // Written by an earlier marmot: rebuilt without AUTOINCREMENT once nothing waits in it, its ids going on.
@@ -150,6 +155,16 @@ function captureTable(db: Database.Database, table: TableInfo, triggers: Map<str
   }
   changed = ensureKeepLastTrigger(db, table) || changed;
   changed = ensureKeyIndex(db, table) || changed;
+
+  // A captured table whose triggers are gone was dropped and made again (the twelve-step rebuild, say): whatever
+  // the app wrote into it before marmot came back was not logged, so every row is logged now. Not while marmot
+  // itself writes (a snapshot restore drops the triggers and fills the tables with rows that are not changes).
+  let relogged = false;
+  if (logColumns.length > 0 && storedSignature !== undefined && !hadTriggers && !marmotApplying(db)) {
+    const logged = db.prepare(logAllRowsSql(table)).run().changes;
+    notes.push({ level: "info", message: `table "${table.name}" was made again; logged its ${logged} rows`, fields: { rows: logged } });
+    relogged = true;
+  }
 
   for (const trigger of captureTriggers(table)) {
     const current = triggers.get(trigger.name);
@@ -164,13 +179,15 @@ function captureTable(db: Database.Database, table: TableInfo, triggers: Map<str
     const verb = storedSignature === undefined ? "capturing" : "updated capture of";
     notes.push({ level: "info", message: `${verb} table "${table.name}"`, fields: { key: table.keyColumns } });
   }
+  return relogged;
 }
 
 /**
- * Bring an existing change log to the columns `table` needs. An empty log is simply rebuilt; a log with pending
- * rows keeps them: renamed columns are renamed in the log too, new ones are added, and columns the table lost
- * stay (their pending values are no longer read). Pending rows logged without the new columns would make
- * replicas set them NULL, so the current state of each such row is logged after them.
+ * Bring an existing change log to the columns `table` needs: the op and the key. An empty log is simply rebuilt.
+ * A log with pending rows keeps them: a renamed key column is renamed in the log too, and value columns (a log an
+ * earlier marmot made, which copied every value) are dropped, since values are read from the table when shipped.
+ * Only a key that changed otherwise (a rebuild with another primary key) cannot keep them: the log is made again
+ * and every row of the table is logged instead, so replicas get the table's rows as they are now.
  */
 function alterChangeLog(
   db: Database.Database,
@@ -187,10 +204,14 @@ function alterChangeLog(
   const extra = logColumns.filter((column) => !wantedFolded.has(foldCase(column)));
   if (missing.length === 0 && extra.length === 0) return false;
 
+  // The old triggers name the log's columns: SQLite checks them on every ALTER of the log. They are made again.
+  for (const trigger of captureTriggers(table)) db.exec(`DROP TRIGGER IF EXISTS ${quoteIdent(trigger.name)}`);
   if (!hasPendingRows(db, logName)) {
-    const lastId = lastChangeId(db, logName);
-    db.exec(`DROP TABLE ${quoteIdent(logName)}`);
-    createChangeLog(db, table, lastId);
+    const autoincrement = isAutoincrementLog(db, logName);
+    const lastId = rebuildChangeLog(db, table, logName);
+    if (autoincrement) {
+      notes.push({ level: "info", message: `rebuilt the change log of table "${table.name}" without AUTOINCREMENT`, fields: { last_id: lastId } });
+    }
     return true;
   }
 
@@ -209,21 +230,33 @@ function alterChangeLog(
       missing.splice(toIndex, 1);
     }
   }
-  for (const column of missing) db.exec(addChangeLogColumnSql(table, column));
-  if (missing.length > 0 || extra.length > 0) {
-    const relogged = db.prepare(relogPendingRowsSql(table)).run().changes;
-    notes.push({
-      level: "info",
-      message: `change log of table "${table.name}" now has the table's new columns; re-logged ${relogged} rows with pending changes`,
-    });
-  }
-  if (extra.length > 0) {
+  if (missing.length > 0) {
+    const lastId = lastChangeId(db, logName);
+    db.exec(`DROP TABLE ${quoteIdent(logName)}`);
+    createChangeLog(db, table, lastId);
+    const logged = db.prepare(logAllRowsSql(table)).run().changes;
     notes.push({
       level: "warn",
-      message: `change log of table "${table.name}" keeps columns ${extra.join(", ")} that the table no longer has; pending changes in them are not replicated`,
+      message: `the key of table "${table.name}" changed under pending changes; logged its ${logged} rows as they are now instead`,
     });
+    return true;
   }
+  // Dropping a column the log's index does not hold is allowed; the key columns stay.
+  for (const column of extra) db.exec(`ALTER TABLE ${quoteIdent(logName)} DROP COLUMN ${quoteIdent(column)}`);
+  notes.push({
+    level: "info",
+    message: `change log of table "${table.name}" now holds only the key of each change; pending changes kept`,
+    fields: { dropped_columns: extra.length },
+  });
   return true;
+}
+
+/** An empty change log made again with the columns `table` needs, its ids going on. */
+function rebuildChangeLog(db: Database.Database, table: TableInfo, logName: string): string | undefined {
+  const lastId = lastChangeId(db, logName);
+  db.exec(`DROP TABLE ${quoteIdent(logName)}`);
+  createChangeLog(db, table, lastId);
+  return lastId;
 }
 
 /**
@@ -356,6 +389,11 @@ function columnNames(db: Database.Database, table: string): string[] {
 /** Whether a change log holds changes (marker rows are not changes). */
 function hasPendingRows(db: Database.Database, logName: string): boolean {
   return db.prepare(`SELECT 1 FROM ${quoteIdent(logName)} WHERE ${NOT_MARKER} LIMIT 1`).get() !== undefined;
+}
+
+/** Whether marmot's own apply (or restore) transaction holds its row in APPLYING_TABLE. */
+function marmotApplying(db: Database.Database): boolean {
+  return db.prepare(`SELECT 1 FROM ${quoteIdent(APPLYING_TABLE)} LIMIT 1`).get() !== undefined;
 }
 
 export function tableExists(db: Database.Database, name: string): boolean {

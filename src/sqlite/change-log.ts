@@ -1,4 +1,5 @@
-// Reads pending changes out of the per-table change logs and removes them once JetStream has them.
+// Reads pending changes out of the per-table change logs, with each row as the table holds it now, and removes them
+// once JetStream has them.
 
 import type { Database, Statement } from "better-sqlite3";
 import type { ChangeOp, WireTable } from "../wire/codec.js";
@@ -8,20 +9,19 @@ import {
   lastStoredSeqKey,
   LOG_ID_COLUMN,
   LOG_OP_COLUMN,
-  LOG_ROWID_COLUMN,
-  logValueColumn,
   META_TABLE,
   ROWID_KEY,
 } from "./names.js";
+import { readTable, rowidAlias, schemaVersion } from "./schema.js";
 import type { TableInfo } from "./table.js";
-import { NOT_MARKER } from "./trigger-sql.js";
+import { changeLogKeyColumns, keyReferences, NOT_MARKER } from "./trigger-sql.js";
 import type { SqlValue } from "../wire/value.js";
 
 export interface PendingChange {
   wireTable: WireTable;
   op: ChangeOp;
   changeId: number;
-  /** upsert: one per wireTable.columns; delete: one per wireTable.keyColumns */
+  /** upsert: one per wireTable.columns, as the row was when read; delete: one per wireTable.keyColumns */
   values: SqlValue[];
   key: SqlValue[];
   /** the table's rows all go to one shard (see shardOfRow) */
@@ -40,8 +40,6 @@ interface LogReader {
   deleteUpTo: Statement;
   deleteUpToExcept: Statement;
   count: Statement;
-  /** positions of the key columns among the upsert values */
-  keyPositions: number[];
   /** highest change id handed out; rows at or below it are never read twice in one process */
   cursor: number;
 }
@@ -54,6 +52,19 @@ export function wireTableOf(table: TableInfo): WireTable {
     columns: table.rowidKeyed ? [ROWID_KEY, ...columns] : columns,
     keyColumns: [...table.keyColumns],
   };
+}
+
+/**
+ * The SQL that is true when the LEFT JOIN found the row (`t`): a rowid table's row has a rowid, a WITHOUT ROWID
+ * table's key columns are NOT NULL. (A keyed rowid table whose columns hide every rowid name: its first key column.)
+ */
+function rowPresentSql(table: TableInfo, tableKeys: string[]): string {
+  if (table.withoutRowid) return `${tableKeys[0]} IS NOT NULL`;
+  try {
+    return `t.${quoteIdent(rowidAlias(table))} IS NOT NULL`;
+  } catch {
+    return `${tableKeys[0]} IS NOT NULL`;
+  }
 }
 
 function valueSize(v: SqlValue): number {
@@ -69,6 +80,8 @@ export class ChangeLogReader {
   private startAt = 0;
 
   private recordStored?: Statement;
+  /** PRAGMA schema_version when the readers were built */
+  private schemaVersion = -1;
 
   constructor(private readonly db: Database) {}
 
@@ -81,37 +94,81 @@ export class ChangeLogReader {
   /** (Re)build readers after capture was installed or the schema changed; cursors of unchanged tables are kept. */
   setTables(tables: readonly TableInfo[]): void {
     const next = new Map<string, LogReader>();
-    for (const table of tables) {
-      const previous = this.readers.get(table.name);
-      const log = quoteIdent(changeLogTable(table.name));
-      const valueColumns = [
-        ...(table.rowidKeyed ? [quoteIdent(LOG_ROWID_COLUMN)] : []),
-        ...table.columns.map((c) => quoteIdent(logValueColumn(c.name))),
-      ];
-      const wireTable = wireTableOf(table);
-      const id = quoteIdent(LOG_ID_COLUMN);
-      next.set(table.name, {
-        table,
-        wireTable,
-        select: this.db
-          .prepare(
-            `SELECT ${id}, ${quoteIdent(LOG_OP_COLUMN)}, ${valueColumns.join(", ")} FROM ${log} WHERE ${id} > ? AND ${NOT_MARKER} ORDER BY ${id} LIMIT ?`,
-          )
-          .raw(true),
-        deleteUpTo: this.db.prepare(`DELETE FROM ${log} WHERE ${id} <= ?`),
-        deleteUpToExcept: this.db.prepare(
-          `DELETE FROM ${log} WHERE ${id} <= ? AND ${id} NOT IN (SELECT value FROM json_each(?))`,
-        ),
-        count: this.db.prepare(`SELECT count(*) FROM ${log} WHERE ${NOT_MARKER}`).pluck(true),
-        keyPositions: wireTable.keyColumns.map((k) => wireTable.columns.indexOf(k)),
-        cursor: previous?.cursor ?? 0,
-      });
-    }
+    for (const table of tables) next.set(table.name, this.logReader(table, this.readers.get(table.name)?.cursor ?? 0));
     this.readers = next;
+    this.schemaVersion = schemaVersion(this.db);
   }
 
-  /** Up to `limit` changes not handed out before, oldest first per table; stops early past `maxBytes`. */
+  /**
+   * The statements of one table's log. `select` joins each change with the table's row of that key: the values
+   * travel as they are when shipped, under the schema of that moment. `present` tells a row that is gone.
+   */
+  private logReader(table: TableInfo, cursor: number): LogReader {
+    const log = quoteIdent(changeLogTable(table.name));
+    const id = quoteIdent(LOG_ID_COLUMN);
+    const logKeys = changeLogKeyColumns(table).map((k) => `l.${quoteIdent(k)}`);
+    const tableKeys = keyReferences(table).map((k) => `t.${k}`);
+    const join = tableKeys.map((k, i) => `${k} IS ${logKeys[i]}`).join(" AND ");
+    const present = rowPresentSql(table, tableKeys);
+    const values = [...(table.rowidKeyed ? [tableKeys[0]!] : []), ...table.columns.map((c) => `t.${quoteIdent(c.name)}`)];
+    return {
+      table,
+      wireTable: wireTableOf(table),
+      select: this.db
+        .prepare(
+          `SELECT l.${id}, l.${quoteIdent(LOG_OP_COLUMN)}, ${present}, ${[...logKeys, ...values].join(", ")} ` +
+            `FROM ${log} AS l LEFT JOIN main.${quoteIdent(table.name)} AS t ON ${join} ` +
+            `WHERE l.${id} > ? AND l.${NOT_MARKER} ORDER BY l.${id} LIMIT ?`,
+        )
+        .raw(true),
+      deleteUpTo: this.db.prepare(`DELETE FROM ${log} WHERE ${id} <= ?`),
+      deleteUpToExcept: this.db.prepare(`DELETE FROM ${log} WHERE ${id} <= ? AND ${id} NOT IN (SELECT value FROM json_each(?))`),
+      count: this.db.prepare(`SELECT count(*) FROM ${log} WHERE ${NOT_MARKER}`).pluck(true),
+      cursor,
+    };
+  }
+
+  /**
+   * The app changed the schema since the readers were built and marmot has not updated capture yet: each table is
+   * read again as it is now, so its rows are read with the columns it has now. A table that is gone, or whose key
+   * no longer matches its log's, waits for the capture update (installCapture) to bring its log in line.
+   */
+  private followSchema(): void {
+    const version = schemaVersion(this.db);
+    if (version === this.schemaVersion) return;
+    const next = new Map<string, LogReader>();
+    for (const reader of this.readers.values()) {
+      const listed = this.db.prepare("SELECT wr FROM pragma_table_list WHERE schema = 'main' AND name = ?").get(reader.table.name) as
+        | { wr: number | bigint }
+        | undefined;
+      if (listed === undefined) continue;
+      let table: TableInfo;
+      try {
+        table = readTable(this.db, reader.table.name, Number(listed.wr) === 1);
+      } catch {
+        continue;
+      }
+      const logColumns = this.db.prepare("SELECT name FROM pragma_table_info(?, 'main')").pluck(true).all(changeLogTable(table.name)) as string[];
+      if (!changeLogKeyColumns(table).every((k) => logColumns.includes(k))) continue;
+      next.set(table.name, this.logReader(table, reader.cursor));
+    }
+    this.readers = next;
+    this.schemaVersion = version;
+  }
+
+  /**
+   * Up to `limit` changes not handed out before, oldest first per table; stops early past `maxBytes`. One read
+   * transaction: the logs and the rows they name are read at the same moment. An upsert whose row is gone by
+   * then travels as a delete (a later change of that row in the log says what came after).
+   */
   read(limit: number, maxBytes: number): PendingChange[] {
+    return this.db.transaction(() => {
+      this.followSchema();
+      return this.readLogs(limit, maxBytes);
+    })();
+  }
+
+  private readLogs(limit: number, maxBytes: number): PendingChange[] {
     const out: PendingChange[] = [];
     let bytes = 0;
     const all = [...this.readers.values()];
@@ -119,14 +176,15 @@ export class ChangeLogReader {
     const ordered = [...all.slice(this.startAt), ...all.slice(0, this.startAt)];
     for (const reader of ordered) {
       if (out.length >= limit || bytes >= maxBytes) break;
+      const keyCount = reader.wireTable.keyColumns.length;
       // Row by row: a log holding several large rows must not be read into memory whole when the round's bytes are full.
       const rows = reader.select.iterate(BigInt(reader.cursor), limit - out.length) as IterableIterator<unknown[]>;
       for (const row of rows) {
         const changeId = Number(row[0] as bigint);
-        const op = row[1] as ChangeOp;
-        const all = row.slice(2) as SqlValue[];
-        const key = reader.keyPositions.map((p) => all[p]!);
-        const values = op === "upsert" ? all : key;
+        const present = row[2] === 1 || row[2] === 1n;
+        const key = row.slice(3, 3 + keyCount) as SqlValue[];
+        const op: ChangeOp = row[1] === "upsert" && present ? "upsert" : "delete";
+        const values = op === "upsert" ? (row.slice(3 + keyCount) as SqlValue[]) : key;
         let size = 16;
         for (const v of values) size += valueSize(v);
         out.push({ wireTable: reader.wireTable, op, changeId, values, key, wholeTableShard: reader.table.uniqueBeyondKey === true, size });

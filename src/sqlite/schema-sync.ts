@@ -206,13 +206,14 @@ export class SchemaSync {
           if (changed > 0) logger.info("applied a schema change of another node", { seq, origin: message.origin, objects: wanted.map(describe).join(", ") });
           results.push({ outcome: "applied", applied: wanted.length, parked: 0 });
         }
+        // Capture follows while marmot's row is still there: tables rebuilt here hold no new writes to log.
+        const result = this.options.capture();
         db.prepare(`DELETE FROM ${quoteIdent(APPLYING_TABLE)}`).run();
         db.prepare(`INSERT INTO ${quoteIdent(APPLIED_TABLE)} (stream, seq) VALUES (?, ?) ON CONFLICT (stream) DO UPDATE SET seq = excluded.seq`).run(
           stream,
           BigInt(last),
         );
         db.prepare(`DELETE FROM ${quoteIdent(SCHEMA_OUTBOX_TABLE)} WHERE published_seq <= ?`).run(BigInt(last));
-        const result = this.options.capture();
         recordSchemaState(db, readSchemaState(db, this.options.filter));
         return result;
       })
@@ -226,7 +227,7 @@ export class SchemaSync {
   private refreshCapture(previous: readonly TableInfo[]): void {
     const result = this.options.capture();
     const known = new Set(previous.map((t) => t.name));
-    const fresh = new Set(result.tables.filter((t) => !known.has(t.name)).map((t) => t.name));
+    const fresh = new Set([...result.tables.filter((t) => !known.has(t.name)).map((t) => t.name), ...result.relogged]);
     this.notice(result.tables, fresh);
   }
 

@@ -30,24 +30,25 @@ export interface TriggerDefinition {
 /** The loop guard: marmot's apply transactions hold a row in APPLYING_TABLE, which no other connection ever sees. */
 const GUARD = `WHEN NOT EXISTS (SELECT 1 FROM ${quoteIdent(APPLYING_TABLE)})`;
 
-/** Every column of the table's change log, in order. */
+/**
+ * Every column of the table's change log, in order: the change id, the op and the row's key. No other value is
+ * logged: the shipper reads the row as it is when it ships (see ChangeLogReader), so a trigger never names a column
+ * that ALTER TABLE can drop or that a write between ADD COLUMN and marmot's next look would leave out.
+ */
 export function changeLogColumns(table: TableInfo): string[] {
-  const columns = [LOG_ID_COLUMN, LOG_OP_COLUMN];
-  if (table.rowidKeyed) columns.push(LOG_ROWID_COLUMN);
-  for (const column of table.columns) columns.push(logValueColumn(column.name));
-  return columns;
+  return [LOG_ID_COLUMN, LOG_OP_COLUMN, ...changeLogKeyColumns(table)];
 }
 
 /**
- * The change log: value columns have no declared type, so every value keeps its exact storage class
- * (a REAL stays REAL, a 64-bit INTEGER stays exact, a BLOB stays a BLOB). Its ids keep growing after the rows with
- * the highest ids were published and deleted: keepLastTriggerSql() leaves a marker row with the highest id.
+ * The change log: key columns have no declared type, so every key keeps its exact storage class (a REAL stays
+ * REAL, a 64-bit INTEGER stays exact, a BLOB stays a BLOB). Its ids keep growing after the rows with the highest ids
+ * were published and deleted: keepLastTriggerSql() leaves a marker row with the highest id.
  */
 export function createChangeLogSql(table: TableInfo): string {
   const definitions = [
     `${quoteIdent(LOG_ID_COLUMN)} INTEGER PRIMARY KEY`,
     `${quoteIdent(LOG_OP_COLUMN)} TEXT NOT NULL`,
-    ...changeLogColumns(table).slice(2).map(quoteIdent),
+    ...changeLogKeyColumns(table).map(quoteIdent),
   ];
   return `CREATE TABLE ${quoteIdent(changeLogTable(table.name))} (${definitions.join(", ")})`;
 }
@@ -80,40 +81,22 @@ export function createChangeLogIndexSql(table: TableInfo): string {
   return `CREATE INDEX ${quoteIdent(changeLogIndex(table.name))} ON ${quoteIdent(changeLogTable(table.name))} (${changeLogKeyColumns(table).map(quoteIdent).join(", ")})`;
 }
 
-/** The ALTER that gives an existing change log a column it lacks (value columns and the rowid column are untyped). */
-export function addChangeLogColumnSql(table: TableInfo, column: string): string {
-  return `ALTER TABLE ${quoteIdent(changeLogTable(table.name))} ADD COLUMN ${quoteIdent(column)}`;
-}
-
-/** The three AFTER triggers that copy each row change of `table` into its change log. */
+/** The three AFTER triggers that log each row change of `table` (its op and key) into its change log. */
 export function captureTriggers(table: TableInfo): TriggerDefinition[] {
   return [
-    { name: triggerName(table.name, "insert"), op: "insert", sql: insertTriggerSql(table) },
+    { name: triggerName(table.name, "insert"), op: "insert", sql: triggerSql(table, "insert", [logKeySql(table, OP_UPSERT, "NEW")]) },
     { name: triggerName(table.name, "update"), op: "update", sql: updateTriggerSql(table) },
-    { name: triggerName(table.name, "delete"), op: "delete", sql: deleteTriggerSql(table) },
+    { name: triggerName(table.name, "delete"), op: "delete", sql: triggerSql(table, "delete", [logKeySql(table, OP_DELETE, "OLD")]) },
   ];
-}
-
-function insertTriggerSql(table: TableInfo): string {
-  return triggerSql(table, "insert", [`${upsertStatement(table)};`]);
 }
 
 /** A key change is a delete of the old key followed by an upsert of the new row, so replicas drop the old row. */
 function updateTriggerSql(table: TableInfo): string {
-  const keyExpressions = keyReferences(table);
-  const keyChanged = keyExpressions.map((key) => `OLD.${key} IS NOT NEW.${key}`).join(" OR ");
+  const keyChanged = keyReferences(table).map((key) => `OLD.${key} IS NOT NEW.${key}`).join(" OR ");
   const deleteOld =
-    `INSERT INTO ${quoteIdent(changeLogTable(table.name))} (${deleteColumns(table).join(", ")}) ` +
-    `SELECT ${[quoteLiteral(OP_DELETE), ...keyExpressions.map((key) => `OLD.${key}`)].join(", ")} WHERE ${keyChanged};`;
-  return triggerSql(table, "update", [deleteOld, `${upsertStatement(table)};`]);
-}
-
-function deleteTriggerSql(table: TableInfo): string {
-  const values = [quoteLiteral(OP_DELETE), ...keyReferences(table).map((key) => `OLD.${key}`)];
-  const statement =
-    `INSERT INTO ${quoteIdent(changeLogTable(table.name))} (${deleteColumns(table).join(", ")}) ` +
-    `VALUES (${values.join(", ")});`;
-  return triggerSql(table, "delete", [statement]);
+    `INSERT INTO ${quoteIdent(changeLogTable(table.name))} (${logColumnList(table)}) ` +
+    `SELECT ${[quoteLiteral(OP_DELETE), ...keyReferences(table).map((key) => `OLD.${key}`)].join(", ")} WHERE ${keyChanged};`;
+  return triggerSql(table, "update", [deleteOld, logKeySql(table, OP_UPSERT, "NEW")]);
 }
 
 function triggerSql(table: TableInfo, op: TriggerOp, statements: string[]): string {
@@ -123,56 +106,29 @@ function triggerSql(table: TableInfo, op: TriggerOp, statements: string[]): stri
   );
 }
 
-/** ('upsert', [NEW.rowid,] NEW.<every column>) */
-function upsertStatement(table: TableInfo): string {
-  const columns = changeLogColumns(table).slice(1).map(quoteIdent);
-  const values = [quoteLiteral(OP_UPSERT)];
-  if (table.rowidKeyed) values.push(`NEW.${quoteIdent(rowidAlias(table))}`);
-  for (const column of table.columns) values.push(`NEW.${quoteIdent(column.name)}`);
-  return `INSERT INTO ${quoteIdent(changeLogTable(table.name))} (${columns.join(", ")}) VALUES (${values.join(", ")})`;
+/** INSERT INTO <log> (op, key...) VALUES ('<op>', <row>.<key>...); */
+function logKeySql(table: TableInfo, op: string, row: "NEW" | "OLD"): string {
+  const values = [quoteLiteral(op), ...keyReferences(table).map((key) => `${row}.${key}`)];
+  return `INSERT INTO ${quoteIdent(changeLogTable(table.name))} (${logColumnList(table)}) VALUES (${values.join(", ")});`;
 }
 
-/** The log columns a delete fills: the op and the key; every other value column stays NULL. */
-function deleteColumns(table: TableInfo): string[] {
-  return [LOG_OP_COLUMN, ...changeLogKeyColumns(table)].map(quoteIdent);
+/** The log columns a trigger fills: the op and the key. */
+function logColumnList(table: TableInfo): string {
+  return [LOG_OP_COLUMN, ...changeLogKeyColumns(table)].map(quoteIdent).join(", ");
 }
 
-/** The quoted names that reach the key of a row (to be prefixed with OLD. or NEW.). */
-function keyReferences(table: TableInfo): string[] {
+/** The quoted names that reach the key of a row (to be prefixed with OLD., NEW. or a table alias). */
+export function keyReferences(table: TableInfo): string[] {
   return table.rowidKeyed ? [quoteIdent(rowidAlias(table))] : table.keyColumns.map(quoteIdent);
 }
 
 /**
- * Append an upsert of the current state of every row that has changes pending in the log, in order of each row's
- * first pending change. Used when the log's columns change under pending rows: those were logged without the new
- * columns, and the re-logged state makes replicas end with the row as it is now.
- */
-export function relogPendingRowsSql(table: TableInfo): string {
-  const log = quoteIdent(changeLogTable(table.name));
-  const logKeys = changeLogKeyColumns(table);
-  const tableKeys = keyReferences(table);
-  const columns = changeLogColumns(table).slice(1).map(quoteIdent);
-  const values = [quoteLiteral(OP_UPSERT)];
-  if (table.rowidKeyed) values.push(`t.${quoteIdent(rowidAlias(table))}`);
-  for (const column of table.columns) values.push(`t.${quoteIdent(column.name)}`);
-  const pendingKeys = logKeys.map(quoteIdent).join(", ");
-  const join = logKeys.map((key, i) => `t.${tableKeys[i]!} = p.${quoteIdent(key)}`).join(" AND ");
-  return (
-    `INSERT INTO ${log} (${columns.join(", ")}) SELECT ${values.join(", ")} ` +
-    `FROM (SELECT ${pendingKeys}, min(${quoteIdent(LOG_ID_COLUMN)}) AS first_change FROM ${log} WHERE ${NOT_MARKER} GROUP BY ${pendingKeys}) AS p ` +
-    `JOIN ${quoteIdent(table.name)} AS t ON ${join} ORDER BY p.first_change`
-  );
-}
-
-/**
- * Log every row of a table as an upsert: for a table that appeared while marmot runs, the rows the app wrote
- * before its triggers existed are writes like any other and must travel too.
+ * Log every row of a table as an upsert: for a table that appeared while marmot runs (or was made again under a
+ * captured name), the rows the app wrote before its triggers existed are writes like any other and must travel too.
  */
 export function logAllRowsSql(table: TableInfo): string {
-  const log = quoteIdent(changeLogTable(table.name));
-  const columns = changeLogColumns(table).slice(1).map(quoteIdent);
-  const values = [quoteLiteral(OP_UPSERT)];
-  if (table.rowidKeyed) values.push(quoteIdent(rowidAlias(table)));
-  for (const column of table.columns) values.push(quoteIdent(column.name));
-  return `INSERT INTO ${log} (${columns.join(", ")}) SELECT ${values.join(", ")} FROM ${quoteIdent(table.name)}`;
+  return (
+    `INSERT INTO ${quoteIdent(changeLogTable(table.name))} (${logColumnList(table)}) ` +
+    `SELECT ${[quoteLiteral(OP_UPSERT), ...keyReferences(table)].join(", ")} FROM ${quoteIdent(table.name)}`
+  );
 }
