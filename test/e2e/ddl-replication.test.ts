@@ -1,5 +1,6 @@
-// Schema changes replicate: migrations while marmot runs, through bin/marmot on three nodes with the sqlite3 CLI as the app: every kind
-// of statement on one node, the same migration on every node, conflicting changes, a crash, and -cleanup after.
+// Schema changes replicate: migrations while marmot runs, through bin/marmot on three nodes with the sqlite3 CLI as
+// the app. Every kind of statement on one node, the same migration on every node, conflicting changes, a crash, and
+// -cleanup after.
 
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
