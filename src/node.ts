@@ -109,6 +109,7 @@ export class MarmotNode {
     this.db = openDatabase(config.dbPath, logger);
     failFastWhenBusy(this.db);
     this.reader = new ChangeLogReader(this.db);
+    this.reader.holdOnSchemaChange();
     this.watcher = new DatabaseWatcher(
       {
         dbPath: config.dbPath,

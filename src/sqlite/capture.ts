@@ -35,6 +35,8 @@ import {
   NOT_MARKER,
 } from "./trigger-sql.js";
 
+import { guardUserTriggers } from "./user-triggers.js";
+
 export { schemaVersion } from "./schema.js";
 
 export type CaptureOptions = TableFilter;
@@ -94,6 +96,10 @@ export function installCapture(db: Database.Database, logger: Logger, options: C
       for (const trigger of captureTriggers(table)) wantedTriggers.add(trigger.name);
     }
     dropStaleTriggers(db, triggers, wantedTriggers, notes);
+    const guarded = guardUserTriggers(db);
+    if (guarded.length > 0) {
+      notes.push({ level: "info", message: "guarded the app's triggers so they do not fire again when marmot applies replicated rows", fields: { triggers: guarded } });
+    }
     dropStaleChangeLogs(db, new Set(schema.tables.map((table) => table.name)), notes);
     return { tables: schema.tables, epoch, skipped: schema.skipped, relogged };
   });

@@ -4,6 +4,7 @@ import type Database from "better-sqlite3";
 import type { Logger } from "../log.js";
 import { APPLYING_TABLE, isCaptureTriggerName, isMarmotTable, META_SEQUENCE_KEY, META_TABLE } from "./names.js";
 import { quoteIdent } from "./quote.js";
+import { restoreUserTriggers } from "./user-triggers.js";
 
 export interface CleanupResult {
   triggers: string[];
@@ -12,6 +13,8 @@ export interface CleanupResult {
   droppedSequence: boolean;
   /** sqlite_sequence rows of the app's tables whose rowid was put back to what it would be without marmot */
   renumberedSequenceRows: number;
+  /** the app's triggers whose own text was put back (marmot had guarded them) */
+  userTriggers: string[];
 }
 
 /** Drop marmot's triggers, change logs and internal tables in one transaction. Pending changes are discarded. */
@@ -28,11 +31,13 @@ export function removeCapture(db: Database.Database, logger: Logger): CleanupRes
       .filter((row) => row.type === "trigger" && isCaptureTriggerName(row.name) && (row.sql ?? "").includes(guard))
       .map((row) => row.name);
     const tables = objects.filter((row) => row.type === "table" && isMarmotTable(row.name)).map((row) => row.name);
+    // The app's triggers get their own text back, byte for byte, before the table that keeps it goes.
+    const userTriggers = restoreUserTriggers(db);
     for (const name of triggers) db.exec(`DROP TRIGGER IF EXISTS ${quoteIdent(name)}`);
     for (const name of tables) db.exec(`DROP TABLE IF EXISTS ${quoteIdent(name)}`);
     const renumberedSequenceRows = sequenceBefore === undefined ? 0 : renumberSequenceRows(db, sequenceBefore);
     const droppedSequence = sequenceBefore === "absent" && dropUnusedSequenceTable(db);
-    return { triggers, tables, droppedSequence, renumberedSequenceRows };
+    return { triggers, tables, droppedSequence, renumberedSequenceRows, userTriggers };
   });
   const result = remove.immediate();
   logger.info(`removed marmot from the database: ${result.triggers.length} triggers and ${result.tables.length} tables dropped`, {

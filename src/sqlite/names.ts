@@ -9,6 +9,8 @@ export const APPLYING_TABLE = "__marmot__applying";
 export const APPLIED_TABLE = "__marmot__applied";
 /** key/value facts about this installation (install epoch, per-table capture signature). */
 export const META_TABLE = "__marmot__meta";
+/** The app's triggers marmot guarded, with their exact text, so that cleanup puts that text back (see user-triggers.ts). */
+export const USER_TRIGGERS_TABLE = "__marmot__user_triggers";
 /** Replicated changes this node could not apply (unknown table/column, undecodable), kept for retry and inspection. */
 export const PARKED_TABLE = "__marmot__parked";
 
@@ -76,6 +78,7 @@ export const INTERNAL_TABLES: readonly string[] = [
   META_TABLE,
   PARKED_TABLE,
   SNAPSHOT_TABLE,
+  USER_TRIGGERS_TABLE,
   SCHEMA_TABLE,
   SCHEMA_OUTBOX_TABLE,
 ];

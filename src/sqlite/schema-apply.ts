@@ -7,7 +7,7 @@ import type { SchemaChange } from "../wire/schema-message.js";
 import { INTERNAL_PREFIX } from "./names.js";
 import { quoteIdent } from "./quote.js";
 import { foldCase } from "./schema.js";
-import { objectKey } from "./schema-state.js";
+import { appTriggerTexts, objectKey } from "./schema-state.js";
 
 interface LocalObject {
   type: string;
@@ -19,9 +19,11 @@ interface LocalObject {
 /** Dropped before tables, created after them: what depends on a table goes first and comes back last. */
 const DEPENDENTS = ["trigger", "view", "index"] as const;
 
-function localObjects(db: Database.Database): Map<string, LocalObject> {
+/** Main's objects; `appSql` is a guarded trigger's text as the app made it, which is what messages carry. */
+function localObjects(db: Database.Database): Map<string, LocalObject & { appSql: string | null }> {
   const rows = db.prepare("SELECT type, name, tbl_name AS tblName, sql FROM main.sqlite_master").all() as LocalObject[];
-  return new Map(rows.map((row) => [objectKey(row.type, row.name), row]));
+  const appText = appTriggerTexts(db);
+  return new Map(rows.map((row) => [objectKey(row.type, row.name), { ...row, appSql: appText.get(row.sql ?? "") ?? row.sql }]));
 }
 
 const isVirtual = (sql: string | null): boolean => /^\s*CREATE\s+VIRTUAL\s/i.test(sql ?? "");
@@ -54,7 +56,7 @@ export function applySchemaChanges(db: Database.Database, changes: readonly Sche
   for (const type of DEPENDENTS) {
     for (const change of changes.filter((c) => c.type === type)) {
       const here = current(change);
-      if (here === undefined || here.sql === change.sql) continue;
+      if (here === undefined || here.appSql === change.sql) continue;
       attempt(change, "drop", () => db.exec(`DROP ${type.toUpperCase()} IF EXISTS main.${quoteIdent(here.name)}`));
     }
   }
@@ -86,7 +88,8 @@ export function applySchemaChanges(db: Database.Database, changes: readonly Sche
   local = localObjects(db);
   for (const type of ["index", "view", "trigger"] as const) {
     for (const change of changes.filter((c) => c.type === type && c.sql !== null)) {
-      if (current(change)?.sql === change.sql) continue;
+      // A trigger is created with the app's text; capture guards it in the same transaction.
+      if (current(change)?.appSql === change.sql) continue;
       attempt(change, "create", () => db.exec(change.sql!));
     }
   }

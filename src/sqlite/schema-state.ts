@@ -3,7 +3,7 @@
 
 import type Database from "better-sqlite3";
 import type { SchemaChange, SchemaObjectType } from "../wire/schema-message.js";
-import { isInternalName, SCHEMA_OUTBOX_TABLE, SCHEMA_TABLE } from "./names.js";
+import { isInternalName, SCHEMA_OUTBOX_TABLE, SCHEMA_TABLE, USER_TRIGGERS_TABLE } from "./names.js";
 import { quoteIdent } from "./quote.js";
 import { foldCase, type TableFilter } from "./schema.js";
 
@@ -14,14 +14,15 @@ export interface SchemaObject extends SchemaChange {
   travels: boolean;
 }
 
-/** A user trigger's text as the user wrote it, for a trigger marmot may have changed (see setUserTriggerText). */
-export type UserTriggerText = (db: Database.Database, name: string, sql: string) => string;
-
-let userTriggerText: UserTriggerText = (_db, _name, sql) => sql;
-
-/** Where a guarded user trigger's original text is found, once marmot guards user triggers. */
-export function setUserTriggerText(read: UserTriggerText): void {
-  userTriggerText = read;
+/**
+ * The app's text of each trigger marmot guards (see user-triggers.ts), by its guarded text: what travels is the
+ * app's text, and a node guards what it creates from it.
+ */
+export function appTriggerTexts(db: Database.Database): Map<string, string> {
+  const exists = db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?").get(USER_TRIGGERS_TABLE) !== undefined;
+  if (!exists) return new Map();
+  const rows = db.prepare(`SELECT sql, guarded FROM ${quoteIdent(USER_TRIGGERS_TABLE)}`).all() as { sql: string; guarded: string }[];
+  return new Map(rows.map((row) => [row.guarded, row.sql]));
 }
 
 export function objectKey(type: string, name: string): string {
@@ -67,11 +68,12 @@ export function readSchemaState(db: Database.Database, filter: TableFilter): Sch
   const listed = db.prepare("SELECT name, type FROM pragma_table_list WHERE schema = 'main'").all() as { name: string; type: string }[];
   const shadow = new Set(listed.filter((t) => t.type === "shadow").map((t) => foldCase(t.name)));
   const views = new Set(listed.filter((t) => t.type === "view").map((t) => foldCase(t.name)));
+  const appText = appTriggerTexts(db);
   const out: SchemaObject[] = [];
   for (const row of rows) {
     if (isInternalName(row.name) || isInternalName(row.tblName) || foldCase(row.name).startsWith("sqlite_")) continue;
     if (shadow.has(foldCase(row.tblName))) continue;
-    const sql = row.type === "trigger" ? userTriggerText(db, row.name, row.sql) : row.sql;
+    const sql = row.type === "trigger" ? (appText.get(row.sql) ?? row.sql) : row.sql;
     const travels = views.has(foldCase(row.tblName)) || tableTravels(row.tblName, filter);
     out.push({ type: row.type, name: row.name, tblName: row.tblName, sql, travels });
   }

@@ -17,6 +17,10 @@ CREATE TABLE shelf (code TEXT PRIMARY KEY, label TEXT) WITHOUT ROWID;
 INSERT INTO Books VALUES (1, 'Emma', 'old', 1815), (2, 'Persuasion', 'old', 1817);
 `;
 
+/** An app's trigger that writes: it runs where the app writes, and its effect travels as rows. */
+const AUDIT_TRIGGER =
+  "CREATE TRIGGER books_audit AFTER UPDATE OF title ON Books BEGIN INSERT INTO audit (book, title) VALUES (NEW.id, NEW.title); END";
+
 /** The user's part of sqlite_schema, as the CLI prints it: marmot's objects and SQLite's own left out. */
 const USER_SCHEMA_SQL =
   "SELECT type, name, tbl_name, sql FROM sqlite_schema WHERE substr(name, 1, 8) <> '__marmot' AND substr(tbl_name, 1, 8) <> '__marmot' " +
@@ -114,6 +118,13 @@ describe("schema changes travel between three nodes", () => {
     );
     await writeWhenThere(cluster, 3, "scratch", "INSERT INTO scratch VALUES (2);");
     await sqlite3Async(db1, "DROP TRIGGER IF EXISTS no_anonymous; DROP TABLE scratch; INSERT INTO notes VALUES ('last', 4);");
+    // A trigger that writes, made on node 2, fired by writes on nodes 1 and 3 once they have it.
+    await sqlite3Async(cluster.node(2).spec.dbPath, `CREATE TABLE audit (book INTEGER, title TEXT, PRIMARY KEY (book, title)); ${AUDIT_TRIGGER};`);
+    for (const n of [1, 3]) {
+      const db = cluster.node(n).spec.dbPath;
+      await waitFor(() => sqlite3(db, "SELECT count(*) FROM sqlite_schema WHERE name = 'books_audit'") === "1\n", 60_000, () => `the trigger on node ${n}`);
+      await sqlite3Async(db, `UPDATE Books SET title = title || ' (${n})' WHERE id = ${n};`);
+    }
 
     await waitSameEverywhere(cluster);
     const schema = userSchema(db1);
@@ -122,8 +133,10 @@ describe("schema changes travel between three nodes", () => {
     assert.match(schema, /CREATE TABLE "shelves"/);
     for (const out of cluster.query("SELECT id, name, born FROM authors ORDER BY id")) assert.equal(out, "1|AUSTEN|\n2|BRONTë|\n3|ELIOT|\n4|GASKELL|1810\n");
     for (const out of cluster.query("SELECT id, title, published, pages FROM Books ORDER BY id")) {
-      assert.equal(out, "1|Emma.|1816|474\n2|Persuasion|1817|0\n3|Middlemarch|1871|0\n4|Sanditon|1817|271\n5|Shirley|1849|0\n");
+      assert.equal(out, "1|Emma. (1)|1816|474\n2|Persuasion|1817|0\n3|Middlemarch (3)|1871|0\n4|Sanditon|1817|271\n5|Shirley|1849|0\n");
     }
+    // exactly one audit row per update, on every node
+    for (const out of cluster.query("SELECT book, title FROM audit ORDER BY book")) assert.equal(out, "1|Emma. (1)\n3|Middlemarch (3)\n");
     for (const out of cluster.query("SELECT code, label FROM shelves ORDER BY code")) assert.equal(out, "A1|fiction\nB2|poetry\n");
     for (const out of cluster.query("SELECT rowid, body, n FROM notes ORDER BY rowid")) assert.equal(out, "1|first|1\n2|second|2\n3|from three|3\n4|last|4\n");
   });
@@ -174,7 +187,10 @@ describe("schema changes travel between three nodes", () => {
       execFileSync(process.execPath, [marmotBin, "-config", n.spec.configPath, "-cleanup"], { cwd: repoRoot, stdio: "pipe" });
     }
     for (const [i, n] of cluster.nodes.entries()) {
-      assert.equal(userSchema(n.spec.dbPath), before[i]);
+      // The app's trigger is back as the app wrote it; everything else is as it was.
+      const appText = (schema: string) => schema.replace(/^trigger\|books_audit\|Books\|[\s\S]*?END$/m, `trigger|books_audit|Books|${AUDIT_TRIGGER}`);
+      assert.equal(userSchema(n.spec.dbPath), appText(before[i]!));
+      assert.equal(sqlite3(n.spec.dbPath, "SELECT sql FROM sqlite_schema WHERE name = 'books_audit'"), `${AUDIT_TRIGGER}\n`);
       assert.equal(sqlite3(n.spec.dbPath, "SELECT count(*) FROM sqlite_schema WHERE name LIKE '\\_\\_marmot%' ESCAPE '\\'"), "0\n");
     }
     assert.equal(before[1], before[0]);
