@@ -271,9 +271,7 @@ export class MarmotNode {
       const previous = this.capturedTables;
       const update = this.db.transaction(() => {
         const result = installCapture(this.db, this.logger, this.config.tables);
-        const known = new Set(previous.map((t) => t.name));
-        const logged = [...result.tables.filter((t) => !known.has(t.name)).map((t) => t.name), ...result.relogged];
-        this.schema.notice(result.tables, new Set(logged));
+        this.schema.notice(result, previous);
         return result;
       });
       this.useCapture(update.immediate(), previous);

@@ -8,6 +8,7 @@ import { INTERNAL_PREFIX } from "./names.js";
 import { quoteIdent } from "./quote.js";
 import { foldCase } from "./schema.js";
 import { appTriggerTexts, objectKey } from "./schema-state.js";
+import { sqlTokens } from "./user-triggers.js";
 
 interface LocalObject {
   type: string;
@@ -82,7 +83,7 @@ export function applySchemaChanges(db: Database.Database, changes: readonly Sche
           !o.name.startsWith(INTERNAL_PREFIX) &&
           !definedInMessage.has(objectKey(o.type, o.name)),
       );
-      attempt(change, "rebuild", () => rebuildTable(db, here.name, change.sql!, keep));
+      attempt(change, "rebuild", () => rebuildTable(db, here.name, here.sql ?? "", change.sql!, keep));
     }
   }
   local = localObjects(db);
@@ -96,14 +97,51 @@ export function applySchemaChanges(db: Database.Database, changes: readonly Sche
   return changed;
 }
 
+/** A quoted name's text without its quotes. */
+function unquoted(text: string): string {
+  const first = text[0];
+  if (first === "[") return text.slice(1, -1);
+  if (first === '"' || first === "`") return text.slice(1, -1).split(`${first}${first}`).join(first);
+  return text;
+}
+
+/**
+ * The columns ALTER TABLE RENAME COLUMN renamed between two definitions of a table (new name folded -> old name):
+ * SQLite rewrites only the name where it appears, so the two texts differ in names alone, consistently. Undefined
+ * when they differ in anything else (then columns are matched by name, and a table made again is sent whole by its
+ * origin: see capture's relogging).
+ */
+export function renamedColumns(before: string, after: string, oldColumns: readonly string[], newColumns: readonly string[]): Map<string, string> | undefined {
+  const wasColumn = new Set(oldColumns.map(foldCase));
+  const isColumn = new Set(newColumns.map(foldCase));
+  const a = sqlTokens(before);
+  const b = sqlTokens(after);
+  if (a.length !== b.length) return undefined;
+  const renames = new Map<string, string>();
+  for (let i = 0; i < a.length; i++) {
+    const [x, y] = [a[i]!, b[i]!];
+    if (x.text === y.text) continue;
+    const isName = (kind: string) => kind === "word" || kind === "name";
+    if (!isName(x.kind) || !isName(y.kind)) return undefined;
+    const [from, to] = [unquoted(x.text), unquoted(y.text)];
+    if (foldCase(from) === foldCase(to)) continue;
+    if (!wasColumn.has(foldCase(from)) || !isColumn.has(foldCase(to))) return undefined;
+    const known = renames.get(foldCase(to));
+    if (known !== undefined && foldCase(known) !== foldCase(from)) return undefined;
+    renames.set(foldCase(to), from);
+  }
+  return renames;
+}
+
 /**
  * Rebuild a table to `sql`, SQLite's recommended way: the old table is renamed away (legacy_alter_table on, so no
  * view or trigger elsewhere is rewritten to follow it), the new one created with the exact text, the columns both
- * have copied (and the rowid, which keys rows of tables without a primary key on every node), the old one dropped,
- * and its own indexes and triggers that the message does not define created again. Rows the copy cannot take (a new
- * NOT NULL or CHECK) are left out: the origin sends every row of a table whose definition it changed anyway.
+ * have copied (by their old names when the change renamed columns; and the rowid, which keys rows of tables without
+ * a primary key on every node), the old one dropped, and its own indexes and triggers that the message does not
+ * define created again. Rows the copy cannot take (a new NOT NULL or CHECK) are left out: a table its origin made
+ * again is sent whole by it anyway.
  */
-function rebuildTable(db: Database.Database, name: string, sql: string, keep: readonly LocalObject[]): void {
+function rebuildTable(db: Database.Database, name: string, oldSql: string, sql: string, keep: readonly LocalObject[]): void {
   const aside = `${INTERNAL_PREFIX}__rebuild_${name}`;
   const legacy = Number(db.pragma("legacy_alter_table", { simple: true }));
   db.pragma("legacy_alter_table = ON");
@@ -114,9 +152,11 @@ function rebuildTable(db: Database.Database, name: string, sql: string, keep: re
     const from = tablePlan(db, "main", aside);
     const to = tablePlan(db, "main", name);
     const theirs = new Map(from.columns.map((c) => [foldCase(c), c]));
-    const common = to.columns.filter((c) => theirs.has(foldCase(c)));
+    const renames = renamedColumns(oldSql, sql, from.columns, to.columns) ?? new Map<string, string>();
+    const sourceOf = (c: string) => theirs.get(foldCase(renames.get(foldCase(c)) ?? c));
+    const common = to.columns.filter((c) => sourceOf(c) !== undefined);
     const target = common.map(quoteIdent);
-    const source = common.map((c) => quoteIdent(theirs.get(foldCase(c))!));
+    const source = common.map((c) => quoteIdent(sourceOf(c)!));
     if (to.rowid !== undefined && !to.rowidIsColumn && from.rowid !== undefined) {
       target.unshift(quoteIdent(to.rowid));
       source.unshift(quoteIdent(from.rowid));

@@ -11,6 +11,7 @@ import { decodeSchemaMessage, encodeSchemaMessage, type SchemaChange, type Schem
 import { APPLIED_TABLE, APPLYING_TABLE, META_TABLE, PARKED_TABLE, SCHEMA_OUTBOX_TABLE } from "./names.js";
 import { quoteIdent } from "./quote.js";
 import { foldCase, schemaVersion, type TableFilter } from "./schema.js";
+import { renamedColumns } from "./schema-apply.js";
 import { applySchemaChanges } from "./schema-apply.js";
 import {
   diffSchemaState,
@@ -66,23 +67,32 @@ export class SchemaSync {
 
   /**
    * Inside the transaction that installs capture at start: creates the schema tables (the schema as it is then is
-   * the starting point of a database marmot never managed), then notices what changed while marmot was away.
+   * the starting point of a database marmot never managed), then notices what changed while marmot was away. The
+   * rows of a table the app created meanwhile travel too: it is new to every node.
    */
   start(tables: readonly TableInfo[]): void {
     if (ensureSchemaTables(this.db)) recordSchemaState(this.db, readSchemaState(this.db, this.options.filter));
     const row = this.db.prepare(`SELECT seq FROM ${quoteIdent(APPLIED_TABLE)} WHERE stream = ?`).get(this.options.stream) as { seq: bigint | number } | undefined;
     this.applied = row === undefined ? 0 : Number(row.seq);
-    this.notice(tables, new Set());
+    const stored = storedSchemaState(this.db);
+    this.notice();
+    if (!this.options.publish) return;
+    for (const table of tables) {
+      if (stored.has(objectKey("table", table.name))) continue;
+      const rows = this.db.prepare(logAllRowsSql(table)).run().changes;
+      if (rows > 0) this.logger.info("the app created a table while marmot was stopped; its rows travel with it", { table: table.name, rows });
+    }
   }
 
   /**
-   * Inside the caller's transaction, after capture was made to match the schema: when the user schema differs from
-   * the recorded state, the difference becomes a message in the outbox, and every row of a table whose definition
-   * changed (other than by a column added at its end) is logged again: whatever the app's migration did to the
-   * values, its rows then overwrite every node's copy. `loggedAlready` names tables whose rows capture just logged
-   * (tables new to it). Returns how many objects changed.
+   * Inside the caller's transaction, after capture was made to match the schema (`capture`, and `previous`: the
+   * tables captured before): when the user schema differs from the recorded state, the difference becomes a message
+   * in the outbox. Another node's copy of the rows then is the origin's after a column added at the end, columns
+   * dropped, or columns renamed (see schema-apply.ts), and capture logs every row of a table that was made again.
+   * A table changed in other ways at once (a column dropped and another renamed before marmot looked) has all its
+   * rows logged here, so they overwrite every node's copy. Returns how many objects changed.
    */
-  notice(tables: readonly TableInfo[], loggedAlready: ReadonlySet<string>): number {
+  notice(capture?: CaptureResult, previous: readonly TableInfo[] = []): number {
     const { db } = this;
     const stored = storedSchemaState(db);
     const current = readSchemaState(db, this.options.filter);
@@ -93,21 +103,30 @@ export class SchemaSync {
       const message: SchemaMessage = { origin: this.options.origin, id, changes };
       const keys = JSON.stringify(changes.map((c) => objectKey(c.type, c.name)));
       db.prepare(`INSERT INTO ${quoteIdent(SCHEMA_OUTBOX_TABLE)} (id, keys, payload) VALUES (?, ?, ?)`).run(BigInt(id), keys, encodeSchemaMessage(message));
-      const captured = new Map(tables.map((t) => [foldCase(t.name), t]));
-      for (const change of changes) {
-        if (change.type !== "table" || change.sql === null || loggedAlready.has(change.name)) continue;
-        const table = captured.get(foldCase(change.name));
-        const before = stored.get(objectKey("table", change.name))?.sql ?? null;
-        if (table === undefined || isColumnAppend(before, change.sql)) continue;
-        const rows = db.prepare(logAllRowsSql(table)).run().changes;
-        if (rows > 0) this.logger.info("the table's definition changed: its rows are sent again so that every node holds them as here", { table: table.name, rows });
-      }
+      if (capture !== undefined) this.logRowsOfReshapedTables(changes, stored, capture, previous);
     }
     recordSchemaState(db, current);
     this.logger.info(this.options.publish ? "schema changed; sending the change to the other nodes" : "schema changed (publish = false: it stays on this node)", {
       objects: changes.map(describe).join(", "),
     });
     return changes.length;
+  }
+
+  private logRowsOfReshapedTables(changes: readonly SchemaChange[], stored: Map<string, SchemaChange>, capture: CaptureResult, previous: readonly TableInfo[]): void {
+    const before = new Map(previous.map((t) => [foldCase(t.name), t]));
+    for (const table of capture.tables) {
+      const change = changes.find((c) => c.type === "table" && c.sql !== null && foldCase(c.name) === foldCase(table.name));
+      const old = before.get(foldCase(table.name));
+      const oldSql = stored.get(objectKey("table", table.name))?.sql ?? null;
+      if (change === undefined || old === undefined || oldSql === null || capture.relogged.includes(table.name)) continue;
+      const oldColumns = old.columns.map((c) => c.name);
+      const newColumns = table.columns.map((c) => c.name);
+      const had = new Set(oldColumns.map(foldCase));
+      const onlyDropped = newColumns.every((c) => had.has(foldCase(c)));
+      if (onlyDropped || isColumnAppend(oldSql, change.sql!) || renamedColumns(oldSql, change.sql!, oldColumns, newColumns) !== undefined) continue;
+      const rows = this.db.prepare(logAllRowsSql(table)).run().changes;
+      if (rows > 0) this.logger.info("the table changed in several ways at once: its rows are sent again so that every node holds them as here", { table: table.name, rows });
+    }
   }
 
   private nextMessageId(): number {
@@ -172,7 +191,10 @@ export class SchemaSync {
     const results: ApplyResult[] = [];
     const captured = db
       .transaction(() => {
-        if (schemaVersion(db) !== this.options.knownSchemaVersion()) this.refreshCapture(previous);
+        if (schemaVersion(db) !== this.options.knownSchemaVersion()) {
+          // The app's own change first (capture logs the rows of tables it made again or new).
+          this.notice(this.options.capture(), previous);
+        }
         db.prepare(`INSERT INTO ${quoteIdent(APPLYING_TABLE)} VALUES (1)`).run();
         for (const { seq, data } of messages) {
           if (seq <= last) {
@@ -223,14 +245,6 @@ export class SchemaSync {
     return results;
   }
 
-  /** Capture and the recorded state brought up to the app's own schema changes, inside the apply's transaction. */
-  private refreshCapture(previous: readonly TableInfo[]): void {
-    const result = this.options.capture();
-    const known = new Set(previous.map((t) => t.name));
-    const fresh = new Set([...result.tables.filter((t) => !known.has(t.name)).map((t) => t.name), ...result.relogged]);
-    this.notice(result.tables, fresh);
-  }
-
   /** The changes of a message this node takes: not those of objects it changed itself since, nor of tables it leaves out. */
   private applicable(changes: readonly SchemaChange[], seq: number): SchemaChange[] {
     const pending = new Set<string>();
@@ -243,19 +257,16 @@ export class SchemaSync {
   }
 }
 
-/**
- * Whether `after` is `before` with column definitions added at its end, as ALTER TABLE ADD COLUMN writes it: the
- * rows keep their values and the new column holds its (constant) default on every node, so they need not travel.
- */
-export function isColumnAppend(before: string | null, after: string): boolean {
-  if (before === null) return false;
-  const close = before.lastIndexOf(")");
-  if (close < 0) return false;
-  const head = before.slice(0, close);
-  const tail = before.slice(close);
-  return after.length > before.length && after.startsWith(`${head}, `) && after.endsWith(tail);
-}
-
 function describe(change: SchemaChange): string {
   return `${change.sql === null ? "dropped" : "defined"} ${change.type} ${change.name}`;
+}
+
+/**
+ * Whether `after` is `before` with column definitions added at its end, as ALTER TABLE ADD COLUMN writes it: the
+ * rows keep their values and the new column holds its constant default on every node.
+ */
+export function isColumnAppend(before: string, after: string): boolean {
+  const close = before.lastIndexOf(")");
+  if (close < 0) return false;
+  return after.length > before.length && after.startsWith(`${before.slice(0, close)}, `) && after.endsWith(before.slice(close));
 }

@@ -61,6 +61,13 @@ test("DROP COLUMN, RENAME COLUMN and the twelve-step rebuild arrive as the origi
   assert.equal(userSchema(b), userSchema(a));
 });
 
+test("RENAME COLUMN alone keeps the column's values on the other node (no row needs to travel)", () => {
+  const [a, b] = twoFiles("CREATE TABLE t (id INTEGER PRIMARY KEY, \"old name\" TEXT, n REAL CHECK (n >= 0)); INSERT INTO t VALUES (1, 'x', 0.5), (2, NULL, 2.25);");
+  carry(a, b, "ALTER TABLE t RENAME COLUMN \"old name\" TO label; ALTER TABLE t RENAME COLUMN n TO weight;");
+  assert.equal(userSchema(b), userSchema(a));
+  assert.equal(sqlite3(b, "SELECT id, label, weight FROM t ORDER BY id"), "1|x|0.5\n2||2.25\n");
+});
+
 test("an object already defined the same way is left alone; dropped objects go", () => {
   const [a, b] = twoFiles("CREATE TABLE t (id INTEGER PRIMARY KEY, v); CREATE INDEX t_v ON t (v); CREATE VIEW w AS SELECT 1;");
   sqlite3(b, "CREATE TABLE extra (k TEXT PRIMARY KEY);");
