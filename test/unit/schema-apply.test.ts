@@ -6,6 +6,7 @@ import { after, test } from "node:test";
 import Database from "better-sqlite3";
 import { applySchemaChanges } from "../../src/sqlite/schema-apply.js";
 import { diffSchemaState, readSchemaState, recordSchemaState, ensureSchemaTables, storedSchemaState } from "../../src/sqlite/schema-state.js";
+import type { TableFilter } from "../../src/sqlite/schema.js";
 import { createDb, recordingLogger, removeTempDirs, sqlite3, tempDir } from "../helpers/sqlite.js";
 
 after(removeTempDirs);
@@ -18,17 +19,17 @@ function twoFiles(schema: string): [string, string] {
 }
 
 /** What `origin` changed since `before` (its recorded state), applied to `target`. */
-function carry(originPath: string, targetPath: string, migrate: string): number {
+function carry(originPath: string, targetPath: string, migrate: string, filter: TableFilter = {}): number {
   const origin = new Database(originPath);
   const target = new Database(targetPath);
   try {
     ensureSchemaTables(origin);
-    recordSchemaState(origin, readSchemaState(origin, {}));
+    recordSchemaState(origin, readSchemaState(origin, filter));
     const stored = storedSchemaState(origin);
     origin.close();
     sqlite3(originPath, migrate);
     const reopened = new Database(originPath);
-    const changes = diffSchemaState(stored, readSchemaState(reopened, {}));
+    const changes = diffSchemaState(stored, readSchemaState(reopened, filter));
     reopened.close();
     return target.transaction(() => applySchemaChanges(target, changes, recordingLogger()))();
   } finally {
@@ -81,4 +82,18 @@ test("a changed table whose new definition refuses some old rows keeps the other
   carry(a, b, "BEGIN; CREATE TABLE n (id INTEGER PRIMARY KEY, v INTEGER CHECK (v > 0)); INSERT INTO n SELECT * FROM t WHERE v > 0; DROP TABLE t; ALTER TABLE n RENAME TO t; COMMIT;");
   assert.equal(userSchema(b), userSchema(a));
   assert.equal(sqlite3(b, "SELECT id, v FROM t ORDER BY id"), "1|5\n3|7\n");
+});
+
+test("a virtual table's CREATE travels and its module makes its shadow tables; an excluded table's changes stay", () => {
+  const [a, b] = twoFiles("CREATE TABLE local_only (id INTEGER PRIMARY KEY, v TEXT);");
+  const changed = carry(
+    a,
+    b,
+    "CREATE VIRTUAL TABLE docs USING fts5(title, body); CREATE INDEX local_v ON local_only (v); ALTER TABLE local_only ADD COLUMN w;",
+    { exclude: ["local_only"] },
+  );
+  assert.equal(changed, 1, "only the virtual table (its shadow tables come with it)");
+  assert.equal(userSchema(b).replace(/^.*local_only.*\n/gm, ""), userSchema(a).replace(/^.*local_only.*\n/gm, ""));
+  assert.equal(sqlite3(b, "SELECT sql FROM sqlite_schema WHERE name = 'local_only'"), "CREATE TABLE local_only (id INTEGER PRIMARY KEY, v TEXT)\n");
+  assert.equal(sqlite3(b, "SELECT count(*) FROM sqlite_schema WHERE name = 'local_v'"), "0\n");
 });
