@@ -73,6 +73,8 @@ export function applySchemaChanges(db: Database.Database, changes: readonly Sche
         db.exec(`DROP TABLE main.${quoteIdent(here.name)}`);
         db.exec(change.sql!);
       });
+    } else if (isColumnAppend(here.sql ?? "", change.sql) && addColumn(db, here.name, here.sql!, change.sql)) {
+      changed++;
     } else {
       const definedInMessage = new Set(changes.map((c) => objectKey(c.type, c.name)));
       const keep = [...local.values()].filter(
@@ -95,6 +97,35 @@ export function applySchemaChanges(db: Database.Database, changes: readonly Sche
     }
   }
   return changed;
+}
+
+/**
+ * Whether `after` is `before` with column definitions added at its end, as ALTER TABLE ADD COLUMN writes it: the
+ * rows keep their values and the new column holds its constant default on every node.
+ */
+export function isColumnAppend(before: string, after: string): boolean {
+  const close = before.lastIndexOf(")");
+  if (close < 0) return false;
+  return after.length > before.length && after.startsWith(`${before.slice(0, close)}, `) && after.endsWith(before.slice(close));
+}
+
+/**
+ * A column added at the end the way the origin added it, ALTER TABLE ADD COLUMN, without copying the table: true
+ * when SQLite then holds exactly `sql` (a savepoint undoes it otherwise, and the caller rebuilds the table).
+ */
+function addColumn(db: Database.Database, name: string, oldSql: string, sql: string): boolean {
+  const close = oldSql.lastIndexOf(")");
+  const definition = sql.slice(close + 2, sql.length - (oldSql.length - close));
+  try {
+    db.transaction(() => {
+      db.exec(`ALTER TABLE main.${quoteIdent(name)} ADD COLUMN ${definition}`);
+      const now = db.prepare("SELECT sql FROM main.sqlite_master WHERE type = 'table' AND name = ?").pluck(true).get(name);
+      if (now !== sql) throw new Error("ADD COLUMN gave other text");
+    })();
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /** A quoted name's text without its quotes. */

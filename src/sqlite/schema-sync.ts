@@ -11,7 +11,7 @@ import { decodeSchemaMessage, encodeSchemaMessage, type SchemaChange, type Schem
 import { APPLIED_TABLE, APPLYING_TABLE, META_TABLE, PARKED_TABLE, SCHEMA_OUTBOX_TABLE } from "./names.js";
 import { quoteIdent } from "./quote.js";
 import { foldCase, schemaVersion, type TableFilter } from "./schema.js";
-import { renamedColumns } from "./schema-apply.js";
+import { isColumnAppend, renamedColumns } from "./schema-apply.js";
 import { applySchemaChanges } from "./schema-apply.js";
 import {
   diffSchemaState,
@@ -259,14 +259,4 @@ export class SchemaSync {
 
 function describe(change: SchemaChange): string {
   return `${change.sql === null ? "dropped" : "defined"} ${change.type} ${change.name}`;
-}
-
-/**
- * Whether `after` is `before` with column definitions added at its end, as ALTER TABLE ADD COLUMN writes it: the
- * rows keep their values and the new column holds its constant default on every node.
- */
-export function isColumnAppend(before: string, after: string): boolean {
-  const close = before.lastIndexOf(")");
-  if (close < 0) return false;
-  return after.length > before.length && after.startsWith(`${before.slice(0, close)}, `) && after.endsWith(before.slice(close));
 }

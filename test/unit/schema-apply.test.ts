@@ -69,6 +69,20 @@ test("RENAME COLUMN alone keeps the column's values on the other node (no row ne
   assert.equal(sqlite3(b, "SELECT id, label, weight FROM t ORDER BY id"), "1|x|0.5\n2||2.25\n");
 });
 
+test("ADD COLUMN arrives as ADD COLUMN (no copy of the table), one or several at once", () => {
+  const [a, b] = twoFiles("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'x');");
+  sqlite3(b, "CREATE TRIGGER t_stays AFTER DELETE ON t BEGIN SELECT 1; END;");
+  const rootpage = sqlite3(b, "SELECT rootpage FROM sqlite_schema WHERE name = 't'");
+  carry(a, b, "ALTER TABLE t ADD COLUMN w TEXT DEFAULT 'a, b' NOT NULL;");
+  assert.equal(sqlite3(b, "SELECT sql FROM sqlite_schema WHERE name = 't'"), sqlite3(a, "SELECT sql FROM sqlite_schema WHERE name = 't'"));
+  assert.equal(sqlite3(b, "SELECT rootpage FROM sqlite_schema WHERE name = 't'"), rootpage, "the table was altered, not made again");
+  assert.equal(sqlite3(b, "SELECT id, v, w FROM t"), "1|x|a, b\n");
+  carry(a, b, "ALTER TABLE t ADD COLUMN p INTEGER; ALTER TABLE t ADD COLUMN q REAL DEFAULT 1.5;");
+  assert.equal(sqlite3(b, "SELECT sql FROM sqlite_schema WHERE name = 't'"), sqlite3(a, "SELECT sql FROM sqlite_schema WHERE name = 't'"));
+  assert.equal(sqlite3(b, "SELECT id, v, w, p, q FROM t"), "1|x|a, b||1.5\n");
+  assert.equal(sqlite3(b, "SELECT count(*) FROM sqlite_schema WHERE name = 't_stays'"), "1\n");
+});
+
 test("an object already defined the same way is left alone; dropped objects go", () => {
   const [a, b] = twoFiles("CREATE TABLE t (id INTEGER PRIMARY KEY, v); CREATE INDEX t_v ON t (v); CREATE VIEW w AS SELECT 1;");
   sqlite3(b, "CREATE TABLE extra (k TEXT PRIMARY KEY);");

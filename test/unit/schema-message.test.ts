@@ -5,8 +5,7 @@ import { test } from "node:test";
 import { DecodeError } from "../../src/errors.js";
 import { decodeBatch } from "../../src/wire/codec.js";
 import { decodeSchemaMessage, encodeSchemaMessage, isSchemaMessage, type SchemaMessage } from "../../src/wire/schema-message.js";
-import { renamedColumns } from "../../src/sqlite/schema-apply.js";
-import { isColumnAppend } from "../../src/sqlite/schema-sync.js";
+import { isColumnAppend, renamedColumns } from "../../src/sqlite/schema-apply.js";
 
 const message: SchemaMessage = {
   origin: "1/abcdef",
