@@ -1,7 +1,7 @@
-// The benchmark: starts a real three-node cluster through bin/marmot, runs T1 T2 L1 O1 M1 C1 S1, prints and saves the figures.
+// The benchmark: starts a real three-node cluster through bin/marmot, runs T1 T2 L1 L1N L1S E1 O1 M1 C1 S1, prints and saves the figures.
 //
-//   npm run bench              full run (about 2.5 minutes)
-//   npm run bench -- --quick   smaller workloads (about 35 seconds)
+//   npm run bench              full run (about 3.5 minutes)
+//   npm run bench -- --quick   smaller workloads (about 1 minute)
 //   options: --reps N (T1 repetitions), --t1-rows N, --t2-seconds N, --l1-seconds N, --shards N (default 1),
 //            --only C1,O1,T1,T2,L1,L1N,L1S,E1,S1
 

@@ -4,6 +4,12 @@
 // Why rounds: a row appears in at most one batch of a round, and a round starts only after the previous one was
 // fully acknowledged, so a row's changes reach its stream in the order the app made them, even when batches of
 // one round are retried and land out of order.
+//
+// A table whose rows clash on a UNIQUE value besides their key is different: the app's INSERT OR REPLACE removes
+// the row it clashes with, and no trigger sees that removal; other nodes make it when they apply the change, as a
+// clash again. That holds only if they apply every change of the table in the app's order: none is folded into a
+// later change of its row (a round takes such a table's changes up to a row's second one), and its batches of a
+// round are published one after the other.
 
 import { createHash } from "node:crypto";
 import { PhantomDuplicateError } from "./errors.js";
@@ -58,6 +64,8 @@ interface Batch {
   changes: PendingChange[];
   /** rowKey of each change (see rowKeyString) */
   rowKeys: string[];
+  /** holds changes of a table whose rows clash: published in order, after the previous such batch was stored */
+  ordered: boolean;
 }
 
 /** Room left in a message for the header and the encoding's own bytes, when packing by the size estimate. */
@@ -102,22 +110,32 @@ export class ChangeShipper {
 
     const upTo = new Map<string, number>();
     const latest = new Map<string, { change: PendingChange; shard: number; rowKey: string }>();
+    /** tables whose rows clash, cut at a row's second change: the rest waits for the next round */
+    const cut = new Set<string>();
+    let taken = 0;
     for (const change of changes) {
+      if (cut.has(change.wireTable.name)) continue;
       const keyBytes = rowKeyBytes(change.wireTable.name, change.key);
       const rowKey = rowKeyString(keyBytes);
+      if (change.wholeTableShard && latest.has(rowKey)) {
+        cut.add(change.wireTable.name);
+        continue;
+      }
+      taken++;
       // Only the row's last change of the round travels: it carries the row's whole state.
       latest.delete(rowKey);
       latest.set(rowKey, { change, shard: shardOfRow(change.wireTable.name, keyBytes, this.options.shards, change.wholeTableShard), rowKey });
       upTo.set(change.wireTable.name, Math.max(upTo.get(change.wireTable.name) ?? 0, change.changeId));
     }
 
+    for (const table of cut) this.reader.rewindTable(table, upTo.get(table) ?? 0);
     const batches = this.cutBatches(latest.values());
     this.storedInRound.clear();
     await this.publishAll(batches, maxInFlight, signal);
     const kept = this.keptIds();
     await withWriteLock(() => this.reader.removeUpTo(upTo, kept, this.storedInRound), "removing shipped changes from the change log", this.logger, signal);
-    this.metrics?.published.inc(changes.length);
-    return changes.length;
+    this.metrics?.published.inc(taken);
+    return taken;
   }
 
   private keptIds(): Map<string, Set<number>> {
@@ -131,7 +149,7 @@ export class ChangeShipper {
 
   private cutBatches(entries: Iterable<{ change: PendingChange; shard: number; rowKey: string }>): Batch[] {
     const limit = this.options.maxPayload() - PAYLOAD_MARGIN;
-    const open = new Map<number, { batch: Batch; bytes: number }>();
+    const open = new Map<string, { batch: Batch; bytes: number }>();
     const batches: Batch[] = [];
     for (const { change, shard, rowKey } of entries) {
       // A later change of the row supersedes a change that was too large: that one may now leave the log.
@@ -140,16 +158,18 @@ export class ChangeShipper {
       // The estimate only plans the packing (it counts text at 3 bytes a character): a change it puts over the limit
       // goes in a message of its own, and the exact encoded size decides how that travels (see publishWithRetry).
       if (change.size > limit) {
-        batches.push({ shard, changes: [change], rowKeys: [rowKey] });
+        batches.push({ shard, changes: [change], rowKeys: [rowKey], ordered: change.wholeTableShard });
         continue;
       }
-      let current = open.get(shard);
+      const ordered = change.wholeTableShard;
+      const slot = `${shard}${ordered ? "o" : ""}`;
+      let current = open.get(slot);
       if (current && (current.batch.changes.length >= this.options.batchMaxChanges || current.bytes + change.size > limit)) {
         current = undefined;
       }
       if (!current) {
-        current = { batch: { shard, changes: [], rowKeys: [] }, bytes: 0 };
-        open.set(shard, current);
+        current = { batch: { shard, changes: [], rowKeys: [], ordered }, bytes: 0 };
+        open.set(slot, current);
         batches.push(current.batch);
       }
       current.batch.changes.push(change);
@@ -183,11 +203,13 @@ export class ChangeShipper {
   }
 
   private async publishAll(batches: Batch[], maxInFlight: number, signal: AbortSignal): Promise<void> {
+    const ordered = batches.filter((b) => b.ordered);
+    const spread = batches.filter((b) => !b.ordered);
     let next = 0;
     let failure: unknown;
     const worker = async () => {
-      while (next < batches.length && failure === undefined) {
-        const batch = batches[next++]!;
+      while (next < spread.length && failure === undefined) {
+        const batch = spread[next++]!;
         try {
           await this.publishWithRetry(batch, signal);
         } catch (err) {
@@ -195,7 +217,18 @@ export class ChangeShipper {
         }
       }
     };
-    await Promise.all(Array.from({ length: Math.min(maxInFlight, batches.length) }, worker));
+    // One after the other, in the app's order (see the top).
+    const inOrder = async () => {
+      for (const batch of ordered) {
+        if (failure !== undefined) return;
+        try {
+          await this.publishWithRetry(batch, signal);
+        } catch (err) {
+          failure ??= err;
+        }
+      }
+    };
+    await Promise.all([inOrder(), ...Array.from({ length: Math.min(maxInFlight, spread.length) }, worker)]);
     if (failure !== undefined) throw failure;
   }
 
@@ -206,8 +239,8 @@ export class ChangeShipper {
     if (bytes > this.options.maxPayload() - HEADER_ROOM) {
       if (batch.changes.length > 1) {
         const half = Math.ceil(batch.changes.length / 2);
-        await this.publishWithRetry({ shard: batch.shard, changes: batch.changes.slice(0, half), rowKeys: batch.rowKeys.slice(0, half) }, signal);
-        await this.publishWithRetry({ shard: batch.shard, changes: batch.changes.slice(half), rowKeys: batch.rowKeys.slice(half) }, signal);
+        await this.publishWithRetry({ ...batch, changes: batch.changes.slice(0, half), rowKeys: batch.rowKeys.slice(0, half) }, signal);
+        await this.publishWithRetry({ ...batch, changes: batch.changes.slice(half), rowKeys: batch.rowKeys.slice(half) }, signal);
         return;
       }
       // One change that does not fit: halving cannot help.

@@ -193,7 +193,8 @@ export class Agreement {
     }
     if (due.length === 0) return;
 
-    const reader = (this.reader ??= this.openReader());
+    this.reader ??= this.openReader();
+    const reader = this.reader;
     const tables = this.options.tables();
     const started = Date.now();
     const records: DigestRecord[] = [];

@@ -5,8 +5,7 @@ import type { Database, Statement } from "better-sqlite3";
 import { DecodeError } from "../errors.js";
 import type { Logger } from "../log.js";
 import { decodeBatch, encodeBatch, type ChangeBatch, type WireChange, type WireTable } from "../wire/codec.js";
-import { wireTableOf } from "./change-log.js";
-import { APPLIED_TABLE, APPLYING_TABLE, PARKED_TABLE, ROWID_KEY } from "./names.js";
+import { APPLIED_TABLE, APPLYING_TABLE, isInternalName, PARKED_TABLE, ROWID_KEY } from "./names.js";
 import { OwnWrites, type ChangeSource, type OwnWritesScan } from "./own-writes.js";
 import { quoteIdent } from "./quote.js";
 import { rowidAlias } from "./schema.js";
@@ -91,6 +90,16 @@ export class Applier {
   private readonly ownWrites: OwnWrites;
   /** replicated changes not applied because a newer local change of the row is on its way (since start) */
   superseded = 0;
+  /**
+   * Whether anything but the app and this applier's statements for a row can change a row here: the app's own
+   * triggers (they may fire on applied changes too), or a UNIQUE clash that replaced rows of a table (by table
+   * name). Until then, this node's own change back from the stream leaves its row as it is (see OwnWrites).
+   */
+  private appTriggers = true;
+  /** the schema version appTriggers was read at; a trigger created since turns the shortcut off until setTables */
+  private triggersReadAt = -1;
+  private readonly schemaVersion: Statement;
+  private readonly replacedIn = new Set<string>();
   private readonly enterApply: Statement;
   private readonly leaveApply: Statement;
   private readonly recordApplied: Statement;
@@ -102,6 +111,7 @@ export class Applier {
     options: ApplierOptions = {},
   ) {
     this.ownWrites = new OwnWrites(db, options.origin);
+    this.schemaVersion = db.prepare("PRAGMA schema_version").pluck(true);
     this.enterApply = db.prepare(`INSERT INTO ${quoteIdent(APPLYING_TABLE)} VALUES (1)`);
     this.leaveApply = db.prepare(`DELETE FROM ${quoteIdent(APPLYING_TABLE)}`);
     this.recordApplied = db.prepare(
@@ -119,6 +129,9 @@ export class Applier {
   /** The schema to apply against: only these tables and columns are ever named in SQL. */
   setTables(tables: readonly TableInfo[]): void {
     this.tables = new Map(tables.map((t) => [t.name, t]));
+    const triggers = this.db.prepare("SELECT name FROM sqlite_master WHERE type = 'trigger'").pluck(true).all() as string[];
+    this.appTriggers = triggers.some((name) => !isInternalName(name));
+    this.triggersReadAt = Number(this.schemaVersion.get());
     this.statements.clear();
     this.ownWrites.reset();
   }
@@ -183,6 +196,8 @@ export class Applier {
     const parkedTablesBefore = new Set(this.parkedTables);
     try {
       this.db.transaction(() => {
+        // The schema changed since setTables (an app trigger may be new): no shortcut until it runs again.
+        if (!this.appTriggers && Number(this.schemaVersion.get()) !== this.triggersReadAt) this.appTriggers = true;
         this.enterApply.run();
         for (const { seq, data } of messages) {
           if (seq <= last) {
@@ -345,9 +360,9 @@ export class Applier {
     if (plan.reason !== undefined) return plan.reason;
     if (this.ownWrites.enabled) {
       const key = change.op === "upsert" ? plan.keyPositions.map((p) => change.values[p]!) : change.values;
-      if (this.ownWrites.supersedes(plan.local, key, change, source, context.own)) {
+      const unchangedSinceShipped = !this.appTriggers && !this.replacedIn.has(plan.local.name);
+      if (this.ownWrites.supersedes(plan.local, key, change, source, context.own, unchangedSinceShipped)) {
         this.superseded++;
-        if (change.op === "upsert" && plan.local.uniqueBeyondKey === true) this.removeClashing(plan.local, key, change);
         return undefined;
       }
     }
@@ -365,24 +380,6 @@ export class Applier {
   }
 
   /**
-   * A superseded upsert still removes the rows its values clash with: on every node that applies it, those rows go
-   * (see replaceConflicting), and no message will ever remove them here. The row itself keeps its local state: it
-   * is written with the change's values, which replaces the clashing rows, and then put back as it was (its old
-   * values clash with nothing left, since they sat beside every remaining row before).
-   */
-  private removeClashing(local: TableInfo, key: WireChange["values"], change: WireChange): void {
-    const ident = (name: string) => (local.rowidKeyed && name === ROWID_KEY ? rowidAlias(local) : quoteIdent(name));
-    const wire = wireTableOf(local);
-    const where = local.keyColumns.map((k) => `${ident(k)} IS ?`).join(" AND ");
-    const before = this.db.prepare(`SELECT ${wire.columns.map(ident).join(", ")} FROM ${quoteIdent(local.name)} WHERE ${where}`).raw(true).get(...key) as
-      | WireChange["values"]
-      | undefined;
-    if (this.replaceConflicting(local, change) !== undefined) return;
-    if (before === undefined) this.db.prepare(`DELETE FROM ${quoteIdent(local.name)} WHERE ${where}`).run(...key);
-    else this.statementFor(local, { table: wire, op: "upsert", changeId: change.changeId, values: before }).run(before);
-  }
-
-  /**
    * Two nodes wrote rows that clash on a UNIQUE column (the same email under two ids, say). The change later in the
    * stream wins, as it does for a row's own key: the clashing row goes. Every node applies the stream in the same
    * order, so every node removes the same row, and they converge instead of stalling the table.
@@ -396,6 +393,7 @@ export class Applier {
       statement = this.db.prepare(`INSERT OR REPLACE INTO ${quoteIdent(local.name)} (${columns.join(", ")}) VALUES (${columns.map(() => "?").join(", ")})`);
       this.statements.set(cacheKey, statement);
     }
+    this.replacedIn.add(local.name);
     try {
       const replaced = statement.run(change.values).changes;
       this.logger.warn("a replicated row replaced a row that clashed with it on a UNIQUE column (the later write wins)", {

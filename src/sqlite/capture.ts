@@ -96,7 +96,8 @@ export function installCapture(db: Database.Database, logger: Logger, options: C
       for (const trigger of captureTriggers(table)) wantedTriggers.add(trigger.name);
     }
     dropStaleTriggers(db, triggers, wantedTriggers, notes);
-    const guarded = guardUserTriggers(db);
+    const captured = new Set(schema.tables.map((table) => foldCase(table.name)));
+    const guarded = guardUserTriggers(db, (table) => captured.has(foldCase(table)));
     if (guarded.length > 0) {
       notes.push({ level: "info", message: "guarded the app's triggers so they do not fire again when marmot applies replicated rows", fields: { triggers: guarded } });
     }

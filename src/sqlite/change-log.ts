@@ -207,6 +207,12 @@ export class ChangeLogReader {
     return out;
   }
 
+  /** Hand out again the changes of `table` after `changeId`: a round took only those up to it. */
+  rewindTable(table: string, changeId: number): void {
+    const reader = this.readers.get(table);
+    if (reader && reader.cursor > changeId) reader.cursor = changeId;
+  }
+
   /** Forget what was handed out, so the next read starts again from the oldest pending row. */
   rewind(): void {
     for (const reader of this.readers.values()) reader.cursor = 0;

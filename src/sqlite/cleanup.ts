@@ -40,9 +40,11 @@ export function removeCapture(db: Database.Database, logger: Logger): CleanupRes
     return { triggers, tables, droppedSequence, renumberedSequenceRows, userTriggers };
   });
   const result = remove.immediate();
-  logger.info(`removed marmot from the database: ${result.triggers.length} triggers and ${result.tables.length} tables dropped`, {
-    tables: result.tables,
-  });
+  logger.info(
+    `removed marmot from the database: ${result.triggers.length} triggers and ${result.tables.length} tables dropped, ` +
+      `${result.userTriggers.length} of the app's triggers given their own text back`,
+    { tables: result.tables, app_triggers: result.userTriggers },
+  );
   return result;
 }
 

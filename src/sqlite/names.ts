@@ -56,6 +56,11 @@ export function triggerName(table: string, op: "insert" | "update" | "delete"): 
   return `${INTERNAL_PREFIX}__${table}_${op}`;
 }
 
+/** The BEFORE trigger that logs the rows an INSERT or UPDATE OR REPLACE of `table` removes on a UNIQUE clash. */
+export function clashTriggerName(table: string, op: "insert" | "update"): string {
+  return `${INTERNAL_PREFIX}__${table}_clash_${op}`;
+}
+
 export function isInternalName(name: string): boolean {
   return name.startsWith(INTERNAL_PREFIX);
 }

@@ -9,6 +9,11 @@
 // on that older state (an INSERT OR IGNORE that now finds no row) would be lost. Once the stream is applied up to
 // the newer change, the record of it goes, trimmed by sequence, so its size is bounded by what is stored and not
 // yet applied. Without an origin (publish = false) nothing is ever skipped.
+//
+// Not in a table with a UNIQUE constraint besides its key: there a change of one row can remove another (the row
+// it clashes with, see Applier.replaceConflicting), so skipping it here would keep a row every other node removed,
+// and a row that holds the app's unsent value could be removed here and nowhere else. Such a table applies every
+// change in stream order; the app's newer write may go back for a while and wins again when it comes back.
 
 import type { Database, Statement } from "better-sqlite3";
 import { DecodeError } from "../errors.js";
@@ -44,7 +49,7 @@ interface PendingLookup {
 export type OwnWritesScan = Map<string, { min: number; max: number } | null>;
 
 /** The key of the row a change is about, in the order of its table's key columns. */
-export function changeKey(change: WireChange): SqlValue[] {
+function changeKey(change: WireChange): SqlValue[] {
   const { table } = change;
   return change.op === "upsert" ? table.keyColumns.map((k) => change.values[table.columns.indexOf(k)]!) : change.values;
 }
@@ -61,7 +66,7 @@ export class OwnWrites {
    * Rows whose newer local change JetStream has stored but this node has not applied back yet, with where it was
    * stored: the change log no longer holds that change, yet an earlier message of the row must not undo it here.
    */
-  private readonly stored = new Map<string, { stream: string; seq: number }>();
+  private readonly stored = new Map<string, { stream: string; seq: number; shippedHere: boolean }>();
   /** per stream, the acks noted, in sequence order (acks arrive in any order), to trim once applied past them */
   private readonly storedByStream = new Map<string, StoredMessage[]>();
   /** row keys held by storedByStream, counting those a later ack of the row replaced */
@@ -96,13 +101,16 @@ export class OwnWrites {
    * The shipper's word that JetStream stored this node's latest changes of these rows (see rowKeyString) at `seq`
    * of `stream`, which this node has applied up to `applied`.
    */
-  noteStored(stream: string, seq: number, rowKeys: readonly string[], applied: number): void {
+  noteStored(stream: string, seq: number, rowKeys: readonly string[], applied: number, shippedHere = true): void {
     if (this.origin === undefined || seq <= applied || rowKeys.length === 0) return;
     let queue = this.storedByStream.get(stream);
-    if (!queue) this.storedByStream.set(stream, (queue = []));
+    if (!queue) {
+      queue = [];
+      this.storedByStream.set(stream, queue);
+    }
     for (const rowKey of rowKeys) {
       const previous = this.stored.get(rowKey);
-      if (previous === undefined || previous.stream !== stream || previous.seq < seq) this.stored.set(rowKey, { stream, seq });
+      if (previous === undefined || previous.stream !== stream || previous.seq < seq) this.stored.set(rowKey, { stream, seq, shippedHere });
     }
     // Acks of one round come back in any order: insert by sequence, so trimming never stops at a later one.
     let at = queue.length;
@@ -121,7 +129,8 @@ export class OwnWrites {
     const batch = this.ownBatch(data);
     if (batch === undefined) return 0;
     const rowKeys = batch.changes.map((change) => rowKeyString(rowKeyBytes(change.table.name, changeKey(change))));
-    this.noteStored(stream, seq, rowKeys, applied);
+    // Read back from the stream, not shipped by this run: the file may have been replaced since (a restore).
+    this.noteStored(stream, seq, rowKeys, applied, false);
     return rowKeys.length;
   }
 
@@ -164,8 +173,18 @@ export class OwnWrites {
    * Whether the replicated `change` of the row with `key` in `local` must be skipped (see the invariant above).
    * Own changes coming back from the stream first take their row's log entries up to them out of the change log:
    * those are sequenced now. Call inside the apply transaction, with one `scan` per transaction.
+   * `unchangedSinceShipped`: nothing but the app and the applier's own statements can have changed rows of this
+   * table here (no app trigger, no UNIQUE clash replaced rows), so this node's own change back at the very
+   * sequence this run stored it at may be skipped too (the shortcut).
    */
-  supersedes(local: TableInfo, key: readonly SqlValue[], change: WireChange, source: ChangeSource, scan: OwnWritesScan): boolean {
+  supersedes(
+    local: TableInfo,
+    key: readonly SqlValue[],
+    change: WireChange,
+    source: ChangeSource,
+    scan: OwnWritesScan,
+    unchangedSinceShipped = false,
+  ): boolean {
     if (this.origin === undefined) return false;
     const lookup = this.lookup(local);
     // Most of the time the log is empty, or holds nothing this change could concern: no lookup per row then.
@@ -176,9 +195,18 @@ export class OwnWrites {
       scan.set(local.name, ids);
     }
     if (source.own && ids !== null && ids.min <= change.changeId) lookup.forget.run(...key, BigInt(change.changeId));
+    // A table whose rows clash is not skipped in (see the top); its own changes still leave the log above.
+    if (local.uniqueBeyondKey === true) return false;
     if (this.stored.size > 0) {
       const stored = this.stored.get(rowKeyString(rowKeyBytes(local.name, key)));
       if (stored !== undefined && stored.stream === source.stream && stored.seq > source.seq) return true;
+      // This run shipped this very change of the row at this sequence. Since then the row either kept it (changes
+      // of others sequenced before it were superseded above, later ones come after it) or has a newer local change,
+      // which supersedes it: writing it again changes nothing either way, unless an app trigger or a UNIQUE clash
+      // changed the row meanwhile.
+      if (source.own && unchangedSinceShipped && stored !== undefined && stored.shippedHere && stored.stream === source.stream && stored.seq === source.seq) {
+        return true;
+      }
     }
     if (ids === null || (source.own && ids.max <= change.changeId)) return false;
     return lookup.newest.get(...key) != null;

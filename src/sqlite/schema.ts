@@ -107,10 +107,11 @@ export function readTable(db: Database.Database, name: string, withoutRowid: boo
     .map((row) => ({ name: row.name, type: row.type, notNull: Number(row.notnull) !== 0, pkIndex: Number(row.pk) }));
   const keyed = columns.filter((column) => column.pkIndex > 0).sort((a, b) => a.pkIndex - b.pkIndex);
   const uniqueBeyondKey = hasUniqueBeyondKey(db, name);
+  const uniqueConstraints = declaredUniqueConstraints(db, name);
   if (keyed.length > 0) {
-    return { name, columns, keyColumns: keyed.map((column) => column.name), rowidKeyed: false, withoutRowid, uniqueBeyondKey };
+    return { name, columns, keyColumns: keyed.map((column) => column.name), rowidKeyed: false, withoutRowid, uniqueBeyondKey, uniqueConstraints };
   }
-  const table: TableInfo = { name, columns, keyColumns: [ROWID_KEY], rowidKeyed: true, withoutRowid, uniqueBeyondKey };
+  const table: TableInfo = { name, columns, keyColumns: [ROWID_KEY], rowidKeyed: true, withoutRowid, uniqueBeyondKey, uniqueConstraints };
   // rowidAlias() sees only the captured columns; a hidden or generated column can shadow a rowid name too.
   const alias = findRowidAlias(columns.map((column) => column.name));
   if (alias === undefined || findRowidAlias(rows.map((row) => row.name)) !== alias) {
@@ -123,6 +124,12 @@ export function readTable(db: Database.Database, name: string, withoutRowid: boo
 }
 
 /** Whether a UNIQUE constraint or a unique index (partial or on expressions too) other than the key exists. */
+/** The columns of each UNIQUE constraint of CREATE TABLE (origin 'u': plain columns, never partial or on expressions). */
+function declaredUniqueConstraints(db: Database.Database, name: string): string[][] {
+  const indexes = db.prepare("SELECT name FROM pragma_index_list(?, 'main') WHERE \"unique\" = 1 AND origin = 'u' ORDER BY name").pluck(true).all(name) as string[];
+  return indexes.map((index) => db.prepare("SELECT name FROM pragma_index_info(?, 'main') ORDER BY seqno").pluck(true).all(index) as string[]);
+}
+
 function hasUniqueBeyondKey(db: Database.Database, name: string): boolean {
   const row = db.prepare("SELECT 1 FROM pragma_index_list(?, 'main') WHERE \"unique\" = 1 AND origin <> 'pk' LIMIT 1").get(name);
   return row !== undefined;

@@ -25,4 +25,9 @@ export interface TableInfo {
    * all its rows share one shard (see shardOfRow). Absent: false.
    */
   uniqueBeyondKey?: boolean;
+  /**
+   * The columns of each UNIQUE constraint declared in CREATE TABLE (not the key). SQLite refuses to drop such a
+   * column, so marmot's triggers may name them (see clashTriggers in trigger-sql.ts). Absent: none.
+   */
+  uniqueConstraints?: string[][];
 }

@@ -4,6 +4,7 @@ import {
   APPLYING_TABLE,
   changeLogIndex,
   changeLogTable,
+  clashTriggerName,
   keepLastTriggerName,
   LOG_ID_COLUMN,
   LOG_MARKER_OP,
@@ -81,13 +82,42 @@ export function createChangeLogIndexSql(table: TableInfo): string {
   return `CREATE INDEX ${quoteIdent(changeLogIndex(table.name))} ON ${quoteIdent(changeLogTable(table.name))} (${changeLogKeyColumns(table).map(quoteIdent).join(", ")})`;
 }
 
-/** The three AFTER triggers that log each row change of `table` (its op and key) into its change log. */
+/**
+ * The three AFTER triggers that log each row change of `table` (its op and key) into its change log, and for a
+ * table with UNIQUE constraints the BEFORE triggers of clashTriggers().
+ */
 export function captureTriggers(table: TableInfo): TriggerDefinition[] {
   return [
     { name: triggerName(table.name, "insert"), op: "insert", sql: triggerSql(table, "insert", [logKeySql(table, OP_UPSERT, "NEW")]) },
     { name: triggerName(table.name, "update"), op: "update", sql: updateTriggerSql(table) },
     { name: triggerName(table.name, "delete"), op: "delete", sql: triggerSql(table, "delete", [logKeySql(table, OP_DELETE, "OLD")]) },
+    ...clashTriggers(table),
   ];
+}
+
+/**
+ * An INSERT or UPDATE OR REPLACE that clashes on a UNIQUE value removes the other row, and no trigger sees that
+ * removal. Before the write, these log the key of every row the new values clash with; the shipper then finds
+ * that row gone and sends its delete, in the app's order. They name only columns of UNIQUE constraints declared in
+ * CREATE TABLE, which SQLite never lets ALTER TABLE drop (a rename rewrites the trigger). A UNIQUE index made with
+ * CREATE UNIQUE INDEX can be dropped and its column then too, so it gets no such trigger.
+ */
+function clashTriggers(table: TableInfo): TriggerDefinition[] {
+  const constraints = table.uniqueConstraints ?? [];
+  if (constraints.length === 0) return [];
+  const clash = constraints.map((columns) => `(${columns.map((c) => `o.${quoteIdent(c)} = NEW.${quoteIdent(c)}`).join(" AND ")})`).join(" OR ");
+  // Not the row being written itself (its own AFTER trigger logs it).
+  const statement = (self: "NEW" | "OLD") =>
+    `INSERT INTO ${quoteIdent(changeLogTable(table.name))} (${logColumnList(table)}) ` +
+    `SELECT ${[quoteLiteral(OP_UPSERT), ...keyReferences(table).map((key) => `o.${key}`)].join(", ")} FROM ${quoteIdent(table.name)} AS o ` +
+    `WHERE (${clash}) AND NOT (${keyReferences(table).map((key) => `o.${key} IS ${self}.${key}`).join(" AND ")});`;
+  return (["insert", "update"] as const).map((op) => ({
+    name: clashTriggerName(table.name, op),
+    op,
+    sql:
+      `CREATE TRIGGER ${quoteIdent(clashTriggerName(table.name, op))} BEFORE ${op.toUpperCase()} ON ${quoteIdent(table.name)} ` +
+      `FOR EACH ROW ${GUARD}\nBEGIN\n  ${statement(op === "insert" ? "NEW" : "OLD")}\nEND`,
+  }));
 }
 
 /** A key change is a delete of the old key followed by an upsert of the new row, so replicas drop the old row. */

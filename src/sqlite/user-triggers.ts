@@ -4,6 +4,8 @@
 // Why: a trigger's effect (an audit row, say) is itself a captured write and travels; firing it again on every other
 // node would add rows that exist on that node only. SQLite has no per-connection switch for triggers, so the
 // trigger's WHEN clause asks for marmot's applying marker, which only marmot's apply transaction ever holds.
+// A trigger that writes into a table marmot does not replicate (an FTS index kept by triggers, an excluded table)
+// must fire on every node, so it is left as it is.
 
 import type Database from "better-sqlite3";
 import { APPLYING_TABLE, isInternalName, USER_TRIGGERS_TABLE } from "./names.js";
@@ -94,6 +96,45 @@ export function guardedTriggerSql(sql: string): string | undefined {
   return `${sql.slice(0, begin.start)}WHEN ${NOT_APPLYING} ${sql.slice(begin.start)}`;
 }
 
+/**
+ * The tables a trigger's body writes into (INSERT/REPLACE INTO, UPDATE, DELETE FROM), as written (quotes kept off);
+ * undefined when the text cannot be read.
+ */
+export function triggerTargets(sql: string): string[] | undefined {
+  const tokens = sqlTokens(sql);
+  const begin = tokens.findIndex((t, i) => i > 3 && isWord(t, "BEGIN") && beforeBodyEnds(tokens, i));
+  if (begin < 0) return undefined;
+  const targets: string[] = [];
+  const nameAt = (i: number): number => (tokens[i + 1]?.text === "." ? i + 2 : i);
+  for (let i = begin + 1; i < tokens.length; i++) {
+    let at = -1;
+    if (isWord(tokens[i], "INTO") && (isWord(tokens[i - 1], "INSERT") || isWord(tokens[i - 1], "REPLACE") || isWord(tokens[i - 2], "OR"))) at = i + 1;
+    else if (isWord(tokens[i], "FROM") && isWord(tokens[i - 1], "DELETE")) at = i + 1;
+    else if (isWord(tokens[i], "UPDATE") && !isWord(tokens[i - 1], "DO")) at = isWord(tokens[i + 1], "OR") ? i + 3 : i + 1;
+    if (at < 0 || tokens[at] === undefined) continue;
+    const name = tokens[nameAt(at)];
+    if (name !== undefined && (name.kind === "word" || name.kind === "name")) targets.push(unquote(name.text));
+  }
+  return targets;
+}
+
+/** The BEGIN that opens the body: the guard's parser found the same one (its WHEN clause, if any, ends there). */
+function beforeBodyEnds(tokens: Token[], i: number): boolean {
+  let depth = 0;
+  for (let j = 0; j < i; j++) {
+    if (tokens[j]!.text === "(") depth++;
+    else if (tokens[j]!.text === ")") depth--;
+  }
+  return depth === 0 && tokens.slice(0, i).some((t) => isWord(t, "ON"));
+}
+
+function unquote(text: string): string {
+  const first = text[0];
+  if (first === '"' || first === "`") return text.slice(1, -1).replaceAll(first + first, first);
+  if (first === "[") return text.slice(1, -1);
+  return text;
+}
+
 interface TriggerRow {
   name: string;
   tbl_name: string;
@@ -111,7 +152,7 @@ interface KeptTrigger {
  * USER_TRIGGERS_TABLE; forget kept texts of triggers the app dropped or replaced. Call inside a write transaction.
  * Returns the names of the triggers guarded now.
  */
-export function guardUserTriggers(db: Database.Database): string[] {
+export function guardUserTriggers(db: Database.Database, replicated: (table: string) => boolean): string[] {
   db.exec(CREATE_TABLE_SQL);
   const kept = new Map((db.prepare(`SELECT name, sql, guarded FROM ${quoteIdent(USER_TRIGGERS_TABLE)}`).all() as KeptTrigger[]).map((k) => [k.name, k]));
   const triggers = userTriggers(db);
@@ -124,8 +165,20 @@ export function guardUserTriggers(db: Database.Database): string[] {
   const guardedNow: string[] = [];
   for (const trigger of triggers) {
     const sql = trigger.sql!;
+    const keptText = kept.get(trigger.name);
+    const targets = triggerTargets(keptText?.guarded === sql ? keptText.sql : sql);
+    const guardIt = targets !== undefined && targets.every(replicated);
     // Guarded by marmot already: its text is the guarded form of the kept one (a trigger the app made again differs).
-    if (kept.get(trigger.name)?.guarded === sql) continue;
+    if (keptText?.guarded === sql) {
+      if (!guardIt) {
+        // It now writes into a table marmot does not replicate (excluded since): the app's text again.
+        db.exec(`DROP TRIGGER ${quoteIdent(trigger.name)}`);
+        db.exec(keptText.sql);
+        forget.run(trigger.name);
+      }
+      continue;
+    }
+    if (!guardIt) continue;
     const guarded = guardedTriggerSql(sql);
     if (guarded === undefined) continue;
     db.exec(`DROP TRIGGER ${quoteIdent(trigger.name)}`);

@@ -103,6 +103,22 @@ describe("the own-writes record", () => {
     }
   });
 
+  it("skips nothing in a table whose rows clash on a UNIQUE value, yet takes its own changes out of the log", () => {
+    const { path, db, books, own } = setup();
+    try {
+      const users = { ...books, name: "Books", uniqueBeyondKey: true };
+      sqlite3(path, "INSERT INTO Books VALUES (1, 'Emma');");
+      own.noteStored(STREAM, 5, [rowKey(1)], 0);
+      assert.equal(own.supersedes(users, [1n], upsert(1, 99), from(3), scan()), false, "another node's change of the row applies");
+      const id = Number(db.prepare(`SELECT max(__marmot_id) FROM ${quoteIdent(changeLogTable("Books"))}`).pluck().get());
+      assert.equal(own.supersedes(users, [1n], upsert(1, id), from(4, true), scan()), false);
+      const left = db.prepare(`SELECT count(*) FROM ${quoteIdent(changeLogTable("Books"))} WHERE __marmot_op <> 'marker'`).pluck().get();
+      assert.equal(Number(left), 0, "its own change came back: it left the change log");
+    } finally {
+      db.close();
+    }
+  });
+
   it("reads its own messages back at start, and keeps nothing without an origin (publish = false)", () => {
     const mine = encodeBatch({ origin: ORIGIN, changes: [upsert(1, 1), upsert(2, 2)] });
     const theirs = encodeBatch({ origin: "2/e9", changes: [upsert(3, 1)] });

@@ -224,6 +224,29 @@ describe("generated capture SQL", () => {
     }
   });
 
+  it("logs the key of a row a UNIQUE clash removes, before the write; the app can still rename the unique column and drop others", () => {
+    const { marmot, app, close } = setup("CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT UNIQUE, nick TEXT, note TEXT, UNIQUE (nick, note))");
+    try {
+      installCapture(marmot, silentLogger);
+      app.exec(
+        "INSERT INTO users VALUES (1, 'a', 'n1', 'x'), (2, 'b', 'n2', 'x');" +
+          "INSERT OR REPLACE INTO users VALUES (3, 'a', 'n3', 'x');" +
+          "UPDATE OR REPLACE users SET nick = 'n2' WHERE id = 3;" +
+          "UPDATE users SET note = 'y' WHERE id = 3; INSERT OR IGNORE INTO users VALUES (4, 'a', 'n4', 'z');",
+      );
+      assert.deepEqual(
+        logRows(marmot, "users").map((row) => `${row.__marmot_op} ${row.v_id}`),
+        ["upsert 1", "upsert 2", "upsert 1", "upsert 3", "upsert 2", "upsert 3", "upsert 3", "upsert 3"],
+      );
+      assert.equal(app.prepare("SELECT group_concat(id) FROM users").pluck(true).get(), "3");
+      app.exec("ALTER TABLE users RENAME COLUMN email TO mail; ALTER TABLE users ADD COLUMN extra; INSERT OR REPLACE INTO users (id, mail, nick, note) VALUES (5, 'a', 'n5', 'q');");
+      assert.deepEqual(logRows(marmot, "users").slice(-2).map((row) => `${row.__marmot_op} ${row.v_id}`), ["upsert 3", "upsert 5"]);
+      app.exec("ALTER TABLE users DROP COLUMN extra");
+    } finally {
+      close();
+    }
+  });
+
   it("captures a table with generated columns without them (they cannot be written)", () => {
     const { marmot, app, close } = setup("CREATE TABLE g (id INTEGER PRIMARY KEY, a INTEGER, doubled INTEGER AS (a * 2))");
     try {

@@ -9,7 +9,7 @@ import { removeCapture } from "../../src/sqlite/cleanup.js";
 import { APPLYING_TABLE } from "../../src/sqlite/names.js";
 import { openDatabase } from "../../src/sqlite/open.js";
 import { quoteIdent } from "../../src/sqlite/quote.js";
-import { guardedTriggerSql } from "../../src/sqlite/user-triggers.js";
+import { guardedTriggerSql, triggerTargets } from "../../src/sqlite/user-triggers.js";
 import { createDb, removeTempDirs, sqlite3, tempDir } from "../helpers/sqlite.js";
 
 after(removeTempDirs);
@@ -35,6 +35,49 @@ describe("guarding the app's triggers", () => {
       `CREATE TRIGGER d AFTER INSERT ON t WHEN ((SELECT count(*) FROM u WHERE u.k = 'it''s') > 0 OR NEW.a) AND ${GUARD} BEGIN SELECT 1; END`,
     );
     assert.equal(guardedTriggerSql("CREATE TRIGGER broken"), undefined);
+  });
+
+  it("reads which tables a trigger's body writes into", () => {
+    assert.deepEqual(
+      triggerTargets(
+        "CREATE TRIGGER t AFTER UPDATE ON a WHEN NEW.x IN (SELECT y FROM b) BEGIN " +
+          'INSERT OR IGNORE INTO main."we""ird" VALUES (1); UPDATE OR REPLACE [c] SET v = 1; DELETE FROM d WHERE 0; ' +
+          "INSERT INTO e VALUES (1) ON CONFLICT DO UPDATE SET v = 2; REPLACE INTO f VALUES (1); SELECT 'INSERT INTO g'; END",
+      ),
+      ['we"ird', "c", "d", "e", "f"],
+    );
+    assert.deepEqual(triggerTargets("CREATE TRIGGER v BEFORE INSERT ON a BEGIN SELECT RAISE(ABORT, 'no'); END"), []);
+  });
+
+  it("leaves alone a trigger that writes into a table marmot does not replicate: an FTS index must be kept on every node", () => {
+    const path = createDb(
+      join(tempDir(), "app.sqlite"),
+      "CREATE TABLE docs (id INTEGER PRIMARY KEY, body TEXT); CREATE TABLE local_stats (n INTEGER);" +
+        "CREATE VIRTUAL TABLE docs_fts USING fts5(body, content='docs', content_rowid='id');" +
+        "CREATE TRIGGER docs_ai AFTER INSERT ON docs BEGIN INSERT INTO docs_fts (rowid, body) VALUES (NEW.id, NEW.body); END;" +
+        "CREATE TRIGGER docs_count AFTER INSERT ON docs BEGIN INSERT INTO local_stats VALUES (1); END;",
+    );
+    const db = openDatabase(path, silentLogger);
+    try {
+      installCapture(db, silentLogger, { exclude: ["local_stats"] });
+      const sql = (name: string) => String(db.prepare("SELECT sql FROM sqlite_master WHERE name = ?").pluck(true).get(name));
+      assert.doesNotMatch(sql("docs_ai"), /__marmot__applying/);
+      assert.doesNotMatch(sql("docs_count"), /__marmot__applying/);
+      // A row marmot applies is indexed on this node too.
+      db.transaction(() => {
+        db.prepare(`INSERT INTO ${quoteIdent(APPLYING_TABLE)} VALUES (1)`).run();
+        db.prepare("INSERT INTO docs VALUES (1, 'marmots whistle')").run();
+        db.prepare(`DELETE FROM ${quoteIdent(APPLYING_TABLE)}`).run();
+      })();
+      assert.equal(sqlite3(path, "SELECT rowid FROM docs_fts WHERE docs_fts MATCH 'whistle';").trim(), "1");
+      // Once local_stats is replicated too, its trigger gets the guard; excluded again, the app's text comes back.
+      installCapture(db, silentLogger);
+      assert.match(sql("docs_count"), /__marmot__applying/);
+      installCapture(db, silentLogger, { exclude: ["local_stats"] });
+      assert.equal(sql("docs_count"), "CREATE TRIGGER docs_count AFTER INSERT ON docs BEGIN INSERT INTO local_stats VALUES (1); END");
+    } finally {
+      db.close();
+    }
   });
 
   it("keeps a guarded trigger from firing on apply, lets it fire for the app, and cleanup restores its text byte for byte", () => {
