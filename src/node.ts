@@ -315,6 +315,11 @@ export class MarmotNode {
 
     const schema = schemaStream(config);
     if (config.replicate) {
+      if (this.schema.startsAtStreamEnd) {
+        const end = (await jsm.streams.info(schema.stream)).state.last_seq;
+        await withWriteLock(() => this.schema.skipTo(end), "recording where schema changes start", logger, signal);
+        if (end > 0) logger.info("first start on this database: its schema is taken as it is, schema changes apply from now on", { stream: schema.stream, after_seq: end });
+      }
       this.schemaConsumer = new ShardConsumer(js, jsm, schema, this.schema, { durableName: name }, logger.child({ component: "consumer", stream: schema.stream }), this.metrics);
       this.tasks.push(this.schemaConsumer.run(signal));
       this.consumers = streams.map(

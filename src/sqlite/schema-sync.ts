@@ -58,6 +58,8 @@ interface OutboxRow {
 
 export class SchemaSync {
   private applied = 0;
+  /** see startsAtStreamEnd */
+  private baselineHasTables = false;
 
   constructor(
     private readonly db: Database.Database,
@@ -71,7 +73,11 @@ export class SchemaSync {
    * rows of a table the app created meanwhile travel too: it is new to every node.
    */
   start(tables: readonly TableInfo[]): void {
-    if (ensureSchemaTables(this.db)) recordSchemaState(this.db, readSchemaState(this.db, this.options.filter));
+    if (ensureSchemaTables(this.db)) {
+      const current = readSchemaState(this.db, this.options.filter);
+      recordSchemaState(this.db, current);
+      this.baselineHasTables = current.some((o) => o.type === "table" && o.travels);
+    }
     const row = this.db.prepare(`SELECT seq FROM ${quoteIdent(APPLIED_TABLE)} WHERE stream = ?`).get(this.options.stream) as { seq: bigint | number } | undefined;
     this.applied = row === undefined ? 0 : Number(row.seq);
     const stored = storedSchemaState(this.db);
@@ -163,6 +169,25 @@ export class SchemaSync {
       this.logger.debug("published a schema change", { id: Number(row.id), seq });
     }
     return rows.length;
+  }
+
+  /**
+   * Whether this node takes its schema as it is, starting at the schema stream's end: a database with tables that
+   * marmot manages for the first time (or again after -cleanup). Replaying older schema changes onto it would take
+   * it back through definitions it has left, and a rebuild to an older definition drops the columns added since
+   * with their values. An empty database replays the stream from its start and so gets the cluster's tables.
+   */
+  get startsAtStreamEnd(): boolean {
+    return this.baselineHasTables && this.applied === 0;
+  }
+
+  /** Record the schema stream as applied up to `seq` (see startsAtStreamEnd), under the caller's write lock. */
+  skipTo(seq: number): void {
+    this.db
+      .prepare(`INSERT INTO ${quoteIdent(APPLIED_TABLE)} (stream, seq) VALUES (?, ?) ON CONFLICT (stream) DO UPDATE SET seq = excluded.seq`)
+      .run(this.options.stream, BigInt(seq));
+    this.applied = seq;
+    this.baselineHasTables = false;
   }
 
   appliedSequence(_stream: string): number {

@@ -196,4 +196,23 @@ describe("schema changes travel between three nodes", () => {
     assert.equal(before[1], before[0]);
     assert.equal(before[2], before[0]);
   });
+
+  test("a start after -cleanup takes the database's schema as it is, not the schema stream's history", async () => {
+    const before = cluster.nodes.map((n) => userSchema(n.spec.dbPath));
+    await cluster.startAll();
+    for (const [i, n] of cluster.nodes.entries()) {
+      assert.match(n.output, /first start on this database: its schema is taken as it is/);
+      assert.doesNotMatch(n.output, /applied a schema change of another node/);
+      // the app's trigger is guarded again; everything else is as the app left it
+      const unguarded = (schema: string) => schema.replace(/^trigger\|books_audit\|[\s\S]*?END$/m, "");
+      assert.equal(unguarded(userSchema(n.spec.dbPath)), unguarded(before[i]!));
+    }
+    // A schema change made now travels as before.
+    await sqlite3Async(cluster.node(1).spec.dbPath, "CREATE INDEX settings_k_v ON settings (k, v);");
+    await waitFor(
+      () => cluster.nodes.every((n) => sqlite3(n.spec.dbPath, "SELECT count(*) FROM sqlite_schema WHERE name = 'settings_k_v'") === "1\n"),
+      60_000,
+      () => "the index on every node",
+    );
+  });
 });
