@@ -11,8 +11,7 @@ import { decodeSchemaMessage, encodeSchemaMessage, type SchemaChange, type Schem
 import { APPLIED_TABLE, APPLYING_TABLE, META_TABLE, PARKED_TABLE, SCHEMA_OUTBOX_TABLE } from "./names.js";
 import { quoteIdent } from "./quote.js";
 import { foldCase, schemaVersion, type TableFilter } from "./schema.js";
-import { isColumnAppend, renamedColumns } from "./schema-apply.js";
-import { applySchemaChanges } from "./schema-apply.js";
+import { applySchemaChanges, isColumnAppend, renamedColumns } from "./schema-apply.js";
 import {
   diffSchemaState,
   ensureSchemaTables,
