@@ -4,9 +4,9 @@
 import assert from "node:assert/strict";
 import { after, describe, test } from "node:test";
 import { join } from "node:path";
-import { marmotBin, repoRoot, TestCluster, waitFor } from "../helpers/marmot.js";
+import { runCleanup, TestCluster, waitFor } from "../helpers/marmot.js";
 import { startNatsServer } from "../helpers/nats.js";
-import { spawnTracked, untrackPid, useProcessCleanup } from "../helpers/processes.js";
+import { useProcessCleanup } from "../helpers/processes.js";
 import { createDb, sqldiff, sqlite3, tempDir } from "../helpers/sqlite.js";
 
 useProcessCleanup();
@@ -14,16 +14,6 @@ useProcessCleanup();
 const SCHEMA =
   "CREATE TABLE Books (id INTEGER PRIMARY KEY, title TEXT NOT NULL, legacy TEXT, n INTEGER);" +
   "CREATE TABLE scratch (id INTEGER PRIMARY KEY, v TEXT); CREATE TABLE shelf_log (book_id INTEGER PRIMARY KEY, shelf TEXT);";
-
-async function cleanup(configPath: string): Promise<{ code: number | null; output: string }> {
-  const child = spawnTracked(process.execPath, [marmotBin, "-config", configPath, "-cleanup"], { cwd: repoRoot, stdio: ["ignore", "pipe", "pipe"] });
-  let output = "";
-  child.stdout!.on("data", (c: Buffer) => (output += c.toString("utf8")));
-  child.stderr!.on("data", (c: Buffer) => (output += c.toString("utf8")));
-  const code = await new Promise<number | null>((resolve) => child.once("close", resolve));
-  untrackPid(child.pid!);
-  return { code, output };
-}
 
 describe("the app's migrations while marmot runs", () => {
   test("DROP COLUMN, RENAME COLUMN (also of the key), ADD COLUMN, DROP TABLE, the twelve-step rebuild and a new trigger all work; rows written right after replicate whole; -cleanup leaves the app's schema", async () => {
@@ -101,7 +91,7 @@ describe("the app's migrations while marmot runs", () => {
 
     // -cleanup after the migrations: the schema is exactly what the app made, as on a copy that never saw marmot.
     await cluster.stopAll();
-    const run = await cleanup(cluster.node(1).spec.configPath);
+    const run = await runCleanup(cluster.node(1).spec.configPath);
     assert.equal(run.code, 0, run.output);
     const pristine = createDb(join(tempDir(), "pristine.sqlite"), SCHEMA);
     for (const sql of history) sqlite3(pristine, sql);

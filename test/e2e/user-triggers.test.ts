@@ -3,9 +3,9 @@
 
 import assert from "node:assert/strict";
 import { after, describe, test } from "node:test";
-import { marmotBin, repoRoot, TestCluster, waitFor } from "../helpers/marmot.js";
+import { runCleanup, TestCluster, waitFor } from "../helpers/marmot.js";
 import { startNatsServer } from "../helpers/nats.js";
-import { spawnTracked, untrackPid, useProcessCleanup } from "../helpers/processes.js";
+import { useProcessCleanup } from "../helpers/processes.js";
 import { sqlite3, sqlite3Async } from "../helpers/sqlite.js";
 
 useProcessCleanup();
@@ -19,16 +19,6 @@ const SCHEMA =
   // A random key per audit row: rows made on different nodes never clash, so any extra firing shows.
   "CREATE TABLE audit (id TEXT PRIMARY KEY DEFAULT (lower(hex(randomblob(16)))), book_id INTEGER NOT NULL, what TEXT);" +
   `${TRIGGER};`;
-
-async function cleanup(configPath: string): Promise<{ code: number | null; output: string }> {
-  const child = spawnTracked(process.execPath, [marmotBin, "-config", configPath, "-cleanup"], { cwd: repoRoot, stdio: ["ignore", "pipe", "pipe"] });
-  let output = "";
-  child.stdout!.on("data", (c: Buffer) => (output += c.toString("utf8")));
-  child.stderr!.on("data", (c: Buffer) => (output += c.toString("utf8")));
-  const code = await new Promise<number | null>((resolve) => child.once("close", resolve));
-  untrackPid(child.pid!);
-  return { code, output };
-}
 
 describe("the app's own triggers", () => {
   test("two nodes writing at once: one audit row per written book on every node, identical by sqldiff; -cleanup restores the trigger's text", async () => {
@@ -58,7 +48,7 @@ describe("the app's own triggers", () => {
     await cluster.stopAll();
 
     for (const node of cluster.nodes) {
-      const run = await cleanup(node.spec.configPath);
+      const run = await runCleanup(node.spec.configPath);
       assert.equal(run.code, 0, run.output);
       assert.equal(sqlite3(node.spec.dbPath, "SELECT sql FROM sqlite_master WHERE name = 'audit_books';"), original);
       assert.equal(sqlite3(node.spec.dbPath, "SELECT count(*) FROM sqlite_master WHERE name LIKE '\\_\\_marmot%' ESCAPE '\\';").trim(), "0");

@@ -11,6 +11,17 @@ import { createDb, sqlite3, tempDir } from "./sqlite.js";
 export const repoRoot = resolve(fileURLToPath(new URL(".", import.meta.url)), "../../..");
 export const marmotBin = join(repoRoot, "bin", "marmot");
 
+/** `marmot -config FILE -cleanup`, run to its end: its exit code and everything it printed. */
+export async function runCleanup(configPath: string): Promise<{ code: number | null; output: string }> {
+  const child = spawnTracked(process.execPath, [marmotBin, "-config", configPath, "-cleanup"], { cwd: repoRoot, stdio: ["ignore", "pipe", "pipe"] });
+  let output = "";
+  child.stdout!.on("data", (c: Buffer) => (output += c.toString("utf8")));
+  child.stderr!.on("data", (c: Buffer) => (output += c.toString("utf8")));
+  const code = await new Promise<number | null>((done) => child.once("close", done));
+  untrackPid(child.pid!);
+  return { code, output };
+}
+
 export function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }

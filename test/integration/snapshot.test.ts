@@ -21,6 +21,7 @@ import { restoreSnapshot } from "../../src/snapshot/restore.js";
 import { saveSnapshot } from "../../src/snapshot/save.js";
 import type { SnapshotStore } from "../../src/snapshot/store.js";
 import { installCapture } from "../../src/sqlite/capture.js";
+import { removeCapture } from "../../src/sqlite/cleanup.js";
 import { APPLIED_TABLE, changeLogTable, LOG_ID_COLUMN } from "../../src/sqlite/names.js";
 import { openDatabase } from "../../src/sqlite/open.js";
 import { quoteIdent } from "../../src/sqlite/quote.js";
@@ -386,6 +387,32 @@ describe("restore while an app reads and writes the database", () => {
     // The writes from before the restore were the app's own pending changes: they survive it too.
     assert.ok(logged.size >= pendingBefore);
     assert.equal(sqlite3(appPath, "SELECT sum(balance) FROM accounts"), "1000\n");
+    target.close();
+  });
+});
+
+describe("the app's own triggers in a snapshot", () => {
+  it("are saved with the app's text, not marmot's guard, and guarded again once restored", async () => {
+    const source = sourceDatabase();
+    const trigger = "CREATE TRIGGER kinds_audit /* the app's */ AFTER UPDATE ON kinds WHEN NEW.t <> OLD.t BEGIN UPDATE auto SET v = 'changed'; END";
+    sqlite3(source.path, `${trigger};`);
+    installCapture(source.db, silentLogger);
+    const triggerSql = (path: string) => sqlite3(path, "SELECT sql FROM sqlite_master WHERE name = 'kinds_audit'").trim();
+    assert.match(triggerSql(source.path), /__marmot__applying/, "guarded while marmot manages the file");
+    const folder = join(tempDir(), "snapshots");
+    const config = configFor(source.path, { store: "file", file: { path: folder } });
+    const store = openSnapshotStore(config, { logger: silentLogger });
+    const saved = await saveSnapshot(source.db, { config, store, logger: silentLogger });
+    assert.equal(triggerSql(join(folder, saved.object)), trigger);
+
+    const targetPath = join(tempDir(), "empty.sqlite");
+    const target = openDatabase(targetPath, silentLogger);
+    const file = await downloadSnapshot(store, saved, configFor(targetPath), { dir: tempDir() });
+    restoreSnapshot(target, file, { config: configFor(targetPath), logger: silentLogger });
+    assert.match(triggerSql(targetPath), /__marmot__applying/, "guarded on the node that restored it");
+    removeCapture(target, silentLogger);
+    assert.equal(triggerSql(targetPath), trigger);
+    source.db.close();
     target.close();
   });
 });
