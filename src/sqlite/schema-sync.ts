@@ -182,11 +182,12 @@ export class SchemaSync {
 
   /** Record the schema stream as applied up to `seq` (see startsAtStreamEnd), under the caller's write lock. */
   skipTo(seq: number): void {
+    this.baselineHasTables = false;
+    if (seq === 0) return;
     this.db
       .prepare(`INSERT INTO ${quoteIdent(APPLIED_TABLE)} (stream, seq) VALUES (?, ?) ON CONFLICT (stream) DO UPDATE SET seq = excluded.seq`)
       .run(this.options.stream, BigInt(seq));
     this.applied = seq;
-    this.baselineHasTables = false;
   }
 
   appliedSequence(_stream: string): number {

@@ -3,9 +3,8 @@
 // -cleanup after.
 
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
 import { after, describe, test } from "node:test";
-import { marmotBin, repoRoot, TestCluster, waitFor } from "../helpers/marmot.js";
+import { runCleanup, TestCluster, waitFor } from "../helpers/marmot.js";
 import { useProcessCleanup } from "../helpers/processes.js";
 import { sqlite3, sqlite3Async } from "../helpers/sqlite.js";
 
@@ -184,7 +183,8 @@ describe("schema changes travel between three nodes", () => {
     await cluster.stopAll();
     const before = cluster.nodes.map((n) => userSchema(n.spec.dbPath));
     for (const n of cluster.nodes) {
-      execFileSync(process.execPath, [marmotBin, "-config", n.spec.configPath, "-cleanup"], { cwd: repoRoot, stdio: "pipe" });
+      const run = await runCleanup(n.spec.configPath);
+      assert.equal(run.code, 0, run.output);
     }
     for (const [i, n] of cluster.nodes.entries()) {
       // The app's trigger is back as the app wrote it; everything else is as it was.
