@@ -549,10 +549,11 @@ export class MarmotNode {
    */
   private async settleParked(): Promise<void> {
     const consumer = this.schemaConsumer;
-    if (consumer === undefined || !this.applier.hasParked()) return;
+    if (consumer === undefined) return;
     const asOf = Date.now();
-    const end = await consumer.streamEnd();
-    if (consumer.appliedSequence() < end) return;
+    // Also the schema stream's lag metric (shard "0") and its consumer's stall watch.
+    const lag = await consumer.lag();
+    if (lag > 0 || !this.applier.hasParked()) return;
     await withWriteLock(() => this.applier.retryParked(asOf), "settling changes that waited for the schema", this.logger, this.abort.signal);
   }
 
