@@ -278,7 +278,11 @@ export class SchemaSync {
       .pluck(true)
       .all(BigInt(seq)) as string[];
     for (const keys of rows) for (const key of JSON.parse(keys) as string[]) pending.add(key);
-    return changes.filter((c) => !pending.has(objectKey(c.type, c.name)) && (c.type === "view" || tableTravels(c.tblName, this.options.filter)));
+    // Views, and triggers on views, belong to no table that `[tables]` could leave out.
+    const views = new Set(changes.filter((c) => c.type === "view").map((c) => foldCase(c.name)));
+    for (const name of this.db.prepare("SELECT name FROM main.sqlite_master WHERE type = 'view'").pluck(true).all() as string[]) views.add(foldCase(name));
+    const travels = (c: SchemaChange) => views.has(foldCase(c.tblName)) || tableTravels(c.tblName, this.options.filter);
+    return changes.filter((c) => !pending.has(objectKey(c.type, c.name)) && travels(c));
   }
 }
 
