@@ -89,6 +89,9 @@ describe("schema changes travel between three nodes", () => {
       () => `the row written right after ADD COLUMN on node 3 with its new column:\n${cluster.node(3).tail(20)}`,
     );
     await sqlite3Async(cluster.node(3).spec.dbPath, "UPDATE Books SET pages = 474 WHERE id = 1;");
+    // Node 1 writes row 1 next: it must have node 3's write first, or the two writes of the row are concurrent
+    // (the later one wins the whole row).
+    await waitFor(() => sqlite3(db1, "SELECT pages FROM Books WHERE id = 1") === "474\n", 60_000, () => "node 3's update on node 1");
     // RENAME COLUMN, then a write naming the new name.
     await sqlite3Async(db1, "ALTER TABLE Books RENAME COLUMN year TO published; UPDATE Books SET published = 1816 WHERE id = 1;");
     // DROP COLUMN, then a write.
