@@ -153,6 +153,10 @@ describe("schema changes travel between three nodes", () => {
     await waitSameEverywhere(cluster);
     for (const out of cluster.query("SELECT k, v FROM settings ORDER BY k")) assert.equal(out, "node-1|up\nnode-2|up\nnode-3|up\nschema|2\n");
     for (const out of cluster.query("SELECT count(*) FROM sqlite_schema WHERE name IN ('settings', 'settings_v')")) assert.equal(out, "2\n");
+    // One after another too: a node whose app starts later runs it again over what it got, without an error.
+    await sqlite3Async(cluster.node(2).spec.dbPath, migration(2).replace("INSERT INTO settings", "INSERT OR IGNORE INTO settings"));
+    await waitSameEverywhere(cluster);
+    for (const out of cluster.query("SELECT count(*) FROM settings")) assert.equal(out, "4\n");
   });
 
   test("two nodes changing one table at once end with the same schema everywhere", async () => {
