@@ -1,5 +1,6 @@
 // Wires one marmot node together: capture on the database, the embedded or external NATS, shipping and applying.
 
+import { setMaxListeners } from "node:events";
 import { mkdirSync } from "node:fs";
 import type { Server } from "node:http";
 import { dirname, join } from "node:path";
@@ -22,11 +23,12 @@ import { openNodeSnapshots } from "./snapshot/node-wiring.js";
 import type { NodeSnapshots, RestoreFacts } from "./snapshot/node-snapshots.js";
 import { Applier } from "./sqlite/applier.js";
 import { failFastWhenBusy, withWriteLock } from "./sqlite/busy.js";
-import { installCapture, schemaVersion } from "./sqlite/capture.js";
+import { installCapture, schemaVersion, type CaptureResult } from "./sqlite/capture.js";
 import { ChangeLogReader } from "./sqlite/change-log.js";
 import { logAllRowsSql } from "./sqlite/trigger-sql.js";
 import { countParked, parkedRequestPending, takeParkedRequest } from "./sqlite/parked.js";
 import { openDatabase } from "./sqlite/open.js";
+import { SchemaSync } from "./sqlite/schema-sync.js";
 import type { TableInfo } from "./sqlite/table.js";
 import { commitWatch, DatabaseWatcher } from "./sqlite/watcher.js";
 import { catchUp } from "./stream/catch-up.js";
@@ -40,7 +42,7 @@ import { cleanUpLargeBatches, JetStreamLargeBatches, largeBatchBucket } from "./
 import { warnAboutEarlierStreams } from "./stream/leftover-streams.js";
 import { readOwnMessages } from "./stream/own-messages.js";
 import { JetStreamPublisher } from "./stream/publisher.js";
-import { ensureStreams, serverVersionRisk, type ShardStream } from "./stream/streams.js";
+import { ensureStreams, schemaStream, serverVersionRisk, type ShardStream } from "./stream/streams.js";
 import { marmotVersion } from "./version.js";
 import { Wakeup } from "./wakeup.js";
 
@@ -75,6 +77,8 @@ export class MarmotNode {
   private readonly reader: ChangeLogReader;
   /** set once capture is installed (it creates the tables the applier uses) */
   private applier!: Applier;
+  /** schema changes to and from the other nodes; set with capture */
+  private schema!: SchemaSync;
   private readonly watcher: DatabaseWatcher;
   private epoch = "";
   private knownSchemaVersion = -1;
@@ -86,6 +90,8 @@ export class MarmotNode {
   private replication: { abort: AbortController; tasks: Promise<void>[] } | undefined;
   private snapshots: NodeSnapshots | undefined;
   private healing: Promise<void> | undefined;
+  /** applies the schema stream (see SchemaSync); runs with the shard consumers */
+  private schemaConsumer: ShardConsumer | undefined;
   private lastActivity = Date.now();
   private readonly startedAt = Date.now();
   private readonly loopLag = new EventLoopLag();
@@ -112,9 +118,12 @@ export class MarmotNode {
       this.failure = reject;
     });
     this.done.catch(() => undefined);
+    // One listener per consumer (the shards' and the schema stream's), the loops and the agreement: more than 10.
+    setMaxListeners(64, this.abort.signal);
     this.db = openDatabase(config.dbPath, logger);
     failFastWhenBusy(this.db);
     this.reader = new ChangeLogReader(this.db);
+    this.reader.holdOnSchemaChange();
     this.statusTracker = new NodeStatusTracker(
       config,
       marmotVersion(),
@@ -141,13 +150,44 @@ export class MarmotNode {
   /** Capture first: it creates the internal tables the reader and the applier use. */
   private async installCaptureAtStart(signal: AbortSignal): Promise<void> {
     const { config, logger } = this;
-    const captured = await withWriteLock(() => installCapture(this.db, logger, config.tables), "installing capture", logger, signal);
+    const install = this.db.transaction(() => {
+      const result = installCapture(this.db, logger, config.tables);
+      this.schema = this.newSchemaSync(result.epoch);
+      this.schema.start(result.tables);
+      return result;
+    });
+    const captured = await withWriteLock(() => install.immediate(), "installing capture", logger, signal);
     this.applier = new Applier(
       this.db,
       logger.child({ component: "applier" }),
       config.publish ? { origin: batchOrigin(config.nodeId, captured.epoch) } : {},
     );
     this.useCapture(captured);
+  }
+
+  private newSchemaSync(epoch: string): SchemaSync {
+    const { config } = this;
+    return new SchemaSync(this.db, this.logger.child({ component: "schema" }), {
+      filter: config.tables,
+      origin: batchOrigin(config.nodeId, epoch),
+      stream: schemaStream(config).stream,
+      publish: config.publish,
+      capture: () => installCapture(this.db, this.logger, config.tables),
+      captured: (result, previous) => {
+        this.useCapture(result, previous);
+        this.retryParkedSoon();
+      },
+      capturedTables: () => this.capturedTables,
+      knownSchemaVersion: () => this.knownSchemaVersion,
+    });
+  }
+
+  /** Changes that waited for a table or column: tried again after the schema stream changed the schema. */
+  private retryParkedSoon(): void {
+    if (!this.applier.hasParked()) return;
+    withWriteLock(() => this.applier.retryParked(), "applying changes that waited for the schema", this.logger, this.abort.signal).catch((err) => {
+      if (!this.abort.signal.aborted) this.logger.warn("could not apply the changes that waited for the schema; trying at the next schema change", { reason: (err as Error).message });
+    });
   }
 
   /**
@@ -205,7 +245,7 @@ export class MarmotNode {
     return this.abort.signal.aborted;
   }
 
-  private useCapture({ tables, epoch, relogged }: { tables: TableInfo[]; epoch: string; relogged: string[] }, previous?: readonly TableInfo[]): void {
+  private useCapture({ tables, epoch, relogged }: CaptureResult, previous?: readonly TableInfo[]): void {
     if (previous) this.captureRowsOfNewTables(tables, [...previous, ...tables.filter((t) => relogged.includes(t.name))]);
     this.epoch = epoch;
     this.capturedTables = tables;
@@ -269,7 +309,13 @@ export class MarmotNode {
   /** One try: installCapture is one transaction, and retryParked another (it may find the lock taken again). */
   private updateCapture(): void {
     if (schemaVersion(this.db) !== this.knownSchemaVersion) {
-      this.useCapture(installCapture(this.db, this.logger, this.config.tables), this.capturedTables);
+      const previous = this.capturedTables;
+      const update = this.db.transaction(() => {
+        const result = installCapture(this.db, this.logger, this.config.tables);
+        this.schema.notice(result, previous);
+        return result;
+      });
+      this.useCapture(update.immediate(), previous);
     }
     if (this.applier.hasParked()) this.applier.retryParked();
   }
@@ -382,6 +428,15 @@ export class MarmotNode {
     this.replication = { abort, tasks };
     const name = `marmot-node-${config.nodeId}`;
     if (config.replicate) {
+      // The schema stream first: a row change that needs a newer schema waits (parked) until it is applied.
+      const schema = schemaStream(config);
+      if (this.schema.startsAtStreamEnd) {
+        const end = (await jsm.streams.info(schema.stream)).state.last_seq;
+        await withWriteLock(() => this.schema.skipTo(end), "recording where schema changes start", logger, signal);
+        if (end > 0) logger.info("first start on this database: its schema is taken as it is, schema changes apply from now on", { stream: schema.stream, after_seq: end });
+      }
+      this.schemaConsumer = new ShardConsumer(js, jsm, schema, this.schema, { durableName: name }, logger.child({ component: "consumer", stream: schema.stream }), this.metrics);
+      tasks.push(this.schemaConsumer.run(signal));
       const onGap = this.snapshots ? () => void this.heal(js, jsm, streams, largeBatches, nodeSignal) : undefined;
       this.consumers = streams.map(
         (s) =>
@@ -423,7 +478,9 @@ export class MarmotNode {
       const leftovers = config.replicate
         ? () => this.catchUpBeforeShipping(signal)
         : () => this.forgetStoredLeftovers(js, jsm, streams, largeBatches, msgIdPrefix(config.nodeId, this.epoch), signal);
-      tasks.push(this.shipLoop(shipper, leftovers, signal));
+      const schemaPublisher = new JetStreamPublisher(js, jsm, [schemaStream(config)]);
+      const schemaFirst = () => this.publishSchemaChanges(schemaPublisher, signal);
+      tasks.push(this.shipLoop(shipper, leftovers, schemaFirst, signal));
     }
     if (this.snapshots && !signal.aborted) {
       this.snapshots.complete = true;
@@ -471,6 +528,7 @@ export class MarmotNode {
   /** A snapshot was restored underneath: the applier's sequences and capture follow the restored database. */
   private onRestored(result: RestoreFacts): void {
     this.applier.databaseReplaced();
+    this.schema.reloadApplied();
     // Without `previous`: the restored tables' rows came from the cluster, they are not this node's changes.
     this.useCapture(installCapture(this.db, this.logger, this.config.tables));
     this.reader.rewind();
@@ -496,7 +554,22 @@ export class MarmotNode {
     );
   }
 
-  private async shipLoop(shipper: ChangeShipper, leftovers: () => Promise<void>, signal: AbortSignal): Promise<void> {
+  /**
+   * Before each shipping round: a schema change not noticed yet is noticed (capture follows it), and every schema
+   * message waiting is stored in the schema stream. Rows captured after a schema change so never leave before it.
+   */
+  private async publishSchemaChanges(publisher: JetStreamPublisher, signal: AbortSignal): Promise<void> {
+    if (schemaVersion(this.db) !== this.knownSchemaVersion) {
+      this.onDatabaseChange();
+      await this.captureUpdate;
+      if (schemaVersion(this.db) !== this.knownSchemaVersion) throw new Error("capture has not followed the latest schema change yet");
+    }
+    if (!this.schema.hasUnpublished()) return;
+    const prefix = msgIdPrefix(this.config.nodeId, this.epoch);
+    await this.schema.publishPending(publisher, prefix, (work) => withWriteLock(work, "recording a published schema change", this.logger, signal));
+  }
+
+  private async shipLoop(shipper: ChangeShipper, leftovers: () => Promise<void>, schemaFirst: () => Promise<void>, signal: AbortSignal): Promise<void> {
     try {
       await leftovers();
     } catch (err) {
@@ -508,6 +581,7 @@ export class MarmotNode {
     while (!signal.aborted) {
       let shipped = 0;
       try {
+        await schemaFirst();
         shipped = await shipper.shipRound(signal);
       } catch (err) {
         if (signal.aborted) break;
@@ -618,6 +692,7 @@ export class MarmotNode {
         this.metrics.pendingPublish.set(this.reader.pendingCount());
         this.metrics.storedUnapplied.set(this.applier.storedRows);
         for (const c of this.consumers) await c.lag();
+        await this.settleParked();
       } catch (err) {
         this.logger.debug("metrics refresh failed", { reason: (err as Error).message });
       }
@@ -633,6 +708,20 @@ export class MarmotNode {
         void this.stop();
       }
     }
+  }
+
+  /**
+   * Changes parked for a table or column that never came: once this node has applied the schema stream to where it
+   * ended after they were parked, every schema change they could wait for is here (see Applier.retryParked).
+   */
+  private async settleParked(): Promise<void> {
+    const consumer = this.schemaConsumer;
+    if (consumer === undefined) return;
+    const asOf = Date.now();
+    // Also the schema stream's lag metric (shard "0") and its consumer's stall watch.
+    const lag = await consumer.lag();
+    if (lag > 0 || !this.applier.hasParked()) return;
+    await withWriteLock(() => this.applier.retryParked(asOf), "settling changes that waited for the schema", this.logger, this.abort.signal);
   }
 
   /** Last resort before a forced exit: never leave the embedded server running without its marmot. */

@@ -105,7 +105,7 @@ export function syncSchema(
   return { tables: snapTables.size, rows };
 }
 
-function tablePlan(db: Database.Database, schema: string, name: string): TablePlan {
+export function tablePlan(db: Database.Database, schema: string, name: string): TablePlan {
   const columns = db.prepare("SELECT name, type, pk, hidden FROM pragma_table_xinfo(?, ?)").all(name, schema) as {
     name: string;
     type: string;

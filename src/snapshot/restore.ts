@@ -9,6 +9,7 @@ import type { Metrics } from "../metrics.js";
 import { installCapture, tableExists } from "../sqlite/capture.js";
 import { APPLIED_TABLE, APPLYING_TABLE, PARKED_TABLE } from "../sqlite/names.js";
 import { quoteIdent } from "../sqlite/quote.js";
+import { resetSchemaState } from "../sqlite/schema-state.js";
 import { factsConfigMismatch, readSnapshotFacts } from "./facts.js";
 import { copyTableRows, readPendingRows, reapplyPendingChanges, syncSchema } from "./restore-schema.js";
 
@@ -63,6 +64,7 @@ export function restoreSnapshot(db: Database.Database, snapshotFile: string, opt
         reapplyPendingChanges(db, pending, logger);
         // Inside the transaction (as a savepoint), so that no app write after the commit goes uncaptured.
         installCapture(db, logger, config.tables);
+        resetSchemaState(db, config.tables);
         recordCoveredSequences(db, facts.streams);
         db.prepare(`DELETE FROM ${quoteIdent(APPLYING_TABLE)}`).run();
         return { streams: facts.streams, tables: copied.tables, rows: copied.rows };

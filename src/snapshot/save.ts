@@ -13,7 +13,7 @@ import type { Metrics } from "../metrics.js";
 import { removeCapture } from "../sqlite/cleanup.js";
 import { APPLIED_TABLE, isInternalName } from "../sqlite/names.js";
 import { quoteIdent } from "../sqlite/quote.js";
-import { shardStreams } from "../stream/streams.js";
+import { schemaStream, shardStreams } from "../stream/streams.js";
 import { writeSnapshotFacts, type SnapshotFacts } from "./facts.js";
 import { encodeManifest, fetchLatestManifest, MANIFEST_NAME, snapshotObjectName, SNAPSHOT_FORMAT, type SnapshotManifest } from "./manifest.js";
 import type { SnapshotStore, TransferProgress } from "./store.js";
@@ -103,7 +103,8 @@ function prepareCopy(copyPath: string, config: Config, createdAt: Date): Snapsho
     copy.pragma("journal_mode = DELETE");
     const applied = readApplied(copy);
     const streams: Record<string, number> = {};
-    for (const { stream } of shardStreams(config)) streams[stream] = applied.get(stream) ?? 0;
+    // The schema stream too: a node restored from the copy applies schema changes from after its schema.
+    for (const { stream } of [...shardStreams(config), schemaStream(config)]) streams[stream] = applied.get(stream) ?? 0;
     removeCapture(copy, silentLogger);
     const tables = copy
       .prepare("SELECT name FROM pragma_table_list WHERE schema = 'main' AND type = 'table'")

@@ -293,13 +293,20 @@ export class Applier {
   /**
    * Try the parked changes again, oldest first (after the schema changed).
    * Returns how many were applied; those that still cannot be applied stay parked.
+   *
+   * `settledBefore` (ms since the epoch): every schema change published before a change parked before then has been
+   * applied here since (see schema-sync.ts: a node publishes its schema changes before the rows captured after them).
+   * Such a change that still does not fit is settled: of a table missing here (dropped meanwhile) it is obsolete and
+   * goes; an upsert naming columns missing here (a concurrent schema change won over its origin's) applies without
+   * them. A key that differs stays parked: that is no question of order.
    */
-  retryParked(): number {
+  retryParked(settledBefore?: number): number {
     const rows = this.db
-      .prepare(`SELECT id, stream, seq, tbl, payload FROM ${quoteIdent(PARKED_TABLE)} WHERE tbl IS NOT NULL ORDER BY id`)
-      .all() as { id: bigint; stream: string; seq: bigint; tbl: string; payload: Buffer }[];
+      .prepare(`SELECT id, stream, seq, tbl, payload, parked_at FROM ${quoteIdent(PARKED_TABLE)} WHERE tbl IS NOT NULL ORDER BY id`)
+      .all() as { id: bigint; stream: string; seq: bigint; tbl: string; payload: Buffer; parked_at: bigint | number }[];
     if (rows.length === 0) return 0;
     let appliedCount = 0;
+    const settled = { obsolete: 0, narrowed: 0 };
     const stillWaiting = new Set<string>();
     const remove = this.db.prepare(`DELETE FROM ${quoteIdent(PARKED_TABLE)} WHERE id = ?`);
     this.db.transaction(() => {
@@ -313,6 +320,8 @@ export class Applier {
         if (this.applyChange(change, source) === undefined) {
           remove.run(row.id);
           appliedCount++;
+        } else if (settledBefore !== undefined && Number(row.parked_at) < settledBefore && this.settle(change, source, settled)) {
+          remove.run(row.id);
         } else {
           stillWaiting.add(row.tbl);
         }
@@ -322,7 +331,32 @@ export class Applier {
     this.parkedTables.clear();
     for (const t of stillWaiting) this.parkedTables.add(t);
     if (appliedCount > 0) this.logger.info("applied changes that were waiting for the schema", { changes: appliedCount });
-    return appliedCount;
+    if (settled.obsolete + settled.narrowed > 0) {
+      this.logger.warn("changes waited for a table or columns this node will not get: the schema stream dropped or replaced them", {
+        dropped_with_their_table: settled.obsolete,
+        applied_without_missing_columns: settled.narrowed,
+      });
+    }
+    return appliedCount + settled.narrowed;
+  }
+
+  /** See retryParked: true when the change is settled (and may leave the parked table), counting how. */
+  private settle(change: WireChange, source: ChangeSource, counts: { obsolete: number; narrowed: number }): boolean {
+    const local = this.tables.get(change.table.name);
+    if (local === undefined) {
+      counts.obsolete++;
+      return true;
+    }
+    if (change.op !== "upsert") return false;
+    const known = new Set(local.columns.map((c) => c.name));
+    if (local.rowidKeyed) known.add(ROWID_KEY);
+    const kept = change.table.columns.flatMap((name, i) => (known.has(name) ? [i] : []));
+    if (kept.length === change.table.columns.length) return false;
+    const table: WireTable = { ...change.table, columns: kept.map((i) => change.table.columns[i]!) };
+    const narrowed: WireChange = { ...change, table, values: kept.map((i) => change.values[i]!) };
+    if (this.applyChange(narrowed, source) !== undefined) return false;
+    counts.narrowed++;
+    return true;
   }
 
   private park(stream: string, seq: number, origin: string, parked: ParkedChange[]): void {

@@ -82,6 +82,8 @@ export class ChangeLogReader {
   private recordStored?: Statement;
   /** PRAGMA schema_version when the readers were built */
   private schemaVersion = -1;
+  /** see holdOnSchemaChange */
+  private holdOnChange = false;
 
   constructor(private readonly db: Database) {}
 
@@ -157,12 +159,21 @@ export class ChangeLogReader {
   }
 
   /**
+   * Read nothing while the schema differs from the one the readers were built for (until setTables): the node
+   * first sends that schema change (schema-sync.ts), so that no row read under it leaves before it.
+   */
+  holdOnSchemaChange(): void {
+    this.holdOnChange = true;
+  }
+
+  /**
    * Up to `limit` changes not handed out before, oldest first per table; stops early past `maxBytes`. One read
    * transaction: the logs and the rows they name are read at the same moment. An upsert whose row is gone by
    * then travels as a delete (a later change of that row in the log says what came after).
    */
   read(limit: number, maxBytes: number): PendingChange[] {
     return this.db.transaction(() => {
+      if (this.holdOnChange && schemaVersion(this.db) !== this.schemaVersion) return [];
       this.followSchema();
       return this.readLogs(limit, maxBytes);
     })();

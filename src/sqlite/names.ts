@@ -65,11 +65,28 @@ export function isInternalName(name: string): boolean {
   return name.startsWith(INTERNAL_PREFIX);
 }
 
+/**
+ * The user schema as this node last published or applied it (type, name -> tbl_name, sql): a schema change is the
+ * difference between it and sqlite_schema (see schema-state.ts).
+ */
+export const SCHEMA_TABLE = "__marmot__schema";
+/** Schema messages this node made and has not seen come back from the schema stream (see schema-sync.ts). */
+export const SCHEMA_OUTBOX_TABLE = "__marmot__schema_outbox";
+
 /** Only in a snapshot file: key/value facts of the snapshot (streams and sequences it covers, format, config). */
 export const SNAPSHOT_TABLE = "__marmot__snapshot";
 
 /** The tables marmot creates besides the change logs. */
-export const INTERNAL_TABLES: readonly string[] = [APPLYING_TABLE, APPLIED_TABLE, META_TABLE, PARKED_TABLE, SNAPSHOT_TABLE, USER_TRIGGERS_TABLE];
+export const INTERNAL_TABLES: readonly string[] = [
+  APPLYING_TABLE,
+  APPLIED_TABLE,
+  META_TABLE,
+  PARKED_TABLE,
+  SNAPSHOT_TABLE,
+  USER_TRIGGERS_TABLE,
+  SCHEMA_TABLE,
+  SCHEMA_OUTBOX_TABLE,
+];
 
 const CHANGE_LOG_PREFIX = `${INTERNAL_PREFIX}__`;
 const CHANGE_LOG_SUFFIX = "_change_log";

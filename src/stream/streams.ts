@@ -27,6 +27,14 @@ export function shardStreams(config: Pick<Config, "nats" | "replicationLog">): S
 }
 
 /**
+ * The one stream that orders every schema change of the cluster (see sqlite/schema-sync.ts). Not per shard count:
+ * a schema change does not hash onto a shard. Shard 0 stands for it where a shard number is asked.
+ */
+export function schemaStream(config: Pick<Config, "nats">): ShardStream {
+  return { shard: 0, stream: `${config.nats.streamPrefix}-schema`, subject: `${config.nats.subjectPrefix}-schema` };
+}
+
+/**
  * Why a replicated stream wants nats-server 2.10 or newer: on 2.9, after a network partition, the replicas of a
  * stream were seen holding different messages at the same sequence, so nodes reading from different replicas
  * applied changes in different orders and ended apart. Undefined when the version is fine (or unknown).
@@ -88,7 +96,7 @@ function isNotFound(err: unknown): boolean {
 }
 
 /**
- * Create each shard's stream, or update it when `update_existing` is set; retries while the cluster cannot yet
+ * Create each shard's stream and the schema stream, or update them when `update_existing` is set; retries while the cluster cannot yet
  * place it (an R3 stream needs three servers up), saying what it waits for.
  */
 export async function ensureStreams(
@@ -100,7 +108,7 @@ export async function ensureStreams(
   duplicateWindowMs = DUPLICATE_WINDOW_MS,
 ): Promise<ShardStream[]> {
   const streams = shardStreams(config);
-  for (const s of streams) {
+  for (const s of [...streams, schemaStream(config)]) {
     const wanted = wantedConfig(s, config, duplicateWindowMs);
     let attempt = 0;
     let lastLog = 0;

@@ -12,6 +12,8 @@
 //   reference body (a batch too large for one message, stored as an object): object name str | size varint
 //          | sha-256 of the object (32 bytes). Never compressed. A reader that does not know bit 1 refuses the
 //          message as it refuses any unknown flag.
+//   bit 2: the body is a schema message, not rows (see schema-message.ts); only the schema stream carries it, and
+//          decodeBatch refuses it, so a node that meets one on a shard stream parks it.
 
 import { deflateRawSync, inflateRawSync } from "node:zlib";
 import { DecodeError } from "../errors.js";
@@ -21,8 +23,10 @@ export const MAGIC = Buffer.from("MRMT", "latin1");
 export const VERSION = 1;
 const FLAG_DEFLATE = 1;
 const FLAG_REFERENCE = 2;
+/** The body is a schema message (schema-message.ts). */
+export const FLAG_SCHEMA = 4;
 const SHA256_BYTES = 32;
-const HEADER_SIZE = 6;
+export const HEADER_SIZE = 6;
 /** Bodies smaller than this are not worth compressing. */
 const COMPRESS_MIN_BYTES = 1024;
 /** A body larger than this is compressed only when a sample of it compresses: a large BLOB is often compressed already. */
@@ -168,7 +172,7 @@ export class ByteWriter {
   }
 }
 
-class ByteReader {
+export class ByteReader {
   offset = 0;
   constructor(private readonly buf: Buffer) {}
 
@@ -338,18 +342,19 @@ export function encodeReference(ref: LargeBatchRef): Buffer {
 }
 
 /** The header's flags, after checking magic, version and that every flag is known. */
-function checkedFlags(buf: Buffer): number {
+export function checkedFlags(buf: Buffer): number {
   if (buf.length < HEADER_SIZE || !buf.subarray(0, 4).equals(MAGIC)) {
     throw new DecodeError("not a marmot batch (bad magic)");
   }
   if (buf[4] !== VERSION) throw new DecodeError(`unsupported batch version ${buf[4]} (this marmot reads version ${VERSION})`);
   const flags = buf[5]!;
-  if (flags & ~(FLAG_DEFLATE | FLAG_REFERENCE)) throw new DecodeError(`unknown batch flags 0x${flags.toString(16)}`);
+  if (flags & ~(FLAG_DEFLATE | FLAG_REFERENCE | FLAG_SCHEMA)) throw new DecodeError(`unknown batch flags 0x${flags.toString(16)}`);
   if (flags & FLAG_REFERENCE && flags & FLAG_DEFLATE) throw new DecodeError("a large-change reference cannot be compressed (flags 0x3)");
+  if (flags & FLAG_SCHEMA && flags !== FLAG_SCHEMA) throw new DecodeError(`a schema message carries no other flag (flags 0x${flags.toString(16)})`);
   return flags;
 }
 
-const asBuffer = (data: Uint8Array): Buffer => (Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength));
+export const asBuffer = (data: Uint8Array): Buffer => (Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength));
 
 /**
  * The reference in `data` when it is one; undefined for anything else (a batch, or bytes that are not marmot's:
@@ -388,6 +393,7 @@ export function decodeBatch(data: Uint8Array): ChangeBatch {
       `the message stands for large object "${ref.object}" (${ref.size} bytes), which this node could not read whole and intact; its log says why`,
     );
   }
+  if (flags & FLAG_SCHEMA) throw new DecodeError("a schema message, not a batch of row changes: it belongs on the schema stream");
   let body = buf.subarray(HEADER_SIZE);
   if (flags & FLAG_DEFLATE) {
     try {

@@ -145,8 +145,13 @@ describe("snapshot into the file store", () => {
 
     const file = await downloadSnapshot(store, saved, configFor(targetPath), { dir: tempDir() });
     const result = restoreSnapshot(target, file, { config: configFor(targetPath), logger: silentLogger, metrics });
-    assert.deepEqual(result.streams, { [STREAM]: 42 });
+    // the schema stream too: 0, the file never applied a schema message
+    assert.deepEqual(result.streams, { [STREAM]: 42, "marmot-changes-schema": 0 });
     assert.equal(result.tables, userTables(source.path).length);
+    // The restored schema is the state schema changes are told from: the node sends none for the restore itself.
+    const recorded = sqlite3(targetPath, "SELECT type || ' ' || name FROM __marmot__schema ORDER BY 1");
+    assert.ok(userTables(source.path).every((t) => recorded.split("\n").includes(`table ${t}`)), recorded);
+    assert.equal(sqlite3(targetPath, "SELECT count(*) FROM __marmot__schema_outbox"), "0\n");
     assert.equal(metrics.snapshotRestores.get(), 1);
     assertSameUserData(source.path, targetPath);
     // Values come back with their exact storage class.

@@ -769,3 +769,27 @@ describe("the node's own changes coming back, with an app trigger", () => {
   });
   }
 });
+
+describe("settling changes parked for a schema that did not come", () => {
+  it("a change of a table that is gone goes; an upsert naming a column that lost applies without it; order is kept", () => {
+    const n = node();
+    try {
+      const GONE: WireTable = { name: "gone", columns: ["id", "v"], keyColumns: ["id"] };
+      const WIDER: WireTable = { name: "vals", columns: ["id", "v", "lost_column"], keyColumns: ["id"] };
+      n.applier.applyMessage(STREAM, 1, batch(change(GONE, "upsert", 1, [1n, "x"]), change(WIDER, "upsert", 2, [7n, "kept", "lost"])));
+      n.applier.applyMessage(STREAM, 2, batch(change(VALS, "upsert", 3, [7n, "later"]), change(VALS, "upsert", 4, [8n, 9007199254740993n])));
+      assert.equal(parked(n.db).length, 4, "the later changes of vals wait behind the one naming a missing column");
+      // Not settled while the schema stream may still bring the table or the column.
+      assert.equal(n.applier.retryParked(), 0);
+      assert.equal(n.applier.retryParked(Date.now() - 60_000), 0);
+      assert.equal(parked(n.db).length, 4);
+      // Settled: the schema stream was applied past them and neither came.
+      assert.equal(n.applier.retryParked(Date.now() + 1), 3);
+      assert.equal(parked(n.db).length, 0);
+      assert.equal(rows(n.path, "SELECT id, v, typeof(v) FROM vals ORDER BY id"), "7|later|text\n8|9007199254740993|integer");
+      assert.ok(n.lines.some((l) => /will not get/.test(l.message) && l.fields?.["dropped_with_their_table"] === 1 && l.fields?.["applied_without_missing_columns"] === 1));
+    } finally {
+      n.db.close();
+    }
+  });
+});
