@@ -30,7 +30,10 @@ export function startApp<T>(script: string, args: unknown): AppProcess<T> {
     child.once("exit", (code, signal) => {
       if (child.pid !== undefined) untrackPid(child.pid);
       markReady();
-      const lines = stdout.trim().split("\n").filter((l) => l !== "ready");
+      const lines = stdout
+        .trim()
+        .split("\n")
+        .filter((l) => l !== "ready");
       if (code !== 0 || lines.length === 0) {
         reject(new Error(`${script} failed (code ${code}, signal ${signal}): ${stderr.trim().slice(-2000)}`));
         return;

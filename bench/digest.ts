@@ -66,7 +66,9 @@ async function main(): Promise<void> {
     const counted = digests.reduce((sum, d) => sum + d.rows, 0);
     if (counted !== rows) throw new Error(`the digests count ${counted} rows, the table has ${rows}`);
     console.log(`digest of ${rows} rows (about 100 bytes each) into ${shards} shards${table.uniqueBeyondKey ? " (one shard: UNIQUE column)" : ""}`);
-    console.log(`  time:              ${ms.toFixed(0)} ms wall, ${cpuMs.toFixed(0)} ms CPU (${((rows / cpuMs) * 1000).toFixed(0)} rows per CPU second)`);
+    console.log(
+      `  time:              ${ms.toFixed(0)} ms wall, ${cpuMs.toFixed(0)} ms CPU (${((rows / cpuMs) * 1000).toFixed(0)} rows per CPU second)`,
+    );
     console.log(`  RSS:               ${mib(rssBefore)} MiB before, ${mib(rssPeak)} MiB at most (+${mib(rssPeak - rssBefore)} MiB)`);
     console.log(`  event loop delay:  max ${(loop.max / 1e6).toFixed(1)} ms, p99 ${(loop.percentile(99) / 1e6).toFixed(1)} ms`);
     console.log(`  per shard:         ${digests.map((d, i) => `${i + 1}: ${d.rows} rows ${d.hash}`).join("; ")}`);

@@ -50,7 +50,12 @@ async function main(): Promise<void> {
           250,
         );
         const seconds = (performance.now() - started) / 1000;
-        rows.push([`${sizeMb} MB ${kind}`, seconds.toFixed(2), ((sizeMb / seconds) || 0).toFixed(1), ...cluster.nodes.map((n) => String(peakRssMb(n.pid)))]);
+        rows.push([
+          `${sizeMb} MB ${kind}`,
+          seconds.toFixed(2),
+          (sizeMb / seconds || 0).toFixed(1),
+          ...cluster.nodes.map((n) => String(peakRssMb(n.pid))),
+        ]);
       }
     }
     await cluster.waitConverged(["docs"], 120_000);

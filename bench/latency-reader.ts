@@ -3,7 +3,13 @@
 import Database from "better-sqlite3";
 import { nowNs, report, sleepSync } from "./workload.js";
 
-const { dbPath, table, count, timeoutMs, pollMs = 0.25 } = JSON.parse(process.argv[2]!) as {
+const {
+  dbPath,
+  table,
+  count,
+  timeoutMs,
+  pollMs = 0.25,
+} = JSON.parse(process.argv[2]!) as {
   dbPath: string;
   table: string;
   count: number;

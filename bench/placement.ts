@@ -55,7 +55,6 @@ function parseArgs(argv: string[]): Settings {
   return settings;
 }
 
-
 async function metaRaft(monitorPort: number): Promise<MetaRaft | undefined> {
   try {
     const body = (await (await fetch(`http://127.0.0.1:${monitorPort}/raftz`)).json()) as Record<string, Record<string, MetaRaft>>;

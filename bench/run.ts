@@ -71,7 +71,7 @@ function parseSettings(argv: string[]): Settings {
     inFlight: 16,
     ceilingInFlight: 64,
     shards: option("--shards", 1),
-    only: new Set((argv.includes("--only") ? argv[argv.indexOf("--only") + 1] ?? "" : "C1,O1,T1,T2,L1,L1N,L1S,E1,S1").toUpperCase().split(",")),
+    only: new Set((argv.includes("--only") ? (argv[argv.indexOf("--only") + 1] ?? "") : "C1,O1,T1,T2,L1,L1N,L1S,E1,S1").toUpperCase().split(",")),
   };
 }
 
@@ -117,7 +117,11 @@ async function runBulkLoad(cluster: TestCluster, table: string, rows: number): P
     });
     const pendingRow = readers[0]!.prepare(`SELECT 1 FROM "${changeLogTable(table)}" WHERE __marmot_op <> 'marker' LIMIT 1`).pluck(true);
     const pending = { get: () => (pendingRow.get() === undefined ? 0 : 1) };
-    const app = startApp<{ startNs: string; committedNs: string; cpuSeconds: number }>("bulk-load.js", { dbPath: cluster.node(1).spec.dbPath, table, rows });
+    const app = startApp<{ startNs: string; committedNs: string; cpuSeconds: number }>("bulk-load.js", {
+      dbPath: cluster.node(1).spec.dbPath,
+      table,
+      rows,
+    });
     let failed: unknown;
     app.result.catch((err) => (failed = err));
     const appliedNs: (bigint | undefined)[] = readers.map(() => undefined);
@@ -259,7 +263,12 @@ async function probeMetrics(port: number, until: () => boolean): Promise<{ times
   return { timesMs, exportedLagP99Ms };
 }
 
-async function runLatency(cluster: TestCluster, s: Settings, workload: LatencyWorkload, metricsPorts: number[]): Promise<LatencyRun & { loop?: LoopRun }> {
+async function runLatency(
+  cluster: TestCluster,
+  s: Settings,
+  workload: LatencyWorkload,
+  metricsPorts: number[],
+): Promise<LatencyRun & { loop?: LoopRun }> {
   const count = s.l1PerSecond * s.l1Seconds;
   const table = latencyTables[workload];
   const reader = startApp<{ latenciesMs: number[] }>("latency-reader.js", {
@@ -332,7 +341,12 @@ interface Results {
   date: string;
   machine: ReturnType<typeof describeMachine>;
   settings: Settings;
-  C1?: { sqliteBulkRowsPerSec: number; jetstreamPipelined: PublishRate; jetstreamAtMarmotInFlight: PublishRate; jetstreamOneAwaitedPerRow: PublishRate };
+  C1?: {
+    sqliteBulkRowsPerSec: number;
+    jetstreamPipelined: PublishRate;
+    jetstreamAtMarmotInFlight: PublishRate;
+    jetstreamOneAwaitedPerRow: PublishRate;
+  };
   O1?: { runs: OverheadRun[]; bulkRatio: number; autocommitRatio: number };
   T1?: { runs: BulkRun[]; medianRowsPerSec: number };
   T2?: MixedRun;
@@ -357,7 +371,9 @@ async function main(): Promise<void> {
     errors: [],
   };
   const m = results.machine;
-  console.log(`marmot benchmark (${settings.quick ? "quick" : "full"}): ${m.cores} cores (${m.cpuModel}), ${m.memoryGb} GB, load ${m.loadAverage.join(" ")}`);
+  console.log(
+    `marmot benchmark (${settings.quick ? "quick" : "full"}): ${m.cores} cores (${m.cpuModel}), ${m.memoryGb} GB, load ${m.loadAverage.join(" ")}`,
+  );
   console.log(`Node ${m.node}, ${m.natsServer}, SQLite ${m.sqlite}, better-sqlite3 ${m.betterSqlite3}, kernel ${m.kernel}`);
 
   const dir = tempDir("marmot-bench-");
@@ -445,7 +461,9 @@ async function main(): Promise<void> {
 
     for (const workload of Object.keys(latencyTables) as LatencyWorkload[]) {
       if (!run(workload)) continue;
-      console.log(`${workload}: ${settings.l1PerSecond} writes/s (${latencyWriter[workload]}) for ${settings.l1Seconds} s on node 1, read on node 2${workload === "E1" ? ", an app holding node 2's write lock 2 s of every 3 s" : ""} ...`);
+      console.log(
+        `${workload}: ${settings.l1PerSecond} writes/s (${latencyWriter[workload]}) for ${settings.l1Seconds} s on node 1, read on node 2${workload === "E1" ? ", an app holding node 2's write lock 2 s of every 3 s" : ""} ...`,
+      );
       await sleep(1000);
       results[workload] = await phase(workload, () => runLatency(cluster!, settings, workload, metricsPorts));
     }
@@ -495,7 +513,9 @@ async function main(): Promise<void> {
 function cpuLine(cpu: { wallS: number; processes: Record<string, CpuFigures> }, cores: number, extra: Record<string, number>): string {
   const of = (kind: string) => [1, 2, 3].map((n) => fixed(cpu.processes[`${kind}-${n}`]?.cpuS ?? NaN, 1)).join("/");
   const total = Object.values(cpu.processes).reduce((a, b) => a + b.cpuS, 0) + Object.values(extra).reduce((a, b) => a + b, 0);
-  const others = Object.entries(extra).map(([k, v]) => `${k} ${fixed(v, 1)}`).join(", ");
+  const others = Object.entries(extra)
+    .map(([k, v]) => `${k} ${fixed(v, 1)}`)
+    .join(", ");
   return `marmot ${of("marmot")}, nats-server ${of("nats")}, ${others}: ${fixed(total, 1)} of ${fixed(cpu.wallS * cores, 1)} (${fixed(cpu.wallS, 1)} s x ${cores} cores)`;
 }
 
@@ -520,7 +540,8 @@ function render(r: Results): string {
   const jsRate = r.C1 ? Math.max(r.C1.jetstreamPipelined.rowsPerSec, r.C1.jetstreamAtMarmotInFlight.rowsPerSec) : NaN;
   const sqliteRate = r.C1?.sqliteBulkRowsPerSec ?? NaN;
   const awaitedRate = r.C1?.jetstreamOneAwaitedPerRow.rowsPerSec ?? NaN;
-  const ofCeilings = (rate: number) => `${fixed(rate / jsRate)} of JS, ${fixed(rate / sqliteRate)} of SQLite, ${fixed(rate / awaitedRate, 1)}x awaited`;
+  const ofCeilings = (rate: number) =>
+    `${fixed(rate / jsRate)} of JS, ${fixed(rate / sqliteRate)} of SQLite, ${fixed(rate / awaitedRate, 1)}x awaited`;
   if (r.C1) {
     const a = r.C1.jetstreamOneAwaitedPerRow;
     rows.push(["C1", "raw better-sqlite3 insert, one transaction", `${int(sqliteRate)} rows/s`, "", "", ""]);
@@ -539,7 +560,14 @@ function render(r: Results): string {
   if (r.T1) {
     const t = r.T1.medianRowsPerSec;
     const ok = t >= 50_000 && t >= jsRate / 2;
-    rows.push(["T1", `${int(r.settings.t1Rows)} rows, 1 tx on node 1, until on all 3 (median of ${r.T1.runs.length})`, `${int(t)} rows/s`, ">= 50,000 and >= 0.5 of JS", ofCeilings(t), verdict(ok)]);
+    rows.push([
+      "T1",
+      `${int(r.settings.t1Rows)} rows, 1 tx on node 1, until on all 3 (median of ${r.T1.runs.length})`,
+      `${int(t)} rows/s`,
+      ">= 50,000 and >= 0.5 of JS",
+      ofCeilings(t),
+      verdict(ok),
+    ]);
     for (const [i, run] of r.T1.runs.entries()) {
       rows.push([
         "",
@@ -558,9 +586,23 @@ function render(r: Results): string {
   }
   if (r.T2) {
     const t = r.T2;
-    rows.push(["T2", `3 writers ${fixed(t.seconds, 1)} s: app writes (${int(t.inserts)} ins, ${int(t.updates)} upd)`, `${int(t.appWritesPerSec)} rows/s`, "", t.busyErrors > 0 ? `${t.busyErrors} SQLITE_BUSY` : "", ""]);
+    rows.push([
+      "T2",
+      `3 writers ${fixed(t.seconds, 1)} s: app writes (${int(t.inserts)} ins, ${int(t.updates)} upd)`,
+      `${int(t.appWritesPerSec)} rows/s`,
+      "",
+      t.busyErrors > 0 ? `${t.busyErrors} SQLITE_BUSY` : "",
+      "",
+    ]);
     rows.push(["T2", "replicated to all nodes", `${int(t.replicatedRowsPerSec)} rows/s`, "", ofCeilings(t.replicatedRowsPerSec), ""]);
-    rows.push(["T2", "after the writers stop: every row on every node / identical by sqldiff", `${fixed(t.allRowsAfterStopS)} s / ${fixed(t.identicalAfterStopS)} s`, "", "", ""]);
+    rows.push([
+      "T2",
+      "after the writers stop: every row on every node / identical by sqldiff",
+      `${fixed(t.allRowsAfterStopS)} s / ${fixed(t.identicalAfterStopS)} s`,
+      "",
+      "",
+      "",
+    ]);
     const cpu = r.cpu?.["T2"];
     if (cpu) notes.push(`T2 CPU seconds: ${cpuLine(cpu, r.machine.cores, { apps: t.appCpuS })}`);
   }
@@ -605,8 +647,22 @@ function render(r: Results): string {
     const capBulk = median(o.runs.map((x) => x.captured.bulkRowsPerSec));
     const plainAuto = median(o.runs.map((x) => x.plain.autocommitRowsPerSec));
     const capAuto = median(o.runs.map((x) => x.captured.autocommitRowsPerSec));
-    rows.push(["O1", "app insert rate with capture / without, one transaction", fixed(o.bulkRatio), ">= 0.4", `${int(capBulk)} / ${int(plainBulk)} rows/s`, verdict(o.bulkRatio >= 0.4)]);
-    rows.push(["O1", "same, autocommit single-row inserts", fixed(o.autocommitRatio), ">= 0.4", `${int(capAuto)} / ${int(plainAuto)} rows/s`, verdict(o.autocommitRatio >= 0.4)]);
+    rows.push([
+      "O1",
+      "app insert rate with capture / without, one transaction",
+      fixed(o.bulkRatio),
+      ">= 0.4",
+      `${int(capBulk)} / ${int(plainBulk)} rows/s`,
+      verdict(o.bulkRatio >= 0.4),
+    ]);
+    rows.push([
+      "O1",
+      "same, autocommit single-row inserts",
+      fixed(o.autocommitRatio),
+      ">= 0.4",
+      `${int(capAuto)} / ${int(plainAuto)} rows/s`,
+      verdict(o.autocommitRatio >= 0.4),
+    ]);
   }
   if (r.M1) {
     const phases = Object.keys(r.M1.phases).filter((p) => p.startsWith("T"));

@@ -47,7 +47,12 @@ const rows = option("--rows", 1_000_000);
 try {
   const path = filledFile(rows);
   const added = timed(path, { type: "table", name: "t", tblName: "t", sql: TABLE.replace(")", ", d INTEGER DEFAULT 0)") });
-  const rebuilt = timed(path, { type: "table", name: "t", tblName: "t", sql: "CREATE TABLE t (id INTEGER PRIMARY KEY, a TEXT NOT NULL, b REAL, c BLOB, d INTEGER DEFAULT 0)" });
+  const rebuilt = timed(path, {
+    type: "table",
+    name: "t",
+    tblName: "t",
+    sql: "CREATE TABLE t (id INTEGER PRIMARY KEY, a TEXT NOT NULL, b REAL, c BLOB, d INTEGER DEFAULT 0)",
+  });
   console.log(`schema apply on a ${rows}-row table (4 columns, one index): ADD COLUMN ${added.toFixed(3)} s, rebuild ${rebuilt.toFixed(2)} s`);
 } finally {
   removeTempDirs();

@@ -158,7 +158,15 @@ export function renderSnapshotFigures(figures: SnapshotFigure[]): string {
   for (const { store, save, restore } of figures) {
     const objectMb = save.bytes / 2 ** 20;
     rows.push(
-      [store, "save", fixed(objectMb, 0), fixed(save.seconds, 1), fixed(objectMb / save.seconds, 1), fixed(save.baselineMb, 0), fixed(save.peakMb, 0)],
+      [
+        store,
+        "save",
+        fixed(objectMb, 0),
+        fixed(save.seconds, 1),
+        fixed(objectMb / save.seconds, 1),
+        fixed(save.baselineMb, 0),
+        fixed(save.peakMb, 0),
+      ],
       [
         store,
         `restore (download ${fixed(restore.downloadSeconds ?? NaN, 1)} s)`,

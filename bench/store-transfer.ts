@@ -79,7 +79,15 @@ async function main(): Promise<void> {
       async () => {
         const server = await startS3rver();
         return createS3Store(
-          { endpoint: `127.0.0.1:${server.port}`, bucket: S3RVER_BUCKET, path: "bench", useSsl: false, accessKey: S3RVER_ACCESS_KEY, secret: S3RVER_SECRET, sessionToken: "" },
+          {
+            endpoint: `127.0.0.1:${server.port}`,
+            bucket: S3RVER_BUCKET,
+            path: "bench",
+            useSsl: false,
+            accessKey: S3RVER_ACCESS_KEY,
+            secret: S3RVER_SECRET,
+            sessionToken: "",
+          },
           silentLogger,
         );
       },
@@ -88,7 +96,10 @@ async function main(): Promise<void> {
       "webdav",
       async () => {
         const server = await startRcloneWebDav();
-        return createWebDavStore({ url: `http://127.0.0.1:${server.port}/dav?dir=/bench&login=${WEBDAV_USER}&secret=${WEBDAV_PASSWORD}` }, silentLogger);
+        return createWebDavStore(
+          { url: `http://127.0.0.1:${server.port}/dav?dir=/bench&login=${WEBDAV_USER}&secret=${WEBDAV_PASSWORD}` },
+          silentLogger,
+        );
       },
     ],
     [
@@ -97,7 +108,10 @@ async function main(): Promise<void> {
         const server = await startSshd();
         const knownHosts = join(server.dir, "known_hosts");
         writeFileSync(knownHosts, `[127.0.0.1]:${server.port} ${server.hostPublicKey}\n`);
-        return createSftpStore({ url: `sftp://${server.user}@127.0.0.1:${server.port}${server.dataDir}/bench`, keyFile: server.clientKeyFile, knownHostsFile: knownHosts }, silentLogger);
+        return createSftpStore(
+          { url: `sftp://${server.user}@127.0.0.1:${server.port}${server.dataDir}/bench`, keyFile: server.clientKeyFile, knownHostsFile: knownHosts },
+          silentLogger,
+        );
       },
     ],
   ];
@@ -111,7 +125,10 @@ async function main(): Promise<void> {
       const back = join(dir, `${name}-back.bin`);
       const down = await measured(() => store.download("bench.db", back));
       if (statSync(back).size !== sizeMb * MB || (await sha256(back)) !== sourceHash) throw new Error(`${name}: the downloaded copy differs`);
-      for (const [direction, figures] of [["upload", up], ["download", down]] as const) {
+      for (const [direction, figures] of [
+        ["upload", up],
+        ["download", down],
+      ] as const) {
         rows.push([name, direction, fixed(sizeMb / figures.seconds, 1), fixed(figures.rssStartMb, 0), fixed(figures.peakAboveMb, 1)]);
       }
     } finally {

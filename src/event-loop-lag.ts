@@ -27,7 +27,8 @@ export class EventLoopLag {
   take(): LagFigures {
     const h = this.histogram;
     const lateMs = (ns: number) => Math.max(0, ns / 1e6 - RESOLUTION_MS);
-    const figures = h.count === 0 ? { p50Ms: 0, p99Ms: 0, maxMs: 0 } : { p50Ms: lateMs(h.percentile(50)), p99Ms: lateMs(h.percentile(99)), maxMs: lateMs(h.max) };
+    const figures =
+      h.count === 0 ? { p50Ms: 0, p99Ms: 0, maxMs: 0 } : { p50Ms: lateMs(h.percentile(50)), p99Ms: lateMs(h.percentile(99)), maxMs: lateMs(h.max) };
     h.reset();
     return figures;
   }

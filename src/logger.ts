@@ -88,13 +88,9 @@ class PinoBackedLogger implements Logger {
  * Writes to stderr unless given a destination. The default destination is synchronous so that the
  * last lines before an exit (often the reason for it) are not lost in a buffer.
  */
-export function createLogger(
-  options: LoggerOptions,
-  destination?: NodeJS.WritableStream | { write(s: string): void },
-): Logger {
+export function createLogger(options: LoggerOptions, destination?: NodeJS.WritableStream | { write(s: string): void }): Logger {
   const target: Destination = destination ?? pino.destination({ fd: 2, sync: true });
-  const stream: Destination =
-    options.format === "console" ? { write: (line: string) => target.write(formatConsoleLine(line)) } : target;
+  const stream: Destination = options.format === "console" ? { write: (line: string) => target.write(formatConsoleLine(line)) } : target;
   const logger = pino(
     {
       level: options.verbose ? "debug" : "info",

@@ -143,7 +143,11 @@ export class Metrics {
     this.snapshotAgeSeconds = new Metric(name("snapshot_age_seconds"), "Seconds since the stored snapshot was made.", "gauge");
     this.missedMessages = new Metric(name("missed_messages"), "Messages the stream dropped before this node applied them: it diverged.", "counter");
     this.storedUnapplied = new Metric(name("stored_unapplied_rows"), "Rows of this node stored in JetStream and not yet applied back here.", "gauge");
-    this.digestMismatches = new Metric(name("digest_mismatches"), "Tables of a shard whose rows differ from another node's at the same stream sequence.", "gauge");
+    this.digestMismatches = new Metric(
+      name("digest_mismatches"),
+      "Tables of a shard whose rows differ from another node's at the same stream sequence.",
+      "gauge",
+    );
     this.all = [
       this.published,
       this.pendingPublish,

@@ -186,7 +186,10 @@ export class MarmotNode {
   private retryParkedSoon(): void {
     if (!this.applier.hasParked()) return;
     withWriteLock(() => this.applier.retryParked(), "applying changes that waited for the schema", this.logger, this.abort.signal).catch((err) => {
-      if (!this.abort.signal.aborted) this.logger.warn("could not apply the changes that waited for the schema; trying at the next schema change", { reason: (err as Error).message });
+      if (!this.abort.signal.aborted)
+        this.logger.warn("could not apply the changes that waited for the schema; trying at the next schema change", {
+          reason: (err as Error).message,
+        });
     });
   }
 
@@ -273,7 +276,8 @@ export class MarmotNode {
           this.logger.info("schema changed; updating capture");
           this.captureUpdate = withWriteLock(() => this.updateCapture(), "updating capture after a schema change", this.logger, this.abort.signal)
             .catch((err) => {
-              if (!this.abort.signal.aborted) this.logger.warn("could not update capture after a schema change; will try again", { reason: (err as Error).message });
+              if (!this.abort.signal.aborted)
+                this.logger.warn("could not update capture after a schema change; will try again", { reason: (err as Error).message });
             })
             .finally(() => {
               this.captureUpdate = undefined;
@@ -335,7 +339,11 @@ export class MarmotNode {
       mkdirSync(options.storeDir, { recursive: true });
       this.server = await EmbeddedServer.start(options, logger.child({ component: "nats-server" }));
       this.server.onUnexpectedExit((exit) => {
-        this.fail(new ServerError(`the embedded nats-server (pid ${this.server?.pid}) exited unexpectedly (code ${exit.code}, signal ${exit.signal}); marmot stops`));
+        this.fail(
+          new ServerError(
+            `the embedded nats-server (pid ${this.server?.pid}) exited unexpectedly (code ${exit.code}, signal ${exit.signal}); marmot stops`,
+          ),
+        );
       });
       servers = [this.server.clientUrl];
       // If marmot dies on an uncaught error, its server must not outlive it.
@@ -357,7 +365,13 @@ export class MarmotNode {
     status.startingStep("creating or checking the streams");
     const streams = await ensureStreams(jsm, config, logger, signal);
     const js = jetstream(this.nc);
-    const largeBatches = await JetStreamLargeBatches.open(js, largeBatchBucket(config.nats.streamPrefix), config.replicationLog.replicas, logger, signal);
+    const largeBatches = await JetStreamLargeBatches.open(
+      js,
+      largeBatchBucket(config.nats.streamPrefix),
+      config.replicationLog.replicas,
+      logger,
+      signal,
+    );
     if (config.replicate && config.snapshot.enabled) {
       this.snapshots = await openNodeSnapshots({
         config,
@@ -376,9 +390,10 @@ export class MarmotNode {
     }
     if (config.replicate) {
       const storeDir = this.server ? embeddedStoreDir(config) : undefined;
-      await orAbort(warnAboutEarlierStreams(jsm, streams, (s) => this.applier.appliedSequence(s), this.startedAt, storeDir, logger), signal).catch(
-        (err) => logger.debug("could not look for an earlier cluster's changes in the streams", { reason: (err as Error).message }),
-      );
+      await orAbort(
+        warnAboutEarlierStreams(jsm, streams, (s) => this.applier.appliedSequence(s), this.startedAt, storeDir, logger),
+        signal,
+      ).catch((err) => logger.debug("could not look for an earlier cluster's changes in the streams", { reason: (err as Error).message }));
     }
     await this.startReplication(js, jsm, streams, largeBatches, signal);
     if (config.replicate) this.startAgreement(js, streams, signal);
@@ -433,9 +448,21 @@ export class MarmotNode {
       if (this.schema.startsAtStreamEnd) {
         const end = (await jsm.streams.info(schema.stream)).state.last_seq;
         await withWriteLock(() => this.schema.skipTo(end), "recording where schema changes start", logger, signal);
-        if (end > 0) logger.info("first start on this database: its schema is taken as it is, schema changes apply from now on", { stream: schema.stream, after_seq: end });
+        if (end > 0)
+          logger.info("first start on this database: its schema is taken as it is, schema changes apply from now on", {
+            stream: schema.stream,
+            after_seq: end,
+          });
       }
-      this.schemaConsumer = new ShardConsumer(js, jsm, schema, this.schema, { durableName: name }, logger.child({ component: "consumer", stream: schema.stream }), this.metrics);
+      this.schemaConsumer = new ShardConsumer(
+        js,
+        jsm,
+        schema,
+        this.schema,
+        { durableName: name },
+        logger.child({ component: "consumer", stream: schema.stream }),
+        this.metrics,
+      );
       tasks.push(this.schemaConsumer.run(signal));
       const onGap = this.snapshots ? () => void this.heal(js, jsm, streams, largeBatches, nodeSignal) : undefined;
       this.consumers = streams.map(
@@ -545,10 +572,14 @@ export class MarmotNode {
       consumers.map(async (c) => {
         try {
           const found = await c.recallOwnMessages(prefix, this.reader.lastStoredSeq(c.stream), signal);
-          if (found > 0) this.logger.info("found changes of this node in the stream that it has not applied yet", { stream: c.stream, messages: found });
+          if (found > 0)
+            this.logger.info("found changes of this node in the stream that it has not applied yet", { stream: c.stream, messages: found });
         } catch (err) {
           if (signal.aborted) return;
-          this.logger.warn("could not read this node's own changes back from the stream; going on", { stream: c.stream, reason: (err as Error).message });
+          this.logger.warn("could not read this node's own changes back from the stream; going on", {
+            stream: c.stream,
+            reason: (err as Error).message,
+          });
         }
       }),
     );
@@ -569,7 +600,12 @@ export class MarmotNode {
     await this.schema.publishPending(publisher, prefix, (work) => withWriteLock(work, "recording a published schema change", this.logger, signal));
   }
 
-  private async shipLoop(shipper: ChangeShipper, leftovers: () => Promise<void>, schemaFirst: () => Promise<void>, signal: AbortSignal): Promise<void> {
+  private async shipLoop(
+    shipper: ChangeShipper,
+    leftovers: () => Promise<void>,
+    schemaFirst: () => Promise<void>,
+    signal: AbortSignal,
+  ): Promise<void> {
     try {
       await leftovers();
     } catch (err) {
@@ -659,7 +695,8 @@ export class MarmotNode {
         });
       }
     }
-    if (removed > 0) this.logger.info("changes left by the last run were in the streams already; not sending them again", { changes: removed, pending });
+    if (removed > 0)
+      this.logger.info("changes left by the last run were in the streams already; not sending them again", { changes: removed, pending });
     this.reader.rewind();
   }
 

@@ -133,7 +133,12 @@ export class ChangeShipper {
     this.storedInRound.clear();
     await this.publishAll(batches, maxInFlight, signal);
     const kept = this.keptIds();
-    await withWriteLock(() => this.reader.removeUpTo(upTo, kept, this.storedInRound), "removing shipped changes from the change log", this.logger, signal);
+    await withWriteLock(
+      () => this.reader.removeUpTo(upTo, kept, this.storedInRound),
+      "removing shipped changes from the change log",
+      this.logger,
+      signal,
+    );
     this.metrics?.published.inc(taken);
     return taken;
   }
@@ -193,7 +198,10 @@ export class ChangeShipper {
 
   private encode(batch: Batch): { payload: Buffer; msgId: string } {
     const payload = encodeBatch(
-      { origin: batchOrigin(this.options.origin, this.options.epoch), changes: batch.changes.map((c) => ({ table: c.wireTable, op: c.op, changeId: c.changeId, values: c.values })) },
+      {
+        origin: batchOrigin(this.options.origin, this.options.epoch),
+        changes: batch.changes.map((c) => ({ table: c.wireTable, op: c.op, changeId: c.changeId, values: c.values })),
+      },
       { compress: this.options.compress },
     );
     // The id names exactly which changes the message holds, so a retry of the same batch is dropped as a duplicate.

@@ -145,7 +145,9 @@ export function parseArgs(argv: string[]): CliOptions {
     }
   }
   if ((options.retry || options.discard) && !options.parked) {
-    throw usageError(`-${options.retry ? "retry" : "discard"} acts on parked changes: use it with -parked (marmot -config FILE -parked -${options.retry ? "retry" : "discard"})`);
+    throw usageError(
+      `-${options.retry ? "retry" : "discard"} acts on parked changes: use it with -parked (marmot -config FILE -parked -${options.retry ? "retry" : "discard"})`,
+    );
   }
   if (options.retry && options.discard) throw usageError("-retry and -discard exclude each other: choose one");
   if (options.status && options.parked) throw usageError("-status and -parked are separate commands: choose one");

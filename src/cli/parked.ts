@@ -20,7 +20,12 @@ export interface ParkedOptions {
 /** How long a running node gets to take a retry request before this command applies the changes itself. */
 const NODE_ANSWER_MS = 10_000;
 
-export async function parkedCommand(config: Config, options: ParkedOptions, logger: Logger, out: NodeJS.WritableStream = process.stdout): Promise<number> {
+export async function parkedCommand(
+  config: Config,
+  options: ParkedOptions,
+  logger: Logger,
+  out: NodeJS.WritableStream = process.stdout,
+): Promise<number> {
   const db = openDatabase(config.dbPath, logger);
   try {
     if (options.retry) return await retry(db, config, logger, out);
@@ -33,7 +38,14 @@ export async function parkedCommand(config: Config, options: ParkedOptions, logg
     out.write(
       formatTable(
         ["ID", "TABLE", "REASON", "SINCE", "ORIGIN", "STREAM/SEQ"],
-        entries.map((e) => [String(e.id), e.table ?? "(undecodable)", e.reason, new Date(e.parkedAt).toISOString(), e.origin || "?", `${e.stream}/${e.seq}`]),
+        entries.map((e) => [
+          String(e.id),
+          e.table ?? "(undecodable)",
+          e.reason,
+          new Date(e.parkedAt).toISOString(),
+          e.origin || "?",
+          `${e.stream}/${e.seq}`,
+        ]),
       ),
     );
     out.write(
@@ -78,7 +90,13 @@ async function retry(db: ReturnType<typeof openDatabase>, config: Config, logger
   return left === 0 ? 0 : 1;
 }
 
-async function discard(db: ReturnType<typeof openDatabase>, config: Config, yes: boolean, logger: Logger, out: NodeJS.WritableStream): Promise<number> {
+async function discard(
+  db: ReturnType<typeof openDatabase>,
+  config: Config,
+  yes: boolean,
+  logger: Logger,
+  out: NodeJS.WritableStream,
+): Promise<number> {
   const count = countParked(db);
   if (count === 0) {
     out.write("no parked changes to discard\n");

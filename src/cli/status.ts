@@ -121,22 +121,30 @@ function render(status: ClusterStatus, problems: string[], now: number): string 
       n.shards.map((s) => [n.id, String(s.shard), s.stream, String(s.applied), String(s.lastSeq ?? "?"), String(s.lag ?? "?"), s.agreement]),
     ),
   );
-  return [nodes, shards, renderNats(status.nats), problems.length === 0 ? "all nodes ready\n" : `problems:\n${problems.map((p) => `  - ${p}\n`).join("")}`].join(
-    "\n",
-  );
+  return [
+    nodes,
+    shards,
+    renderNats(status.nats),
+    problems.length === 0 ? "all nodes ready\n" : `problems:\n${problems.map((p) => `  - ${p}\n`).join("")}`,
+  ].join("\n");
 }
 
 function renderNats(nats: NatsHealth): string {
   const leader =
     nats.metaLeader ??
-    (nats.jetstreamAnswering === true ? "elected (name not visible to this account; the servers' /jsz shows it)" : nats.jetstreamAnswering === false ? "none: JetStream does not answer" : "unknown");
+    (nats.jetstreamAnswering === true
+      ? "elected (name not visible to this account; the servers' /jsz shows it)"
+      : nats.jetstreamAnswering === false
+        ? "none: JetStream does not answer"
+        : "unknown");
   const head = `NATS: connected to ${nats.serverName || "?"} (${nats.server}); meta leader: ${leader}\n`;
   const streams = formatTable(
     ["STREAM", "LEADER", "REPLICAS", "MESSAGES"],
     nats.streams.map((s) => [
       s.stream,
       s.leader || "-",
-      s.error ?? (s.replicas.map((r) => `${r.name}${r.offline ? " (offline)" : r.current ? "" : ` (behind ${r.lag})`}`).join(", ") || "single server"),
+      s.error ??
+        (s.replicas.map((r) => `${r.name}${r.offline ? " (offline)" : r.current ? "" : ` (behind ${r.lag})`}`).join(", ") || "single server"),
       String(s.messages),
     ]),
   );

@@ -213,9 +213,18 @@ export class Agreement {
     try {
       // Read in the same transaction as the rows: what was applied, and whether anything of this node waits.
       const applied = new Map(
-        (reader.prepare(`SELECT stream, seq FROM ${quoteIdent(APPLIED_TABLE)}`).all() as { stream: string; seq: bigint }[]).map((r) => [r.stream, Number(r.seq)]),
+        (reader.prepare(`SELECT stream, seq FROM ${quoteIdent(APPLIED_TABLE)}`).all() as { stream: string; seq: bigint }[]).map((r) => [
+          r.stream,
+          Number(r.seq),
+        ]),
       );
-      const pending = tables.some((t) => reader.prepare(`SELECT EXISTS (SELECT 1 FROM ${quoteIdent(changeLogTable(t.name))} WHERE ${NOT_MARKER})`).pluck(true).get() === 1n);
+      const pending = tables.some(
+        (t) =>
+          reader
+            .prepare(`SELECT EXISTS (SELECT 1 FROM ${quoteIdent(changeLogTable(t.name))} WHERE ${NOT_MARKER})`)
+            .pluck(true)
+            .get() === 1n,
+      );
       if (pending) return this.waiting("changes of this node wait in the change logs");
       const storedUpTo = reader.prepare(`SELECT value FROM ${quoteIdent(META_TABLE)} WHERE key = ?`).pluck(true);
       const ready = due.filter((s) => Number(storedUpTo.get(lastStoredSeqKey(s.stream)) ?? 0) <= (applied.get(s.stream) ?? 0));
@@ -261,10 +270,21 @@ export class Agreement {
     if (mine.hash === other.hash && mine.rows === other.rows) {
       this.results.set(key, "agree");
       if (before !== undefined && before !== "agree") {
-        this.logger.info("nodes agree again on a table", { table: mine.table, shard: mine.shard, nodes: `${mine.node},${other.node}`, seq: mine.seq });
+        this.logger.info("nodes agree again on a table", {
+          table: mine.table,
+          shard: mine.shard,
+          nodes: `${mine.node},${other.node}`,
+          seq: mine.seq,
+        });
       }
     } else {
-      const mismatch: Mismatch = { table: mine.table, shard: mine.shard, seq: mine.seq, nodes: [mine.node, other.node], rows: [mine.rows, other.rows] };
+      const mismatch: Mismatch = {
+        table: mine.table,
+        shard: mine.shard,
+        seq: mine.seq,
+        nodes: [mine.node, other.node],
+        rows: [mine.rows, other.rows],
+      };
       this.results.set(key, mismatch);
       if (before === undefined || before === "agree" || before.seq !== mine.seq) {
         this.logger.error("nodes disagree: a table holds different rows on two nodes that applied the same changes", {
@@ -281,7 +301,8 @@ export class Agreement {
     const summary = this.summary();
     this.metrics?.digestMismatches.set(summary.mismatches.length);
     if (summary.state !== this.lastState) {
-      if (summary.state === "agree") this.logger.info("this node agrees with the other nodes on every table compared", { compared: this.results.size });
+      if (summary.state === "agree")
+        this.logger.info("this node agrees with the other nodes on every table compared", { compared: this.results.size });
       this.lastState = summary.state;
     }
   }

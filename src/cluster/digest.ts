@@ -86,7 +86,10 @@ export async function digestTable(db: Database, table: TableInfo, shards: number
   const wire = wireTableOf(table);
   const select = wire.columns.map((c) => (table.rowidKeyed && c === ROWID_KEY ? rowidAlias(table) : quoteIdent(c)));
   const keyPositions = wire.keyColumns.map((k) => wire.columns.indexOf(k));
-  const statement = db.prepare(`SELECT ${select.join(", ")} FROM ${quoteIdent(table.name)}`).raw(true).safeIntegers(true);
+  const statement = db
+    .prepare(`SELECT ${select.join(", ")} FROM ${quoteIdent(table.name)}`)
+    .raw(true)
+    .safeIntegers(true);
   const wholeTable = table.uniqueBeyondKey === true || shards === 1;
   const accumulators = Array.from({ length: shards }, () => new Accumulator());
   const tableShard = shardOfRow(table.name, new Uint8Array(), shards, true);

@@ -161,7 +161,11 @@ export class NodeStatusTracker {
     if (!this.caughtUp) {
       const behind = this.shards
         .filter((s) => s.target === null || s.progress.appliedSequence() < s.target)
-        .map((s) => (s.target === null ? `${s.progress.stream}: its end not read yet` : `${s.progress.stream} applied ${s.progress.appliedSequence()} of ${s.target}`));
+        .map((s) =>
+          s.target === null
+            ? `${s.progress.stream}: its end not read yet`
+            : `${s.progress.stream} applied ${s.progress.appliedSequence()} of ${s.target}`,
+        );
       return { ready: false, reason: `catching up: ${behind.join(", ")}` };
     }
     return { ready: true, reason: "ready" };

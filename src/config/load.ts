@@ -20,8 +20,7 @@ export interface LoadedConfig {
 const MAX_TIMER_MS = 2 ** 31 - 1;
 const SNAPSHOT_STORES: readonly SnapshotStoreKind[] = ["nats", "s3", "webdav", "sftp", "file"];
 
-export const SEQ_MAP_PATH_WARNING =
-  "seq_map_path is accepted for compatibility and not used: marmot records applied positions inside the database";
+export const SEQ_MAP_PATH_WARNING = "seq_map_path is accepted for compatibility and not used: marmot records applied positions inside the database";
 
 /** The original resolved relative paths against the working directory, not the config file; so do we. */
 function absolutePath(path: string): string {
@@ -144,13 +143,7 @@ function readConfig(root: TableReader, problems: Problems, file: string): Config
       keyFile: absolutePath(nats.string("key_file", d.nats.keyFile)),
       bindAddress: nats.string("bind_address", d.nats.bindAddress, listenAddressProblem(true)),
       connectRetries: nats.integer("connect_retries", d.nats.connectRetries, 0, Number.MAX_SAFE_INTEGER),
-      reconnectWaitSeconds: nats.integer(
-        "reconnect_wait_seconds",
-        d.nats.reconnectWaitSeconds,
-        0,
-        Math.floor(MAX_TIMER_MS / 1000),
-        "seconds",
-      ),
+      reconnectWaitSeconds: nats.integer("reconnect_wait_seconds", d.nats.reconnectWaitSeconds, 0, Math.floor(MAX_TIMER_MS / 1000), "seconds"),
     },
     tables: {
       include: tables.stringList("include", d.tables.include),

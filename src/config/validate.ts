@@ -62,10 +62,7 @@ export function checkNatsFiles(nats: NatsConfig, problems: Problems): void {
   }
   if ((nats.certFile === "") !== (nats.keyFile === "")) {
     const missing = nats.certFile === "" ? "nats.cert_file" : "nats.key_file";
-    problems.error(
-      "nats.cert_file",
-      `and nats.key_file must be given together for a TLS client certificate: ${missing} is missing`,
-    );
+    problems.error("nats.cert_file", `and nats.key_file must be given together for a TLS client certificate: ${missing} is missing`);
   }
 }
 
@@ -108,9 +105,7 @@ export function checkDatabaseFile(dbPath: string): void {
     closeSync(fd);
   }
   if (length < header.length || !header.equals(SQLITE_HEADER)) {
-    throw new ConfigError(
-      `db_path ${dbPath} is not a SQLite database (bad header): check that db_path names the database file itself`,
-    );
+    throw new ConfigError(`db_path ${dbPath} is not a SQLite database (bad header): check that db_path names the database file itself`);
   }
 }
 
@@ -123,9 +118,15 @@ export function checkSnapshotStoreKeys(snapshot: SnapshotConfig, problems: Probl
     problems.error("snapshot.s3.bucket", 'is empty: name the bucket that holds the snapshots (store = "s3")');
   }
   if (snapshot.store === "webdav" && !isUrlWithScheme(snapshot.webdav.url, ["http", "https"])) {
-    problems.error("snapshot.webdav.url", 'must be the server\'s address, e.g. "https://host/path?dir=/snapshots&login=user&secret=pass" (store = "webdav")');
+    problems.error(
+      "snapshot.webdav.url",
+      'must be the server\'s address, e.g. "https://host/path?dir=/snapshots&login=user&secret=pass" (store = "webdav")',
+    );
   }
   if (snapshot.store === "sftp" && !isUrlWithScheme(snapshot.sftp.url, ["sftp"])) {
-    problems.error("snapshot.sftp.url", 'must be "sftp://user[:password]@host[:port]/path", e.g. "sftp://marmot@backup.example.com/srv/snapshots" (store = "sftp")');
+    problems.error(
+      "snapshot.sftp.url",
+      'must be "sftp://user[:password]@host[:port]/path", e.g. "sftp://marmot@backup.example.com/srv/snapshots" (store = "sftp")',
+    );
   }
 }

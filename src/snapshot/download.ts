@@ -22,12 +22,7 @@ export interface DownloadOptions {
  * after the restore). Refuses with SnapshotInvalidError, leaving no file behind, a snapshot made for another
  * config, and an object whose size, checksum or own facts differ from the manifest.
  */
-export async function downloadSnapshot(
-  store: SnapshotStore,
-  manifest: SnapshotManifest,
-  config: Config,
-  options: DownloadOptions,
-): Promise<string> {
+export async function downloadSnapshot(store: SnapshotStore, manifest: SnapshotManifest, config: Config, options: DownloadOptions): Promise<string> {
   const where = `object "${manifest.object}" in ${store.description}`;
   checkManifestFits(manifest, config, where);
   const path = temporaryPathBeside(join(options.dir, basename(config.dbPath)), "download");

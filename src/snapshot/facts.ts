@@ -59,7 +59,9 @@ export function readSnapshotFacts(db: Database.Database, schema: string, where: 
   }
   const format = count("format");
   if (format !== SNAPSHOT_FORMAT) {
-    throw new SnapshotInvalidError(`${where} has snapshot format ${format}; this marmot reads format ${SNAPSHOT_FORMAT}: save a new snapshot with this marmot`);
+    throw new SnapshotInvalidError(
+      `${where} has snapshot format ${format}; this marmot reads format ${SNAPSHOT_FORMAT}: save a new snapshot with this marmot`,
+    );
   }
   return {
     format,
@@ -79,7 +81,9 @@ export function checkFactsMatchManifest(facts: SnapshotFacts, manifest: Snapshot
     const theirs = JSON.stringify(facts[key]);
     const ours = JSON.stringify(manifest[key]);
     if (key === "streams" ? !sameStreams(facts.streams, manifest.streams) : theirs !== ours) {
-      throw new SnapshotInvalidError(`${where} says ${key} = ${theirs} but its manifest says ${ours}: the store holds mixed objects; save a new snapshot`);
+      throw new SnapshotInvalidError(
+        `${where} says ${key} = ${theirs} but its manifest says ${ours}: the store holds mixed objects; save a new snapshot`,
+      );
     }
   }
 }
@@ -91,8 +95,11 @@ function sameStreams(a: Record<string, number>, b: Record<string, number>): bool
 
 /** The facts' part of checkManifestFits, for a file restored without a manifest at hand. */
 export function factsConfigMismatch(facts: SnapshotFacts, config: Config): string | undefined {
-  if (facts.streamPrefix !== config.nats.streamPrefix) return `[nats] stream_prefix (snapshot ${JSON.stringify(facts.streamPrefix)}, this node ${JSON.stringify(config.nats.streamPrefix)})`;
-  if (facts.subjectPrefix !== config.nats.subjectPrefix) return `[nats] subject_prefix (snapshot ${JSON.stringify(facts.subjectPrefix)}, this node ${JSON.stringify(config.nats.subjectPrefix)})`;
-  if (facts.shards !== config.replicationLog.shards) return `[replication_log] shards (snapshot ${facts.shards}, this node ${config.replicationLog.shards})`;
+  if (facts.streamPrefix !== config.nats.streamPrefix)
+    return `[nats] stream_prefix (snapshot ${JSON.stringify(facts.streamPrefix)}, this node ${JSON.stringify(config.nats.streamPrefix)})`;
+  if (facts.subjectPrefix !== config.nats.subjectPrefix)
+    return `[nats] subject_prefix (snapshot ${JSON.stringify(facts.subjectPrefix)}, this node ${JSON.stringify(config.nats.subjectPrefix)})`;
+  if (facts.shards !== config.replicationLog.shards)
+    return `[replication_log] shards (snapshot ${facts.shards}, this node ${config.replicationLog.shards})`;
   return undefined;
 }

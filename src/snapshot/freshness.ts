@@ -41,7 +41,8 @@ export function snapshotDue(input: FreshnessInput): string | undefined {
   }
   if (input.intervalMs > 0) {
     if (input.snapshotCreatedAt === null) return "no snapshot is stored yet and [snapshot] interval is set";
-    if (input.now - input.snapshotCreatedAt >= input.intervalMs) return `the stored snapshot is older than [snapshot] interval (${input.intervalMs} ms)`;
+    if (input.now - input.snapshotCreatedAt >= input.intervalMs)
+      return `the stored snapshot is older than [snapshot] interval (${input.intervalMs} ms)`;
   }
   return undefined;
 }

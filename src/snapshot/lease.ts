@@ -87,9 +87,12 @@ export class SnapshotLease {
     }, renewEvery);
     timer.unref();
     // A renewal can stall (NATS away): this timer still gives the lease up in time.
-    const deadline = setInterval(() => {
-      if (Date.now() - renewedAt > giveUpAfter) loseLease(`not renewed for ${Date.now() - renewedAt} ms`);
-    }, Math.max(50, this.ttlMs / 10));
+    const deadline = setInterval(
+      () => {
+        if (Date.now() - renewedAt > giveUpAfter) loseLease(`not renewed for ${Date.now() - renewedAt} ms`);
+      },
+      Math.max(50, this.ttlMs / 10),
+    );
     deadline.unref();
     return {
       signal: lost.signal,

@@ -40,7 +40,11 @@ export interface SnapshotManifest {
 
 /** A new data object's name: its creation time to the second and a random suffix, e.g. snapshot-20261130T031500Z-ab12cd.db. */
 export function snapshotObjectName(at: Date): string {
-  const stamp = at.toISOString().replace(/\.\d{3}Z$/, "Z").replaceAll("-", "").replaceAll(":", "");
+  const stamp = at
+    .toISOString()
+    .replace(/\.\d{3}Z$/, "Z")
+    .replaceAll("-", "")
+    .replaceAll(":", "");
   return `${OBJECT_PREFIX}${stamp}-${randomBytes(3).toString("hex")}${OBJECT_SUFFIX}`;
 }
 

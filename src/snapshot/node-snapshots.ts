@@ -99,7 +99,9 @@ export class NodeSnapshots {
     const timeout = AbortSignal.timeout(MANIFEST_TIMEOUT_MS);
     return orAbort(this.deps.engine.latestManifest(), AbortSignal.any([this.deps.signal, timeout])).catch((err: unknown) => {
       if (!timeout.aborted || this.deps.signal.aborted) throw err;
-      throw new SnapshotStoreError(`reading the snapshot manifest from ${this.deps.engine.description} did not answer within ${MANIFEST_TIMEOUT_MS / 1000} s`);
+      throw new SnapshotStoreError(
+        `reading the snapshot manifest from ${this.deps.engine.description} did not answer within ${MANIFEST_TIMEOUT_MS / 1000} s`,
+      );
     });
   }
 
@@ -123,14 +125,21 @@ export class NodeSnapshots {
   async restoreIfNeeded(signal: AbortSignal): Promise<RestoreFacts | undefined> {
     const positions = await this.retrying("read the streams' positions", () => this.positions(), signal);
     // A damaged manifest still says a snapshot was stored: the restore then waits for a good one.
-    const readStored = () => this.latest().then((m) => m !== null, (err: unknown) => {
-      if (err instanceof SnapshotInvalidError) return true;
-      throw err;
-    });
+    const readStored = () =>
+      this.latest().then(
+        (m) => m !== null,
+        (err: unknown) => {
+          if (err instanceof SnapshotInvalidError) return true;
+          throw err;
+        },
+      );
     const snapshotStored = await this.retrying("read the latest snapshot manifest", readStored, signal);
     const decision = decideRestore({ shards: positions, hasUserTables: this.deps.hasUserTables(), snapshotStored });
     if (!decision.restore) return undefined;
-    this.deps.logger.info("this node restores from a snapshot before applying the streams", { reason: decision.reason, needs: describe(decision.needs) });
+    this.deps.logger.info("this node restores from a snapshot before applying the streams", {
+      reason: decision.reason,
+      needs: describe(decision.needs),
+    });
     return this.restoreCovering(signal);
   }
 
@@ -172,7 +181,10 @@ export class NodeSnapshots {
           });
           return result;
         }
-        waitingFor = manifest === null ? `a snapshot (none is stored in ${engine.description})` : `a snapshot newer than the stored one (it covers ${describe(manifest.streams)})`;
+        waitingFor =
+          manifest === null
+            ? `a snapshot (none is stored in ${engine.description})`
+            : `a snapshot newer than the stored one (it covers ${describe(manifest.streams)})`;
         waitingFor += ` that covers ${describe(needs)}`;
         waitingFor += await this.askCluster(needs);
       } catch (err) {
@@ -274,7 +286,8 @@ export class NodeSnapshots {
     } catch (err) {
       const reason = (err as Error).message;
       // Wrong credentials will not pass by themselves: say so once, loudly; anything else may.
-      if (err instanceof SnapshotAccessError && reason !== this.reportedAccessError) logger.error("cannot read the snapshot store; no snapshot is saved", { store: this.deps.engine.description, reason });
+      if (err instanceof SnapshotAccessError && reason !== this.reportedAccessError)
+        logger.error("cannot read the snapshot store; no snapshot is saved", { store: this.deps.engine.description, reason });
       else logger.debug("could not read the snapshot manifest for the freshness check", { reason });
       if (err instanceof SnapshotAccessError) this.reportedAccessError = reason;
       return;

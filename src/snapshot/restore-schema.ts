@@ -41,9 +41,7 @@ const PROGRESS_EVERY_MS = 5000;
 /** Every object of the user's in `schema`: marmot's and SQLite's own are left out. */
 function userObjects(db: Database.Database, schema: string): SchemaObject[] {
   const rows = db.prepare(`SELECT type, name, tbl_name, sql FROM ${quoteIdent(schema)}.sqlite_master ORDER BY rowid`).all() as SchemaObject[];
-  return rows.filter(
-    (row) => !isInternalName(row.name) && !isInternalName(row.tbl_name) && !foldCase(row.name).startsWith("sqlite_"),
-  );
+  return rows.filter((row) => !isInternalName(row.name) && !isInternalName(row.tbl_name) && !foldCase(row.name).startsWith("sqlite_"));
 }
 
 /** Virtual tables and their shadow tables: SQLite maintains those itself, they are not copied row by row. */
@@ -76,9 +74,10 @@ export function syncSchema(
 
   // Capture triggers are made again for the restored schema (installCapture, later in this transaction); without
   // them the copy runs without a trigger check per row.
-  const captureTriggers = db
-    .prepare("SELECT name, sql FROM main.sqlite_master WHERE type = 'trigger'")
-    .all() as { name: string; sql: string | null }[];
+  const captureTriggers = db.prepare("SELECT name, sql FROM main.sqlite_master WHERE type = 'trigger'").all() as {
+    name: string;
+    sql: string | null;
+  }[];
   for (const trigger of captureTriggers) {
     if (isCaptureTriggerName(trigger.name)) db.exec(`DROP TRIGGER main.${quoteIdent(trigger.name)}`);
   }
@@ -92,7 +91,11 @@ export function syncSchema(
     const wanted = snapTables.get(foldCase(table.name));
     if (wanted === undefined || wanted.sql !== table.sql) db.exec(`DROP TABLE main.${quoteIdent(table.name)}`);
   }
-  const kept = new Set(userObjects(db, "main").filter((o) => o.type === "table").map((o) => foldCase(o.name)));
+  const kept = new Set(
+    userObjects(db, "main")
+      .filter((o) => o.type === "table")
+      .map((o) => foldCase(o.name)),
+  );
   let rows = 0;
   for (const table of snapTables.values()) {
     if (!kept.has(foldCase(table.name))) db.exec(table.sql!);
@@ -112,7 +115,9 @@ export function tablePlan(db: Database.Database, schema: string, name: string): 
     pk: bigint | number;
     hidden: bigint | number;
   }[];
-  const listed = db.prepare("SELECT wr FROM pragma_table_list WHERE schema = ? AND name = ?").get(schema, name) as { wr: bigint | number } | undefined;
+  const listed = db.prepare("SELECT wr FROM pragma_table_list WHERE schema = ? AND name = ?").get(schema, name) as
+    | { wr: bigint | number }
+    | undefined;
   const writable = columns.filter((c) => Number(c.hidden) === 0).map((c) => c.name);
   const withoutRowid = Number(listed?.wr ?? 0) === 1;
   const taken = new Set(columns.map((c) => foldCase(c.name)));
@@ -230,9 +235,18 @@ function readPendingLog(db: Database.Database, log: string, owner: string, logge
   const id = quoteIdent(LOG_ID_COLUMN);
   const join = keys.map((k, i) => `t.${quoteIdent(k)} IS l.${quoteIdent(logKey[i]!)}`).join(" AND ");
   // A row is there when the join found it: by its rowid, or (WITHOUT ROWID) by its NOT NULL key.
-  const withoutRowid = rowidName === undefined || Number((db.prepare("SELECT wr FROM pragma_table_list WHERE schema = 'main' AND name = ?").get(owner) as { wr: bigint | number } | undefined)?.wr ?? 0) === 1;
+  const withoutRowid =
+    rowidName === undefined ||
+    Number(
+      (db.prepare("SELECT wr FROM pragma_table_list WHERE schema = 'main' AND name = ?").get(owner) as { wr: bigint | number } | undefined)?.wr ?? 0,
+    ) === 1;
   const present = withoutRowid ? `t.${quoteIdent(keys[0]!)} IS NOT NULL` : `t.${quoteIdent(rowidName)} IS NOT NULL`;
-  const selected = [`l.${quoteIdent(LOG_OP_COLUMN)}`, present, ...logKey.map((k) => `l.${quoteIdent(k)}`), ...columns.map((c) => `t.${quoteIdent(c)}`)];
+  const selected = [
+    `l.${quoteIdent(LOG_OP_COLUMN)}`,
+    present,
+    ...logKey.map((k) => `l.${quoteIdent(k)}`),
+    ...columns.map((c) => `t.${quoteIdent(c)}`),
+  ];
   const newest = db
     .prepare(
       `SELECT ${selected.join(", ")} FROM main.${quoteIdent(log)} AS l LEFT JOIN main.${quoteIdent(owner)} AS t ON ${join} ` +
@@ -274,7 +288,9 @@ function reapplyRows(db: Database.Database, pending: PendingRows, logger: Logger
   const shadowed = new Set(restored.map((c) => foldCase(c.name)));
   const reachable = (k: string) => has.has(foldCase(k)) || (["rowid", "_rowid_", "oid"].includes(k) && !shadowed.has(k));
   if (!pending.keys.every(reachable)) {
-    logger.warn("this node's unpublished changes do not fit the restored table's key; they stay in the change log and are published", { table: owner });
+    logger.warn("this node's unpublished changes do not fit the restored table's key; they stay in the change log and are published", {
+      table: owner,
+    });
     return 0;
   }
   const kept = pending.columns.map((c, i) => ({ c, i })).filter(({ c }) => has.has(foldCase(c)));

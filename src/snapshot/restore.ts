@@ -45,7 +45,9 @@ export function restoreSnapshot(db: Database.Database, snapshotFile: string, opt
     const facts = readSnapshotFacts(db, SNAPSHOT_SCHEMA, where);
     const mismatch = factsConfigMismatch(facts, config);
     if (mismatch !== undefined) {
-      throw new SnapshotInvalidError(`${where} was made with another ${mismatch}: give this node the cluster's settings or use that cluster's snapshots`);
+      throw new SnapshotInvalidError(
+        `${where} was made with another ${mismatch}: give this node the cluster's settings or use that cluster's snapshots`,
+      );
     }
     logger.info("restoring a snapshot into the database; the app's writes wait until it commits", {
       snapshot_created: facts.createdAt,

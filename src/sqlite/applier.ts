@@ -143,7 +143,10 @@ export class Applier {
 
   /** Reads which tables have parked changes again: another connection (marmot -parked -discard) may have changed them. */
   reloadParked(): void {
-    const parked = this.db.prepare(`SELECT DISTINCT tbl FROM ${quoteIdent(PARKED_TABLE)} WHERE tbl IS NOT NULL`).pluck(true).all() as string[];
+    const parked = this.db
+      .prepare(`SELECT DISTINCT tbl FROM ${quoteIdent(PARKED_TABLE)} WHERE tbl IS NOT NULL`)
+      .pluck(true)
+      .all() as string[];
     this.parkedTables.clear();
     for (const t of parked) this.parkedTables.add(t);
   }
@@ -231,21 +234,23 @@ export class Applier {
     const context = newContext();
     const parkedTablesBefore = new Set(this.parkedTables);
     try {
-      this.db.transaction(() => {
-        // The schema changed since setTables (an app trigger may be new): no shortcut until it runs again.
-        if (!this.appTriggers && Number(this.schemaVersion.get()) !== this.triggersReadAt) this.appTriggers = true;
-        this.enterApply.run();
-        for (const { seq, data } of messages) {
-          if (seq <= last) {
-            results.push(duplicate());
-            continue;
+      this.db
+        .transaction(() => {
+          // The schema changed since setTables (an app trigger may be new): no shortcut until it runs again.
+          if (!this.appTriggers && Number(this.schemaVersion.get()) !== this.triggersReadAt) this.appTriggers = true;
+          this.enterApply.run();
+          for (const { seq, data } of messages) {
+            if (seq <= last) {
+              results.push(duplicate());
+              continue;
+            }
+            results.push(this.applyOne(stream, seq, data, context));
+            last = seq;
           }
-          results.push(this.applyOne(stream, seq, data, context));
-          last = seq;
-        }
-        this.leaveApply.run();
-        this.recordApplied.run(stream, BigInt(last));
-      }).immediate();
+          this.leaveApply.run();
+          this.recordApplied.run(stream, BigInt(last));
+        })
+        .immediate();
     } catch (err) {
       // Rolled back: tables parked by these messages are not parked after all.
       this.parkedTables.clear();
@@ -309,25 +314,27 @@ export class Applier {
     const settled = { obsolete: 0, narrowed: 0 };
     const stillWaiting = new Set<string>();
     const remove = this.db.prepare(`DELETE FROM ${quoteIdent(PARKED_TABLE)} WHERE id = ?`);
-    this.db.transaction(() => {
-      this.enterApply.run();
-      for (const row of rows) {
-        // Keep each table's order: once one of its changes waits, the later ones wait behind it.
-        if (stillWaiting.has(row.tbl)) continue;
-        const batch = decodeBatch(row.payload);
-        const change = batch.changes[0]!;
-        const source = { stream: row.stream, seq: Number(row.seq), own: this.ownWrites.isOwn(batch.origin) };
-        if (this.applyChange(change, source) === undefined) {
-          remove.run(row.id);
-          appliedCount++;
-        } else if (settledBefore !== undefined && Number(row.parked_at) < settledBefore && this.settle(change, source, settled)) {
-          remove.run(row.id);
-        } else {
-          stillWaiting.add(row.tbl);
+    this.db
+      .transaction(() => {
+        this.enterApply.run();
+        for (const row of rows) {
+          // Keep each table's order: once one of its changes waits, the later ones wait behind it.
+          if (stillWaiting.has(row.tbl)) continue;
+          const batch = decodeBatch(row.payload);
+          const change = batch.changes[0]!;
+          const source = { stream: row.stream, seq: Number(row.seq), own: this.ownWrites.isOwn(batch.origin) };
+          if (this.applyChange(change, source) === undefined) {
+            remove.run(row.id);
+            appliedCount++;
+          } else if (settledBefore !== undefined && Number(row.parked_at) < settledBefore && this.settle(change, source, settled)) {
+            remove.run(row.id);
+          } else {
+            stillWaiting.add(row.tbl);
+          }
         }
-      }
-      this.leaveApply.run();
-    }).immediate();
+        this.leaveApply.run();
+      })
+      .immediate();
     this.parkedTables.clear();
     for (const t of stillWaiting) this.parkedTables.add(t);
     if (appliedCount > 0) this.logger.info("applied changes that were waiting for the schema", { changes: appliedCount });
@@ -426,7 +433,9 @@ export class Applier {
     const cacheKey = `replace\u0000${local.name}\u0000${change.table.columns.join("\u0000")}`;
     let statement = this.statements.get(cacheKey);
     if (!statement) {
-      statement = this.db.prepare(`INSERT OR REPLACE INTO ${quoteIdent(local.name)} (${columns.join(", ")}) VALUES (${columns.map(() => "?").join(", ")})`);
+      statement = this.db.prepare(
+        `INSERT OR REPLACE INTO ${quoteIdent(local.name)} (${columns.join(", ")}) VALUES (${columns.map(() => "?").join(", ")})`,
+      );
       this.statements.set(cacheKey, statement);
     }
     this.replacedIn.add(local.name);

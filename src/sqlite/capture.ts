@@ -99,7 +99,11 @@ export function installCapture(db: Database.Database, logger: Logger, options: C
     const captured = new Set(schema.tables.map((table) => foldCase(table.name)));
     const guarded = guardUserTriggers(db, (table) => captured.has(foldCase(table)));
     if (guarded.length > 0) {
-      notes.push({ level: "info", message: "guarded the app's triggers so they do not fire again when marmot applies replicated rows", fields: { triggers: guarded } });
+      notes.push({
+        level: "info",
+        message: "guarded the app's triggers so they do not fire again when marmot applies replicated rows",
+        fields: { triggers: guarded },
+      });
     }
     dropStaleChangeLogs(db, new Set(schema.tables.map((table) => table.name)), notes);
     return { tables: schema.tables, epoch, skipped: schema.skipped, relogged };
@@ -124,9 +128,7 @@ function sequenceState(db: Database.Database): string {
 }
 
 function ensureEpoch(db: Database.Database, sequenceBefore: string, notes: Note[]): string {
-  const row = db.prepare(`SELECT value FROM ${quoteIdent(META_TABLE)} WHERE key = ?`).get(META_EPOCH_KEY) as
-    | { value: unknown }
-    | undefined;
+  const row = db.prepare(`SELECT value FROM ${quoteIdent(META_TABLE)} WHERE key = ?`).get(META_EPOCH_KEY) as { value: unknown } | undefined;
   if (row !== undefined) return String(row.value);
   const epoch = randomBytes(8).toString("hex");
   const insert = db.prepare(`INSERT INTO ${quoteIdent(META_TABLE)} (key, value) VALUES (?, ?)`);
@@ -196,13 +198,7 @@ function captureTable(db: Database.Database, table: TableInfo, triggers: Map<str
  * Only a key that changed otherwise (a rebuild with another primary key) cannot keep them: the log is made again
  * and every row of the table is logged instead, so replicas get the table's rows as they are now.
  */
-function alterChangeLog(
-  db: Database.Database,
-  table: TableInfo,
-  logColumns: string[],
-  storedSignature: string | undefined,
-  notes: Note[],
-): boolean {
+function alterChangeLog(db: Database.Database, table: TableInfo, logColumns: string[], storedSignature: string | undefined, notes: Note[]): boolean {
   const logName = changeLogTable(table.name);
   const wanted = changeLogColumns(table);
   const have = new Set(logColumns.map(foldCase));
@@ -285,7 +281,10 @@ function createChangeLog(db: Database.Database, table: TableInfo, lastId: string
  * marker), or for a log an earlier marmot made with AUTOINCREMENT, its counter if higher.
  */
 function lastChangeId(db: Database.Database, logName: string): string | undefined {
-  const top = db.prepare(`SELECT max(${quoteIdent(LOG_ID_COLUMN)}) FROM ${quoteIdent(logName)}`).pluck(true).get() as bigint | number | null;
+  const top = db
+    .prepare(`SELECT max(${quoteIdent(LOG_ID_COLUMN)}) FROM ${quoteIdent(logName)}`)
+    .pluck(true)
+    .get() as bigint | number | null;
   let last = top === null ? undefined : BigInt(top);
   if (tableExists(db, "sqlite_sequence")) {
     const counter = db.prepare("SELECT seq FROM sqlite_sequence WHERE name = ?").pluck(true).get(logName) as bigint | number | undefined;
@@ -317,7 +316,10 @@ function ensureSchemaObject(db: Database.Database, type: "index" | "trigger", na
 }
 
 function setMeta(db: Database.Database, key: string, value: string): void {
-  db.prepare(`INSERT INTO ${quoteIdent(META_TABLE)} (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value`).run(key, value);
+  db.prepare(`INSERT INTO ${quoteIdent(META_TABLE)} (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value`).run(
+    key,
+    value,
+  );
 }
 
 /** The change log's index on the row key, (re)built when missing or not on the key columns it should be. */
@@ -325,12 +327,7 @@ function ensureKeyIndex(db: Database.Database, table: TableInfo): boolean {
   return ensureSchemaObject(db, "index", changeLogIndex(table.name), createChangeLogIndexSql(table));
 }
 
-function dropStaleTriggers(
-  db: Database.Database,
-  triggers: Map<string, TriggerRow>,
-  wanted: Set<string>,
-  notes: Note[],
-): void {
+function dropStaleTriggers(db: Database.Database, triggers: Map<string, TriggerRow>, wanted: Set<string>, notes: Note[]): void {
   const guard = quoteIdent(APPLYING_TABLE);
   for (const trigger of triggers.values()) {
     if (wanted.has(trigger.name) || !isCaptureTriggerName(trigger.name) || !(trigger.sql ?? "").includes(guard)) continue;

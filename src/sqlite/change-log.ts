@@ -4,14 +4,7 @@
 import type { Database, Statement } from "better-sqlite3";
 import type { ChangeOp, WireTable } from "../wire/codec.js";
 import { quoteIdent } from "./quote.js";
-import {
-  changeLogTable,
-  lastStoredSeqKey,
-  LOG_ID_COLUMN,
-  LOG_OP_COLUMN,
-  META_TABLE,
-  ROWID_KEY,
-} from "./names.js";
+import { changeLogTable, lastStoredSeqKey, LOG_ID_COLUMN, LOG_OP_COLUMN, META_TABLE, ROWID_KEY } from "./names.js";
 import { readTable, rowidAlias, schemaVersion } from "./schema.js";
 import type { TableInfo } from "./table.js";
 import { changeLogKeyColumns, keyReferences, NOT_MARKER } from "./trigger-sql.js";
@@ -89,7 +82,10 @@ export class ChangeLogReader {
 
   /** The highest sequence recorded by removeUpTo() for a stream (0 when none). */
   lastStoredSeq(stream: string): number {
-    const row = this.db.prepare(`SELECT value FROM ${quoteIdent(META_TABLE)} WHERE key = ?`).pluck(true).get(lastStoredSeqKey(stream));
+    const row = this.db
+      .prepare(`SELECT value FROM ${quoteIdent(META_TABLE)} WHERE key = ?`)
+      .pluck(true)
+      .get(lastStoredSeqKey(stream));
     return row === undefined || row === null ? 0 : Number(row);
   }
 
@@ -223,11 +219,7 @@ export class ChangeLogReader {
    * except the ids in `keep` (changes that could not be sent and must stay in the log). `stored` gives, per stream,
    * the highest sequence at which the messages holding them were stored; it is recorded in the same transaction.
    */
-  removeUpTo(
-    upTo: ReadonlyMap<string, number>,
-    keep?: ReadonlyMap<string, ReadonlySet<number>>,
-    stored?: ReadonlyMap<string, number>,
-  ): void {
+  removeUpTo(upTo: ReadonlyMap<string, number>, keep?: ReadonlyMap<string, ReadonlySet<number>>, stored?: ReadonlyMap<string, number>): void {
     this.db.transaction(() => {
       for (const [stream, seq] of stored ?? []) {
         this.recordStored ??= this.db.prepare(

@@ -58,9 +58,7 @@ function renumberSequenceRows(db: Database.Database, sequenceBefore: string): nu
   const exists = db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'sqlite_sequence'").get();
   if (exists === undefined) return 0;
   const highestBefore = sequenceBefore === "absent" ? 0n : BigInt(sequenceBefore);
-  const later = db
-    .prepare("SELECT rowid AS id FROM sqlite_sequence WHERE rowid > ? ORDER BY rowid")
-    .all(highestBefore) as { id: bigint | number }[];
+  const later = db.prepare("SELECT rowid AS id FROM sqlite_sequence WHERE rowid > ? ORDER BY rowid").all(highestBefore) as { id: bigint | number }[];
   const move = db.prepare("UPDATE sqlite_sequence SET rowid = ? WHERE rowid = ?");
   let moved = 0;
   let next = highestBefore + 1n;
@@ -92,9 +90,11 @@ function dropUnusedSequenceTable(db: Database.Database): boolean {
   db.unsafeMode(true);
   try {
     db.pragma("writable_schema = ON");
-    db.prepare(
-      "UPDATE sqlite_master SET name = ?, tbl_name = ?, sql = ? WHERE type = 'table' AND name = 'sqlite_sequence'",
-    ).run(temporaryName, temporaryName, `CREATE TABLE ${quoteIdent(temporaryName)}(name,seq)`);
+    db.prepare("UPDATE sqlite_master SET name = ?, tbl_name = ?, sql = ? WHERE type = 'table' AND name = 'sqlite_sequence'").run(
+      temporaryName,
+      temporaryName,
+      `CREATE TABLE ${quoteIdent(temporaryName)}(name,seq)`,
+    );
   } finally {
     // RESET turns writable_schema off and reloads the schema, so the renamed table can be dropped normally.
     db.pragma("writable_schema = RESET");

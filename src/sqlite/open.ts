@@ -38,10 +38,9 @@ export function openDatabase(path: string, logger: Logger): Database.Database {
     if (err instanceof SchemaError) throw err;
     const code = (err as { code?: unknown }).code;
     if (code === "SQLITE_NOTADB" || code === "SQLITE_CORRUPT") {
-      throw new SchemaError(
-        `${path} is not a usable SQLite database (${errorMessage(err)}); check db_path points at the app's database file`,
-        { cause: err },
-      );
+      throw new SchemaError(`${path} is not a usable SQLite database (${errorMessage(err)}); check db_path points at the app's database file`, {
+        cause: err,
+      });
     }
     throw err;
   }

@@ -219,7 +219,14 @@ export class OwnWrites {
       // of others sequenced before it were superseded above, later ones come after it) or has a newer local change,
       // which supersedes it: writing it again changes nothing either way, unless an app trigger or a UNIQUE clash
       // changed the row meanwhile.
-      if (source.own && unchangedSinceShipped && stored !== undefined && stored.shippedHere && stored.stream === source.stream && stored.seq === source.seq) {
+      if (
+        source.own &&
+        unchangedSinceShipped &&
+        stored !== undefined &&
+        stored.shippedHere &&
+        stored.stream === source.stream &&
+        stored.seq === source.seq
+      ) {
         return true;
       }
     }

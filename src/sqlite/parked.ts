@@ -32,7 +32,12 @@ function hasTable(db: Database.Database, name: string): boolean {
 /** How many changes are parked; 0 when marmot never ran on this database. */
 export function countParked(db: Database.Database): number {
   if (!hasTable(db, PARKED_TABLE)) return 0;
-  return Number(db.prepare(`SELECT count(*) FROM ${quoteIdent(PARKED_TABLE)}`).pluck(true).get());
+  return Number(
+    db
+      .prepare(`SELECT count(*) FROM ${quoteIdent(PARKED_TABLE)}`)
+      .pluck(true)
+      .get(),
+  );
 }
 
 export function listParked(db: Database.Database): ParkedEntry[] {
@@ -81,7 +86,9 @@ export function requestParkedAction(db: Database.Database, request: ParkedReques
 
 /** The request waiting for the node, if any, removed as it is taken. */
 export function takeParkedRequest(db: Database.Database): ParkedRequest | undefined {
-  const row = db.prepare(`DELETE FROM ${quoteIdent(META_TABLE)} WHERE key = ? RETURNING value`).get(PARKED_REQUEST_KEY) as { value: string } | undefined;
+  const row = db.prepare(`DELETE FROM ${quoteIdent(META_TABLE)} WHERE key = ? RETURNING value`).get(PARKED_REQUEST_KEY) as
+    | { value: string }
+    | undefined;
   return row?.value === "retry" || row?.value === "reload" ? row.value : undefined;
 }
 

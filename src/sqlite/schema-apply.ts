@@ -142,7 +142,12 @@ function unquoted(text: string): string {
  * when they differ in anything else (then columns are matched by name, and a table made again is sent whole by its
  * origin: see capture's relogging).
  */
-export function renamedColumns(before: string, after: string, oldColumns: readonly string[], newColumns: readonly string[]): Map<string, string> | undefined {
+export function renamedColumns(
+  before: string,
+  after: string,
+  oldColumns: readonly string[],
+  newColumns: readonly string[],
+): Map<string, string> | undefined {
   const wasColumn = new Set(oldColumns.map(foldCase));
   const isColumn = new Set(newColumns.map(foldCase));
   const a = sqlTokens(before);

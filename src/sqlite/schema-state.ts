@@ -82,7 +82,9 @@ export function readSchemaState(db: Database.Database, filter: TableFilter): Sch
 
 /** The recorded state: key -> object. */
 export function storedSchemaState(db: Database.Database): Map<string, SchemaChange> {
-  const rows = db.prepare(`SELECT k, type, name, tbl_name AS tblName, sql FROM ${quoteIdent(SCHEMA_TABLE)}`).all() as (SchemaChange & { k: string })[];
+  const rows = db.prepare(`SELECT k, type, name, tbl_name AS tblName, sql FROM ${quoteIdent(SCHEMA_TABLE)}`).all() as (SchemaChange & {
+    k: string;
+  })[];
   return new Map(rows.map(({ k, ...object }) => [k, object]));
 }
 

@@ -77,7 +77,9 @@ export class SchemaSync {
       recordSchemaState(this.db, current);
       this.baselineHasTables = current.some((o) => o.type === "table" && o.travels);
     }
-    const row = this.db.prepare(`SELECT seq FROM ${quoteIdent(APPLIED_TABLE)} WHERE stream = ?`).get(this.options.stream) as { seq: bigint | number } | undefined;
+    const row = this.db.prepare(`SELECT seq FROM ${quoteIdent(APPLIED_TABLE)} WHERE stream = ?`).get(this.options.stream) as
+      | { seq: bigint | number }
+      | undefined;
     this.applied = row === undefined ? 0 : Number(row.seq);
     const stored = storedSchemaState(this.db);
     this.notice();
@@ -107,17 +109,29 @@ export class SchemaSync {
       const id = this.nextMessageId();
       const message: SchemaMessage = { origin: this.options.origin, id, changes };
       const keys = JSON.stringify(changes.map((c) => objectKey(c.type, c.name)));
-      db.prepare(`INSERT INTO ${quoteIdent(SCHEMA_OUTBOX_TABLE)} (id, keys, payload) VALUES (?, ?, ?)`).run(BigInt(id), keys, encodeSchemaMessage(message));
+      db.prepare(`INSERT INTO ${quoteIdent(SCHEMA_OUTBOX_TABLE)} (id, keys, payload) VALUES (?, ?, ?)`).run(
+        BigInt(id),
+        keys,
+        encodeSchemaMessage(message),
+      );
       if (capture !== undefined) this.logRowsOfReshapedTables(changes, stored, capture, previous);
     }
     recordSchemaState(db, current);
-    this.logger.info(this.options.publish ? "schema changed; sending the change to the other nodes" : "schema changed (publish = false: it stays on this node)", {
-      objects: changes.map(describe).join(", "),
-    });
+    this.logger.info(
+      this.options.publish ? "schema changed; sending the change to the other nodes" : "schema changed (publish = false: it stays on this node)",
+      {
+        objects: changes.map(describe).join(", "),
+      },
+    );
     return changes.length;
   }
 
-  private logRowsOfReshapedTables(changes: readonly SchemaChange[], stored: Map<string, SchemaChange>, capture: CaptureResult, previous: readonly TableInfo[]): void {
+  private logRowsOfReshapedTables(
+    changes: readonly SchemaChange[],
+    stored: Map<string, SchemaChange>,
+    capture: CaptureResult,
+    previous: readonly TableInfo[],
+  ): void {
     const before = new Map(previous.map((t) => [foldCase(t.name), t]));
     for (const table of capture.tables) {
       const change = changes.find((c) => c.type === "table" && c.sql !== null && foldCase(c.name) === foldCase(table.name));
@@ -130,12 +144,18 @@ export class SchemaSync {
       const onlyDropped = newColumns.every((c) => had.has(foldCase(c)));
       if (onlyDropped || isColumnAppend(oldSql, change.sql!) || renamedColumns(oldSql, change.sql!, oldColumns, newColumns) !== undefined) continue;
       const rows = this.db.prepare(logAllRowsSql(table)).run().changes;
-      if (rows > 0) this.logger.info("the table changed in several ways at once: its rows are sent again so that every node holds them as here", { table: table.name, rows });
+      if (rows > 0)
+        this.logger.info("the table changed in several ways at once: its rows are sent again so that every node holds them as here", {
+          table: table.name,
+          rows,
+        });
     }
   }
 
   private nextMessageId(): number {
-    const row = this.db.prepare(`SELECT value FROM ${quoteIdent(META_TABLE)} WHERE key = ?`).get(LAST_MESSAGE_ID_KEY) as { value: unknown } | undefined;
+    const row = this.db.prepare(`SELECT value FROM ${quoteIdent(META_TABLE)} WHERE key = ?`).get(LAST_MESSAGE_ID_KEY) as
+      | { value: unknown }
+      | undefined;
     const id = (row === undefined ? 0 : Number(row.value)) + 1;
     this.db
       .prepare(`INSERT INTO ${quoteIdent(META_TABLE)} (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value`)
@@ -212,7 +232,9 @@ export class SchemaSync {
    * restored schema is the state changes are told from (the restore recorded it).
    */
   reloadApplied(): void {
-    const row = this.db.prepare(`SELECT seq FROM ${quoteIdent(APPLIED_TABLE)} WHERE stream = ?`).get(this.options.stream) as { seq: bigint | number } | undefined;
+    const row = this.db.prepare(`SELECT seq FROM ${quoteIdent(APPLIED_TABLE)} WHERE stream = ?`).get(this.options.stream) as
+      | { seq: bigint | number }
+      | undefined;
     this.applied = row === undefined ? 0 : Number(row.seq);
     this.baselineHasTables = false;
   }
@@ -265,7 +287,8 @@ export class SchemaSync {
           }
           const wanted = this.applicable(message.changes, seq);
           const changed = applySchemaChanges(db, wanted, logger);
-          if (changed > 0) logger.info("applied a schema change of another node", { seq, origin: message.origin, objects: wanted.map(describe).join(", ") });
+          if (changed > 0)
+            logger.info("applied a schema change of another node", { seq, origin: message.origin, objects: wanted.map(describe).join(", ") });
           results.push({ outcome: "applied", applied: wanted.length, parked: 0 });
         }
         // Capture follows while marmot's row is still there: tables rebuilt here hold no new writes to log.
@@ -295,7 +318,8 @@ export class SchemaSync {
     for (const keys of rows) for (const key of JSON.parse(keys) as string[]) pending.add(key);
     // Views, and triggers on views, belong to no table that `[tables]` could leave out.
     const views = new Set(changes.filter((c) => c.type === "view").map((c) => foldCase(c.name)));
-    for (const name of this.db.prepare("SELECT name FROM main.sqlite_master WHERE type = 'view'").pluck(true).all() as string[]) views.add(foldCase(name));
+    for (const name of this.db.prepare("SELECT name FROM main.sqlite_master WHERE type = 'view'").pluck(true).all() as string[])
+      views.add(foldCase(name));
     const travels = (c: SchemaChange) => views.has(foldCase(c.tblName)) || tableTravels(c.tblName, this.options.filter);
     return changes.filter((c) => !pending.has(objectKey(c.type, c.name)) && travels(c));
   }

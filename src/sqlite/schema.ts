@@ -56,13 +56,9 @@ export function readSchema(db: Database.Database, filter: TableFilter = {}): Use
   const listed = db.prepare("SELECT schema, name, type, wr FROM pragma_table_list WHERE schema = 'main'").all() as TableListRow[];
   listed.sort((a, b) => compareNames(a.name, b.name));
 
-  const reserved = listed.find(
-    (row) => foldCase(row.name).startsWith(INTERNAL_PREFIX) && !isMarmotTable(row.name),
-  );
+  const reserved = listed.find((row) => foldCase(row.name).startsWith(INTERNAL_PREFIX) && !isMarmotTable(row.name));
   if (reserved !== undefined) {
-    throw new SchemaError(
-      `table "${reserved.name}" uses marmot's reserved prefix "${INTERNAL_PREFIX}": rename it; marmot cannot capture it`,
-    );
+    throw new SchemaError(`table "${reserved.name}" uses marmot's reserved prefix "${INTERNAL_PREFIX}": rename it; marmot cannot capture it`);
   }
 
   const include = new Set((filter.include ?? []).map(foldCase));
@@ -126,7 +122,10 @@ export function readTable(db: Database.Database, name: string, withoutRowid: boo
 /** Whether a UNIQUE constraint or a unique index (partial or on expressions too) other than the key exists. */
 /** The columns of each UNIQUE constraint of CREATE TABLE (origin 'u': plain columns, never partial or on expressions). */
 function declaredUniqueConstraints(db: Database.Database, name: string): string[][] {
-  const indexes = db.prepare("SELECT name FROM pragma_index_list(?, 'main') WHERE \"unique\" = 1 AND origin = 'u' ORDER BY name").pluck(true).all(name) as string[];
+  const indexes = db
+    .prepare("SELECT name FROM pragma_index_list(?, 'main') WHERE \"unique\" = 1 AND origin = 'u' ORDER BY name")
+    .pluck(true)
+    .all(name) as string[];
   return indexes.map((index) => db.prepare("SELECT name FROM pragma_index_info(?, 'main') ORDER BY seqno").pluck(true).all(index) as string[]);
 }
 
@@ -151,9 +150,7 @@ function findRowidAlias(columnNames: readonly string[]): string | undefined {
 }
 
 function virtualModule(db: Database.Database, name: string): string {
-  const row = db.prepare("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?").get(name) as
-    | { sql: string | null }
-    | undefined;
+  const row = db.prepare("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?").get(name) as { sql: string | null } | undefined;
   const match = /\bUSING\s+["'`[]?([A-Za-z0-9_]+)/i.exec(row?.sql ?? "");
   return match?.[1]?.toLowerCase() ?? "unknown module";
 }

@@ -110,7 +110,9 @@ function clashTriggers(table: TableInfo): TriggerDefinition[] {
   const statement = (self: "NEW" | "OLD") =>
     `INSERT INTO ${quoteIdent(changeLogTable(table.name))} (${logColumnList(table)}) ` +
     `SELECT ${[quoteLiteral(OP_UPSERT), ...keyReferences(table).map((key) => `o.${key}`)].join(", ")} FROM ${quoteIdent(table.name)} AS o ` +
-    `WHERE (${clash}) AND NOT (${keyReferences(table).map((key) => `o.${key} IS ${self}.${key}`).join(" AND ")});`;
+    `WHERE (${clash}) AND NOT (${keyReferences(table)
+      .map((key) => `o.${key} IS ${self}.${key}`)
+      .join(" AND ")});`;
   return (["insert", "update"] as const).map((op) => ({
     name: clashTriggerName(table.name, op),
     op,
@@ -122,7 +124,9 @@ function clashTriggers(table: TableInfo): TriggerDefinition[] {
 
 /** A key change is a delete of the old key followed by an upsert of the new row, so replicas drop the old row. */
 function updateTriggerSql(table: TableInfo): string {
-  const keyChanged = keyReferences(table).map((key) => `OLD.${key} IS NOT NEW.${key}`).join(" OR ");
+  const keyChanged = keyReferences(table)
+    .map((key) => `OLD.${key} IS NOT NEW.${key}`)
+    .join(" OR ");
   const deleteOld =
     `INSERT INTO ${quoteIdent(changeLogTable(table.name))} (${logColumnList(table)}) ` +
     `SELECT ${[quoteLiteral(OP_DELETE), ...keyReferences(table).map((key) => `OLD.${key}`)].join(", ")} WHERE ${keyChanged};`;

@@ -154,7 +154,9 @@ interface KeptTrigger {
  */
 export function guardUserTriggers(db: Database.Database, replicated: (table: string) => boolean): string[] {
   db.exec(CREATE_TABLE_SQL);
-  const kept = new Map((db.prepare(`SELECT name, sql, guarded FROM ${quoteIdent(USER_TRIGGERS_TABLE)}`).all() as KeptTrigger[]).map((k) => [k.name, k]));
+  const kept = new Map(
+    (db.prepare(`SELECT name, sql, guarded FROM ${quoteIdent(USER_TRIGGERS_TABLE)}`).all() as KeptTrigger[]).map((k) => [k.name, k]),
+  );
   const triggers = userTriggers(db);
   const forget = db.prepare(`DELETE FROM ${quoteIdent(USER_TRIGGERS_TABLE)} WHERE name = ?`);
   const current = new Set(triggers.map((t) => t.name));

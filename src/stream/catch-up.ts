@@ -40,7 +40,8 @@ export async function catchUp(streams: readonly CatchUpStream[], logger: Logger,
           movedAt = Date.now();
         } catch (err) {
           if (signal.aborted) throw signal.reason;
-          if (failure === undefined) logger.warn("cannot read where the stream ends; trying again", { stream: s.stream, reason: (err as Error).message });
+          if (failure === undefined)
+            logger.warn("cannot read where the stream ends; trying again", { stream: s.stream, reason: (err as Error).message });
           failure = (err as Error).message;
         }
       }

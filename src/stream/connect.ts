@@ -163,9 +163,7 @@ function buildConnectOptions(options: ConnectNatsOptions, servers: ServerUrl[], 
   const wantsTls = nats.caFile !== "" || nats.certFile !== "" || nats.keyFile !== "" || servers.some((s) => s.tls);
   if (wantsTls) {
     if ((nats.certFile === "") !== (nats.keyFile === "")) {
-      throw new NatsError(
-        "[nats] cert_file and key_file go together (a client certificate needs its key): set both or neither",
-      );
+      throw new NatsError("[nats] cert_file and key_file go together (a client certificate needs its key): set both or neither");
     }
     connectOptions.tls = {
       ...(nats.caFile !== "" ? { caFile: checkReadable(nats.caFile, "ca_file") } : {}),

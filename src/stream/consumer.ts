@@ -131,7 +131,13 @@ export class ShardConsumer {
     if (lastStored <= applied) return 0;
     const upTo = Math.min(lastStored, await this.streamEnd());
     const found: StreamMessage[] = [];
-    const count = await readOwnMessages(this.js, this.jsm, { stream, after: applied, upTo, msgIdPrefix }, (seq, data) => found.push({ seq, data }), signal);
+    const count = await readOwnMessages(
+      this.js,
+      this.jsm,
+      { stream, after: applied, upTo, msgIdPrefix },
+      (seq, data) => found.push({ seq, data }),
+      signal,
+    );
     // A large change's rows are kept as well: its reference is read back to the batch it stands for.
     for (const { seq, data } of found) note(stream, seq, (await this.options.largeBatches?.batchBytes(data)) ?? data);
     return count;

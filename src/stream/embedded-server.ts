@@ -250,14 +250,7 @@ function checkUrl(url: string, key: string, example: string): void {
   }
 }
 
-function renderConfig(
-  serverName: string,
-  storeDir: string,
-  bind: HostPort,
-  settings: ClusterSettings,
-  pidFile: string,
-  configPath: string,
-): string {
+function renderConfig(serverName: string, storeDir: string, bind: HostPort, settings: ClusterSettings, pidFile: string, configPath: string): string {
   const q = (value: string) => JSON.stringify(value);
   const lines = [
     `# ${configPath}: written by marmot at every start, so edits here are lost.`,
@@ -414,11 +407,7 @@ function pickClientUrl(urls: string[], bindHost: string): string {
       return "";
     }
   };
-  return (
-    urls.find((u) => bindHost !== "" && hostOf(u) === bindHost) ??
-    urls.find((u) => hostOf(u) === "127.0.0.1") ??
-    urls[0]!
-  );
+  return urls.find((u) => bindHost !== "" && hostOf(u) === bindHost) ?? urls.find((u) => hostOf(u) === "127.0.0.1") ?? urls[0]!;
 }
 
 // "[1234] 2024/01/02 03:04:05.678901 [INF] Server is ready"

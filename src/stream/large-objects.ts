@@ -55,7 +55,8 @@ export class JetStreamLargeBatches implements LargeBatchStore {
         return new JetStreamLargeBatches(store, await js.jetstreamManager(), bucket);
       } catch (err) {
         if (signal.aborted) throw err;
-        if (attempt === 1) logger.warn("waiting for JetStream to create the object store of large changes", { bucket, replicas, reason: (err as Error).message });
+        if (attempt === 1)
+          logger.warn("waiting for JetStream to create the object store of large changes", { bucket, replicas, reason: (err as Error).message });
         await sleep(Math.min(250 * attempt, 2000), signal);
       }
     }
@@ -192,7 +193,8 @@ export async function cleanUpLargeBatches(
     if (signal.aborted) break;
     try {
       const removed = await store.removeUnreferenced(prefix, async (stream) => (await jsm.streams.info(stream)).state.first_seq);
-      if (removed > 0) logger.info("removed large-change objects whose messages the streams no longer hold", { bucket: store.bucket, objects: removed });
+      if (removed > 0)
+        logger.info("removed large-change objects whose messages the streams no longer hold", { bucket: store.bucket, objects: removed });
     } catch (err) {
       logger.warn("could not clean up large-change objects; trying again later", { bucket: store.bucket, reason: (err as Error).message });
     }

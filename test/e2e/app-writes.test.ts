@@ -38,7 +38,12 @@ describe("a writer at SQLite's defaults", () => {
     const server = await startNatsServer();
     after(() => server.stop());
     // No poll for an hour on node 1: only the file events and the looks after them can find the write.
-    const cluster = await TestCluster.create({ size: 2, schema: SCHEMA, natsUrls: [server.url], nodeToml: (id) => (id === 1 ? "polling_interval = 3600000" : "") });
+    const cluster = await TestCluster.create({
+      size: 2,
+      schema: SCHEMA,
+      natsUrls: [server.url],
+      nodeToml: (id) => (id === 1 ? "polling_interval = 3600000" : ""),
+    });
     after(() => cluster.stopAll());
     await cluster.startAll();
     const [db1, db2] = cluster.nodes.map((n) => n.spec.dbPath) as [string, string];
@@ -46,11 +51,19 @@ describe("a writer at SQLite's defaults", () => {
     const shell = openShell(db1);
     after(() => shell.close());
     shell.run("PRAGMA synchronous;");
-    await waitFor(() => shell.output().trim() === "2", 10_000, () => `the shell to report synchronous = FULL (2), got ${JSON.stringify(shell.output())}`);
+    await waitFor(
+      () => shell.output().trim() === "2",
+      10_000,
+      () => `the shell to report synchronous = FULL (2), got ${JSON.stringify(shell.output())}`,
+    );
     for (let i = 1; i <= 3; i++) {
       // One write, then nothing: no later event could bring it along.
       shell.run(`INSERT INTO items VALUES (${i}, 'written at synchronous = FULL');`);
-      await waitFor(() => count(db2, `id = ${i}`) === 1, 30_000, () => `row ${i} on node 2 (node 1 has ${count(db1)} rows)`);
+      await waitFor(
+        () => count(db2, `id = ${i}`) === 1,
+        30_000,
+        () => `row ${i} on node 2 (node 1 has ${count(db1)} rows)`,
+      );
     }
     await shell.close();
   });
@@ -104,7 +117,8 @@ describe("an app holding the write lock for seconds", () => {
     await waitFor(
       () => count(db2, "id < 1000000") === written && count(db1, "id >= 1000000") === 3,
       60_000,
-      () => `every row everywhere: node 2 has ${count(db2, "id < 1000000")} of ${written} rows of node 1, node 1 has ${count(db1, "id >= 1000000")} of 3 of the app's`,
+      () =>
+        `every row everywhere: node 2 has ${count(db2, "id < 1000000")} of ${written} rows of node 1, node 1 has ${count(db1, "id >= 1000000")} of 3 of the app's`,
     );
     await cluster.waitConverged(["items"]);
   });

@@ -87,7 +87,14 @@ describe("marmot on the command line", () => {
   }
 
   function runningMarmot(dir: string, dbPath: string, configPath: string): MarmotProcess {
-    return new MarmotProcess({ id: 1, dbPath, configPath, storeDir: join(dir, "no-embedded-server"), logPath: join(dir, "marmot.log"), args: ["-config", configPath] });
+    return new MarmotProcess({
+      id: 1,
+      dbPath,
+      configPath,
+      storeDir: join(dir, "no-embedded-server"),
+      logPath: join(dir, "marmot.log"),
+      args: ["-config", configPath],
+    });
   }
 
   test("-help and --help print the usage and exit 0", async () => {
@@ -217,12 +224,26 @@ describe("marmot on the command line", () => {
       ["external", ["-config", join(dir, "external.toml")], /waiting for NATS/],
       [
         "embedded",
-        ["-config", join(dir, "embedded.toml"), "-cluster-addr", `127.0.0.1:${clusterPort}`, "-cluster-peers", `nats://127.0.0.1:${peerA}/,nats://127.0.0.1:${peerB}/`],
+        [
+          "-config",
+          join(dir, "embedded.toml"),
+          "-cluster-addr",
+          `127.0.0.1:${clusterPort}`,
+          "-cluster-peers",
+          `nats://127.0.0.1:${peerA}/,nats://127.0.0.1:${peerB}/`,
+        ],
         /waiting for JetStream/,
       ],
     ];
     for (const [name, args, waiting] of cases) {
-      const marmot = new MarmotProcess({ id: 1, dbPath: db, configPath: args[1]!, storeDir: join(dir, `marmot-nats-1`), logPath: join(dir, `${name}.log`), args });
+      const marmot = new MarmotProcess({
+        id: 1,
+        dbPath: db,
+        configPath: args[1]!,
+        storeDir: join(dir, `marmot-nats-1`),
+        logPath: join(dir, `${name}.log`),
+        args,
+      });
       marmot.start();
       try {
         await marmot.waitForLog(waiting, 60_000);
@@ -280,7 +301,14 @@ describe("marmot on the command line", () => {
     const db = createDb(join(dir, "app.db"), "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'one');");
     const configPath = join(dir, "embedded.toml");
     writeFileSync(configPath, `db_path = ${JSON.stringify(db)}\nnode_id = 7\n`);
-    const node = new MarmotProcess({ id: 7, dbPath: db, configPath, storeDir: join(dir, "marmot-nats-7"), logPath: join(dir, "marmot.log"), args: ["-config", configPath] });
+    const node = new MarmotProcess({
+      id: 7,
+      dbPath: db,
+      configPath,
+      storeDir: join(dir, "marmot-nats-7"),
+      logPath: join(dir, "marmot.log"),
+      args: ["-config", configPath],
+    });
     node.start();
     try {
       await node.waitForLog(/marmot is running/);
@@ -293,7 +321,10 @@ describe("marmot on the command line", () => {
     }
     const run = await runMarmot(["-config", configPath, "-save-snapshot"], 120_000);
     assert.equal(run.code, 0, run.stdout + run.stderr);
-    assert.match(run.stdout, /saved snapshot snapshot-\S+\.db to NATS object store marmot-changes-snapshot-store: .* 1 tables, streams marmot-changes-1-1@\d+/);
+    assert.match(
+      run.stdout,
+      /saved snapshot snapshot-\S+\.db to NATS object store marmot-changes-snapshot-store: .* 1 tables, streams marmot-changes-1-1@\d+/,
+    );
   });
 
   test("an FTS5 table beside normal tables is skipped with a note, and the normal tables replicate", async () => {
@@ -310,7 +341,10 @@ describe("marmot on the command line", () => {
     try {
       await cluster.startAll();
       for (const node of cluster.nodes) assert.match(node.output, /not capturing table "docs": virtual table \(fts5\)/);
-      sqlite3(cluster.node(1).spec.dbPath, "INSERT INTO Books VALUES (1, 'On Marmots'), (2, 'Alpine Life'); INSERT INTO docs VALUES ('alps', 'snow and marmots');");
+      sqlite3(
+        cluster.node(1).spec.dbPath,
+        "INSERT INTO Books VALUES (1, 'On Marmots'), (2, 'Alpine Life'); INSERT INTO docs VALUES ('alps', 'snow and marmots');",
+      );
       sqlite3(cluster.node(2).spec.dbPath, "INSERT INTO Books VALUES (3, 'Burrows');");
       await cluster.waitConverged(["Books"]);
       for (const out of cluster.query("SELECT group_concat(id) FROM Books")) assert.equal(out.trim(), "1,2,3");
@@ -372,6 +406,9 @@ describe("marmot on the command line", () => {
     assert.equal(sqldiff(pristine, db), "");
     const schema = "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name";
     assert.equal(sqlite3(db, schema), sqlite3(pristine, schema), "the schema is the pristine one, sqlite_sequence included");
-    assert.equal(sqlite3(db, "SELECT count(*) FROM Track WHERE Name LIKE '% (remastered)'").trim(), sqlite3(pristine, "SELECT count(*) FROM Track WHERE Name LIKE '% (remastered)'").trim());
+    assert.equal(
+      sqlite3(db, "SELECT count(*) FROM Track WHERE Name LIKE '% (remastered)'").trim(),
+      sqlite3(pristine, "SELECT count(*) FROM Track WHERE Name LIKE '% (remastered)'").trim(),
+    );
   });
 });

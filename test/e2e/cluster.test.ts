@@ -61,7 +61,9 @@ for (const replicas of [3, 1]) {
       for (const out of cluster.query("SELECT count(*) FROM Books")) assert.equal(out.trim(), String(5000 + 500 + 500 - 3));
       for (const n of [1, 2, 3]) {
         const base = n * 100_000;
-        for (const out of cluster.query(`SELECT id, title FROM Books WHERE id IN (${base + 1}, ${base + 2}, ${base + 3}, ${base + 99_999}) ORDER BY id`)) {
+        for (const out of cluster.query(
+          `SELECT id, title FROM Books WHERE id IN (${base + 1}, ${base + 2}, ${base + 3}, ${base + 99_999}) ORDER BY id`,
+        )) {
           // the key change left no copy of the old row on any node
           assert.equal(out, `${base + 1}|updated on ${n}\n${base + 99_999}|title ${n}-3\n`);
         }
@@ -73,12 +75,16 @@ for (const replicas of [3, 1]) {
 
     test("a cascaded delete is replicated once and leaves no orphans", async () => {
       const db1 = cluster.node(1).spec.dbPath;
-      sqlite3(db1, "INSERT INTO authors VALUES (1, 'Austen'); INSERT INTO works (author_id, title) VALUES (1, 'Emma'), (1, 'Persuasion'), (1, 'Sanditon');");
+      sqlite3(
+        db1,
+        "INSERT INTO authors VALUES (1, 'Austen'); INSERT INTO works (author_id, title) VALUES (1, 'Emma'), (1, 'Persuasion'), (1, 'Sanditon');",
+      );
       await cluster.waitConverged(["authors", "works"]);
       for (const out of cluster.query("SELECT count(*) FROM works")) assert.equal(out.trim(), "3");
       sqlite3(cluster.node(2).spec.dbPath, "PRAGMA foreign_keys = ON; DELETE FROM authors WHERE id = 1;");
       await cluster.waitConverged(["authors", "works"]);
-      for (const out of cluster.query("SELECT (SELECT count(*) FROM authors) || '/' || (SELECT count(*) FROM works)")) assert.equal(out.trim(), "0/0");
+      for (const out of cluster.query("SELECT (SELECT count(*) FROM authors) || '/' || (SELECT count(*) FROM works)"))
+        assert.equal(out.trim(), "0/0");
     });
 
     test("every SQLite value arrives exactly: int64 extremes, REAL, TEXT, BLOB, NULL", async () => {
@@ -120,7 +126,8 @@ for (const replicas of [3, 1]) {
       await cluster.waitConverged(["tags"]);
       sqlite3(cluster.node(3).spec.dbPath, "INSERT INTO tags (id, name) VALUES (3, 'later'); UPDATE tags SET name = 'worm' WHERE id = 2;");
       await cluster.waitConverged(["tags"]);
-      for (const out of cluster.query("SELECT group_concat(name, ',') FROM (SELECT name FROM tags ORDER BY id)")) assert.equal(out.trim(), "early,worm,later");
+      for (const out of cluster.query("SELECT group_concat(name, ',') FROM (SELECT name FROM tags ORDER BY id)"))
+        assert.equal(out.trim(), "early,worm,later");
     });
 
     test("SIGTERM stops every node cleanly, nats-server processes included", async () => {

@@ -68,7 +68,9 @@ describe("marmot and its nats-server crash while the apps write (embedded NATS, 
         node.start();
         await node.waitRunning();
         const recalled = readFileSync(node.spec.logPath, "utf8").split("found changes of this node in the stream").length - 1;
-        t.diagnostic(`crash ${i + 1}: node ${node.spec.id}, running again after ${Date.now() - crashedAt} ms (lines saying it read back its own stored changes, so far: ${recalled})`);
+        t.diagnostic(
+          `crash ${i + 1}: node ${node.spec.id}, running again after ${Date.now() - crashedAt} ms (lines saying it read back its own stored changes, so far: ${recalled})`,
+        );
       }
       await sleep(1000);
     } finally {
@@ -150,10 +152,16 @@ describe("all of NATS down for a while as the apps keep writing (external 3-serv
         const batchesBefore = record.batches;
         // Long enough for every publish and every pull in flight to fail, and for the apps to write a lot meanwhile.
         await sleep(outageMs);
-        await waitFor(() => record.batches >= batchesBefore + 30, 60_000, () => "the apps to go on writing while NATS is down");
+        await waitFor(
+          () => record.batches >= batchesBefore + 30,
+          60_000,
+          () => "the apps to go on writing while NATS is down",
+        );
         for (const n of c.nodes) assert.ok(n.running, `marmot ${n.spec.id} keeps running while NATS is away:\n${n.tail()}`);
         await Promise.all(servers.map((s) => s.restart()));
-        t.diagnostic(`outage ${i + 1}: all three nats-servers down for ${Date.now() - downAt} ms, ${record.batches - batchesBefore} batches written meanwhile`);
+        t.diagnostic(
+          `outage ${i + 1}: all three nats-servers down for ${Date.now() - downAt} ms, ${record.batches - batchesBefore} batches written meanwhile`,
+        );
       }
       await sleep(1500);
     } finally {

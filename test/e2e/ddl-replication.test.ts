@@ -30,7 +30,10 @@ function userSchema(path: string): string {
 }
 
 function userTables(path: string): string[] {
-  return sqlite3(path, "SELECT name FROM sqlite_schema WHERE type = 'table' AND substr(name, 1, 8) <> '__marmot' AND name NOT LIKE 'sqlite%' ORDER BY name")
+  return sqlite3(
+    path,
+    "SELECT name FROM sqlite_schema WHERE type = 'table' AND substr(name, 1, 8) <> '__marmot' AND name NOT LIKE 'sqlite%' ORDER BY name",
+  )
     .split("\n")
     .filter((name) => name !== "");
 }
@@ -41,7 +44,8 @@ async function waitSameEverywhere(cluster: TestCluster, timeoutMs = 90_000): Pro
   await waitFor(
     () => cluster.nodes.every((n) => userSchema(n.spec.dbPath) === userSchema(first)),
     timeoutMs,
-    () => `the same user schema on every node:\n${cluster.nodes.map((n) => `--- node ${n.spec.id}\n${userSchema(n.spec.dbPath)}\n${n.tail(10)}`).join("\n")}`,
+    () =>
+      `the same user schema on every node:\n${cluster.nodes.map((n) => `--- node ${n.spec.id}\n${userSchema(n.spec.dbPath)}\n${n.tail(10)}`).join("\n")}`,
   );
   await cluster.waitConverged(userTables(first), timeoutMs);
 }
@@ -49,7 +53,11 @@ async function waitSameEverywhere(cluster: TestCluster, timeoutMs = 90_000): Pro
 /** Wait until node `id` has table `table` (created on another node), then write into it there. */
 async function writeWhenThere(cluster: TestCluster, id: number, table: string, sql: string): Promise<void> {
   const db = cluster.node(id).spec.dbPath;
-  await waitFor(() => userTables(db).includes(table), 60_000, () => `table ${table} on node ${id}:\n${cluster.node(id).tail(20)}`);
+  await waitFor(
+    () => userTables(db).includes(table),
+    60_000,
+    () => `table ${table} on node ${id}:\n${cluster.node(id).tail(20)}`,
+  );
   await sqlite3Async(db, sql);
 }
 
@@ -67,7 +75,10 @@ describe("schema changes travel between three nodes", () => {
   test("every statement kind on node 1, with writes right after each (some from other nodes), ends the same everywhere", async () => {
     const db1 = cluster.node(1).spec.dbPath;
     // CREATE TABLE, and rows in the same breath; node 2 writes into it as soon as it has it.
-    await sqlite3Async(db1, "CREATE TABLE authors (id INTEGER PRIMARY KEY, name TEXT NOT NULL); INSERT INTO authors VALUES (1, 'Austen'), (2, 'Brontë');");
+    await sqlite3Async(
+      db1,
+      "CREATE TABLE authors (id INTEGER PRIMARY KEY, name TEXT NOT NULL); INSERT INTO authors VALUES (1, 'Austen'), (2, 'Brontë');",
+    );
     await writeWhenThere(cluster, 2, "authors", "INSERT INTO authors VALUES (3, 'Eliot');");
     // A table without a declared key: its rows are keyed by rowid on every node.
     await sqlite3Async(db1, "CREATE TABLE notes (body TEXT, n INTEGER); INSERT INTO notes VALUES ('first', 1), ('second', 2);");
@@ -82,7 +93,10 @@ describe("schema changes travel between three nodes", () => {
        INSERT INTO Books (id, title, legacy, year) VALUES (3, 'Middlemarch', 'x', 1871);`,
     );
     // ADD COLUMN, and a write of the new column right after, on the same node and on another one.
-    await sqlite3Async(db1, "ALTER TABLE Books ADD COLUMN pages INTEGER DEFAULT 0; INSERT INTO Books (id, title, year, pages) VALUES (4, 'Sanditon', 1817, 271);");
+    await sqlite3Async(
+      db1,
+      "ALTER TABLE Books ADD COLUMN pages INTEGER DEFAULT 0; INSERT INTO Books (id, title, year, pages) VALUES (4, 'Sanditon', 1817, 271);",
+    );
     await waitFor(
       () => sqlite3(cluster.node(3).spec.dbPath, "SELECT pages FROM Books WHERE id = 4") === "271\n",
       60_000,
@@ -91,7 +105,11 @@ describe("schema changes travel between three nodes", () => {
     await sqlite3Async(cluster.node(3).spec.dbPath, "UPDATE Books SET pages = 474 WHERE id = 1;");
     // Node 1 writes row 1 next: it must have node 3's write first, or the two writes of the row are concurrent
     // (the later one wins the whole row).
-    await waitFor(() => sqlite3(db1, "SELECT pages FROM Books WHERE id = 1") === "474\n", 60_000, () => "node 3's update on node 1");
+    await waitFor(
+      () => sqlite3(db1, "SELECT pages FROM Books WHERE id = 1") === "474\n",
+      60_000,
+      () => "node 3's update on node 1",
+    );
     // RENAME COLUMN, then a write naming the new name.
     await sqlite3Async(db1, "ALTER TABLE Books RENAME COLUMN year TO published; UPDATE Books SET published = 1816 WHERE id = 1;");
     // DROP COLUMN, then a write.
@@ -124,7 +142,11 @@ describe("schema changes travel between three nodes", () => {
     await sqlite3Async(cluster.node(2).spec.dbPath, `CREATE TABLE audit (book INTEGER, title TEXT, PRIMARY KEY (book, title)); ${AUDIT_TRIGGER};`);
     for (const n of [1, 3]) {
       const db = cluster.node(n).spec.dbPath;
-      await waitFor(() => sqlite3(db, "SELECT count(*) FROM sqlite_schema WHERE name = 'books_audit'") === "1\n", 60_000, () => `the trigger on node ${n}`);
+      await waitFor(
+        () => sqlite3(db, "SELECT count(*) FROM sqlite_schema WHERE name = 'books_audit'") === "1\n",
+        60_000,
+        () => `the trigger on node ${n}`,
+      );
       await sqlite3Async(db, `UPDATE Books SET title = title || ' (${n})' WHERE id = ${n};`);
     }
 
@@ -133,14 +155,16 @@ describe("schema changes travel between three nodes", () => {
     assert.match(schema, /CREATE TABLE Books \(id INTEGER PRIMARY KEY, title TEXT NOT NULL, published INTEGER, pages INTEGER DEFAULT 0\)/);
     assert.doesNotMatch(schema, /scratch|recent|books_by_year|no_anonymous/);
     assert.match(schema, /CREATE TABLE "shelves"/);
-    for (const out of cluster.query("SELECT id, name, born FROM authors ORDER BY id")) assert.equal(out, "1|AUSTEN|\n2|BRONTë|\n3|ELIOT|\n4|GASKELL|1810\n");
+    for (const out of cluster.query("SELECT id, name, born FROM authors ORDER BY id"))
+      assert.equal(out, "1|AUSTEN|\n2|BRONTë|\n3|ELIOT|\n4|GASKELL|1810\n");
     for (const out of cluster.query("SELECT id, title, published, pages FROM Books ORDER BY id")) {
       assert.equal(out, "1|Emma. (1)|1816|474\n2|Persuasion|1817|0\n3|Middlemarch (3)|1871|0\n4|Sanditon|1817|271\n5|Shirley|1849|0\n");
     }
     // exactly one audit row per update, on every node
     for (const out of cluster.query("SELECT book, title FROM audit ORDER BY book")) assert.equal(out, "1|Emma. (1)\n3|Middlemarch (3)\n");
     for (const out of cluster.query("SELECT code, label FROM shelves ORDER BY code")) assert.equal(out, "A1|fiction\nB2|poetry\n");
-    for (const out of cluster.query("SELECT rowid, body, n FROM notes ORDER BY rowid")) assert.equal(out, "1|first|1\n2|second|2\n3|from three|3\n4|last|4\n");
+    for (const out of cluster.query("SELECT rowid, body, n FROM notes ORDER BY rowid"))
+      assert.equal(out, "1|first|1\n2|second|2\n3|from three|3\n4|last|4\n");
   });
 
   test("the same migration on all three nodes at once: no error, no duplicate, no lost row", async () => {
@@ -161,8 +185,14 @@ describe("schema changes travel between three nodes", () => {
 
   test("two nodes changing one table at once end with the same schema everywhere", async () => {
     await Promise.all([
-      sqlite3Async(cluster.node(1).spec.dbPath, "ALTER TABLE settings ADD COLUMN changed_by_one TEXT; INSERT INTO settings (k, v) VALUES ('one', '1');"),
-      sqlite3Async(cluster.node(2).spec.dbPath, "ALTER TABLE settings ADD COLUMN changed_by_two INTEGER; INSERT INTO settings (k, v) VALUES ('two', '2');"),
+      sqlite3Async(
+        cluster.node(1).spec.dbPath,
+        "ALTER TABLE settings ADD COLUMN changed_by_one TEXT; INSERT INTO settings (k, v) VALUES ('one', '1');",
+      ),
+      sqlite3Async(
+        cluster.node(2).spec.dbPath,
+        "ALTER TABLE settings ADD COLUMN changed_by_two INTEGER; INSERT INTO settings (k, v) VALUES ('two', '2');",
+      ),
     ]);
     await waitSameEverywhere(cluster);
     const settings = sqlite3(cluster.node(1).spec.dbPath, "SELECT sql FROM sqlite_schema WHERE name = 'settings'");

@@ -69,7 +69,10 @@ describe("rows larger than one NATS message, three nodes", () => {
     await writer.waitForLog(storing, 60_000);
     await writer.crash();
     const partial = cluster.query("SELECT count(*) FROM docs WHERE id = 3 AND length(data) <> 52428800");
-    assert.deepEqual(partial.map((s) => s.trim()), ["0", "0", "0"]);
+    assert.deepEqual(
+      partial.map((s) => s.trim()),
+      ["0", "0", "0"],
+    );
     writer.start();
     await writer.waitRunning();
     await waitFor(
@@ -86,7 +89,11 @@ describe("rows larger than one NATS message, three nodes", () => {
     );
     await cluster.waitConverged(["docs"], 60_000);
     assert.match(writer.output, storing, "after its restart (its output starts afresh) the writer sent the row again, from its change log");
-    t.diagnostic(`peak RSS (VmHWM) with a 50 MB row: writer ${peakRssMiB(writer.pid)} MiB, receivers ${peakRssMiB(receiver.pid)} and ${peakRssMiB(cluster.node(3).pid)} MiB`);
-    console.log(`large rows: peak RSS with a 50 MB row: writer (after its restart) ${peakRssMiB(writer.pid)} MiB; receivers ${peakRssMiB(receiver.pid)} MiB, ${peakRssMiB(cluster.node(3).pid)} MiB`);
+    t.diagnostic(
+      `peak RSS (VmHWM) with a 50 MB row: writer ${peakRssMiB(writer.pid)} MiB, receivers ${peakRssMiB(receiver.pid)} and ${peakRssMiB(cluster.node(3).pid)} MiB`,
+    );
+    console.log(
+      `large rows: peak RSS with a 50 MB row: writer (after its restart) ${peakRssMiB(writer.pid)} MiB; receivers ${peakRssMiB(receiver.pid)} MiB, ${peakRssMiB(cluster.node(3).pid)} MiB`,
+    );
   });
 });

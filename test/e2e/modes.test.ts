@@ -39,7 +39,11 @@ describe("publish = false and replicate = false", () => {
     sqlite3(db2, "INSERT INTO Books VALUES (2, 'from the node that does not publish');");
 
     // node 3 publishes: its row reaches 1 and 2; node 1's row reaches 2 but not 3.
-    await waitFor(() => count(db1, "id = 3") === 1 && count(db2, "id IN (1, 3)") === 2, 30_000, () => "rows from nodes 1 and 3");
+    await waitFor(
+      () => count(db1, "id = 3") === 1 && count(db2, "id IN (1, 3)") === 2,
+      30_000,
+      () => "rows from nodes 1 and 3",
+    );
     // node 2's change log is emptied without anything being sent.
     await waitFor(
       () => Number(sqlite3(db2, `SELECT count(*) FROM "__marmot__Books_change_log" WHERE __marmot_op <> 'marker';`)) === 0,

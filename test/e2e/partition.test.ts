@@ -91,7 +91,11 @@ describe("a network partition while the apps write (three network namespaces, R3
         const cutAt = Date.now();
 
         // A row committed on one majority node after the cut must reach the other majority node.
-        const firstOnA = await waitFor(() => newJournalRow(record, a, cutAt), 60_000, () => `an app on node ${a} to commit a batch`);
+        const firstOnA = await waitFor(
+          () => newJournalRow(record, a, cutAt),
+          60_000,
+          () => `an app on node ${a} to commit a batch`,
+        );
         await waitFor(
           () => sqlite3(c.node(b).spec.dbPath, `SELECT count(*) FROM journal WHERE id = ${firstOnA}`).trim() === "1",
           120_000,
@@ -102,7 +106,11 @@ describe("a network partition while the apps write (three network namespaces, R3
         // writing meanwhile, and its changes wait in its change log.
         const batchesBefore = record.batches;
         await sleep(Math.max(0, cutAt + partitionMs - Date.now()));
-        await waitFor(() => record.batches >= batchesBefore + 30, 60_000, () => "the apps to go on writing during the partition");
+        await waitFor(
+          () => record.batches >= batchesBefore + 30,
+          60_000,
+          () => "the apps to go on writing during the partition",
+        );
         for (const n of c.nodes) assert.ok(n.running, `marmot ${n.spec.id} keeps running during the partition:\n${n.tail()}`);
 
         net.heal(cut);

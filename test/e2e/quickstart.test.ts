@@ -30,7 +30,11 @@ test("examples/run-cluster.sh says when it is ready, the insert typed right afte
 
   // The script's own word is all a user has: the insert is typed once, right after its ready line, never retried.
   const marmotPids = (await waitFor(
-    () => output.match(/three marmot nodes ready \(pids (\d+) (\d+) (\d+)\); try this/)?.slice(1).map(Number),
+    () =>
+      output
+        .match(/three marmot nodes ready \(pids (\d+) (\d+) (\d+)\); try this/)
+        ?.slice(1)
+        .map(Number),
     180_000,
     () => `the script to say the three nodes are ready:\n${output.slice(-3000)}`,
   ))!;
@@ -52,7 +56,9 @@ test("examples/run-cluster.sh says when it is ready, the insert typed right afte
   sqlite3(dbs[1]!, "DELETE FROM Books WHERE title = '1984';");
   for (const db of dbs) {
     await waitFor(
-      () => sqlite3(db, "SELECT count(*) || '/' || (SELECT publication_year FROM Books WHERE title = 'Pride and Prejudice') FROM Books;").trim() === "7/1814",
+      () =>
+        sqlite3(db, "SELECT count(*) || '/' || (SELECT publication_year FROM Books WHERE title = 'Pride and Prejudice') FROM Books;").trim() ===
+        "7/1814",
       30_000,
       () => `the update and the delete on ${db}: ${sqlite3(db, "SELECT * FROM Books;")}`,
     );

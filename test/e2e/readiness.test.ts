@@ -32,17 +32,29 @@ test("/readyz and /status follow a node from starting to ready, through NATS goi
 
   // Starting: NATS is not there yet.
   cluster.node(1).start();
-  await waitFor(async () => (await readyzOf(port1)).code === 503, 60_000, () => `a 503 while starting: ${JSON.stringify(answer)}`);
+  await waitFor(
+    async () => (await readyzOf(port1)).code === 503,
+    60_000,
+    () => `a 503 while starting: ${JSON.stringify(answer)}`,
+  );
   assert.match(answer!.reason, /^starting: connecting to NATS at nats:\/\/127\.0\.0\.1:\d+/);
   const starting = await fetchStatus(port1);
   assert.equal(starting.nodes.find((n) => n.id === "1")?.state, "starting");
 
   // Caught up: NATS comes, the node creates the streams and applies them to their end.
   nats = await startNatsServer({ port: natsPort });
-  await waitFor(async () => (await readyzOf(port1)).code === 200, 60_000, () => `a 200 once NATS is there: ${JSON.stringify(answer)}`);
+  await waitFor(
+    async () => (await readyzOf(port1)).code === 200,
+    60_000,
+    () => `a 200 once NATS is there: ${JSON.stringify(answer)}`,
+  );
   assert.deepEqual(answer, { code: 200, ready: true, reason: "ready" });
   cluster.node(2).start();
-  await waitFor(async () => (await readyzOf(port2)).code === 200, 60_000, () => `node 2 ready: ${JSON.stringify(answer)}`);
+  await waitFor(
+    async () => (await readyzOf(port2)).code === 200,
+    60_000,
+    () => `node 2 ready: ${JSON.stringify(answer)}`,
+  );
   sqlite3(cluster.node(2).spec.dbPath, "INSERT INTO books (id, title) VALUES (1, 'Persuasion');");
   let seen: unknown;
   await waitFor(
@@ -68,7 +80,11 @@ test("/readyz and /status follow a node from starting to ready, through NATS goi
 
   // NATS gone: not ready, and /status still answers, saying so.
   nats.kill("SIGKILL");
-  await waitFor(async () => (await readyzOf(port1)).code === 503, 30_000, () => `a 503 once NATS is gone: ${JSON.stringify(answer)}`);
+  await waitFor(
+    async () => (await readyzOf(port1)).code === 503,
+    30_000,
+    () => `a 503 once NATS is gone: ${JSON.stringify(answer)}`,
+  );
   assert.match(answer!.reason, /NATS/);
   const gone = await fetchStatus(port1);
   assert.equal(gone.nats.connected, false);
@@ -76,7 +92,11 @@ test("/readyz and /status follow a node from starting to ready, through NATS goi
 
   // NATS back: ready again.
   await nats.restart();
-  await waitFor(async () => (await readyzOf(port1)).code === 200, 60_000, () => `a 200 once NATS is back: ${JSON.stringify(answer)}`);
+  await waitFor(
+    async () => (await readyzOf(port1)).code === 200,
+    60_000,
+    () => `a 200 once NATS is back: ${JSON.stringify(answer)}`,
+  );
 
   // Stopped: node 2 sees node 1's last heartbeat, which says so; node 1 no longer answers.
   assert.equal(await cluster.node(1).stop(), 0);

@@ -52,7 +52,10 @@ describe("marmot -save-snapshot into the S3, WebDAV and SFTP stores", () => {
   function node(storeToml: string): { db: string; configPath: string } {
     const dir = tempDir();
     const db = copyFixture("chinook", dir);
-    sqlite3(db, "CREATE TABLE wide (id INTEGER PRIMARY KEY, big INTEGER, r REAL, b BLOB, n); INSERT INTO wide VALUES (1, -9223372036854775808, 0.1, x'00ff', NULL);");
+    sqlite3(
+      db,
+      "CREATE TABLE wide (id INTEGER PRIMARY KEY, big INTEGER, r REAL, b BLOB, n); INSERT INTO wide VALUES (1, -9223372036854775808, 0.1, x'00ff', NULL);",
+    );
     const configPath = join(dir, "marmot.toml");
     writeFileSync(configPath, [`db_path = ${JSON.stringify(db)}`, "node_id = 1", storeToml, ""].join("\n"));
     return { db, configPath };
@@ -102,7 +105,10 @@ describe("marmot -save-snapshot into the S3, WebDAV and SFTP stores", () => {
 
   test("webdav", async () => {
     const url = `http://127.0.0.1:${webdav!.port}/dav?dir=/e2e&login=${WEBDAV_USER}&secret=${WEBDAV_PASSWORD}`;
-    await saveAndRestore(`[snapshot]\nstore = "webdav"\n[snapshot.webdav]\nurl = ${JSON.stringify(url)}`, /WebDAV http:\/\/127\.0\.0\.1:\d+\/dav\/e2e\//);
+    await saveAndRestore(
+      `[snapshot]\nstore = "webdav"\n[snapshot.webdav]\nurl = ${JSON.stringify(url)}`,
+      /WebDAV http:\/\/127\.0\.0\.1:\d+\/dav\/e2e\//,
+    );
     assert.doesNotMatch(execFileSync("ls", ["-R", webdav!.dataDir], { encoding: "utf8" }), /\.tmp-/);
   });
 

@@ -31,29 +31,44 @@ describe("the app's migrations while marmot runs", () => {
       // sqlite3() throws when the CLI reports an error: every statement of the app succeeded.
       sqlite3(db1, `${ddl}\n${writes}`);
       history.push(`${ddl}\n${writes}`);
-      await waitFor(() => rows(db2) === rows(db1) && rows(db1).includes(expectRow), 60_000, () =>
-        `node 2 to have node 1's rows after "${ddl}":\nnode 1:\n${rows(db1)}\nnode 2:\n${rows(db2)}\n${cluster.node(1).tail(10)}\n${cluster.node(2).tail(10)}`,
+      await waitFor(
+        () => rows(db2) === rows(db1) && rows(db1).includes(expectRow),
+        60_000,
+        () =>
+          `node 2 to have node 1's rows after "${ddl}":\nnode 1:\n${rows(db1)}\nnode 2:\n${rows(db2)}\n${cluster.node(1).tail(10)}\n${cluster.node(2).tail(10)}`,
       );
       await cluster.waitConverged(["Books"]);
     };
 
     sqlite3(db1, "INSERT INTO Books VALUES (1, 'one', 'old', 10), (2, 'two', 'old', 20); INSERT INTO scratch VALUES (1, 's');");
     history.push("INSERT INTO Books VALUES (1, 'one', 'old', 10), (2, 'two', 'old', 20); INSERT INTO scratch VALUES (1, 's');");
-    await waitFor(() => rows(db2) === rows(db1), 60_000, () => `the first rows on node 2:\n${rows(db2)}`);
+    await waitFor(
+      () => rows(db2) === rows(db1),
+      60_000,
+      () => `the first rows on node 2:\n${rows(db2)}`,
+    );
 
-    await migrate("ALTER TABLE Books DROP COLUMN legacy;", "INSERT INTO Books VALUES (3, 'after drop', 30); UPDATE Books SET n = 11 WHERE id = 1;", "3|after drop|30");
-    await migrate("ALTER TABLE Books RENAME COLUMN n TO pages;", "INSERT INTO Books (id, title, pages) VALUES (4, 'after rename', 40);", "4|after rename|40");
+    await migrate(
+      "ALTER TABLE Books DROP COLUMN legacy;",
+      "INSERT INTO Books VALUES (3, 'after drop', 30); UPDATE Books SET n = 11 WHERE id = 1;",
+      "3|after drop|30",
+    );
+    await migrate(
+      "ALTER TABLE Books RENAME COLUMN n TO pages;",
+      "INSERT INTO Books (id, title, pages) VALUES (4, 'after rename', 40);",
+      "4|after rename|40",
+    );
     await migrate(
       "ALTER TABLE Books RENAME COLUMN id TO book_id;",
       "INSERT INTO Books (book_id, title, pages) VALUES (5, 'after key rename', 50); UPDATE Books SET title = 'two!' WHERE book_id = 2; DELETE FROM Books WHERE book_id = 3;",
       "5|after key rename|50",
     );
-    await migrate("ALTER TABLE Books ADD COLUMN isbn TEXT;", "INSERT INTO Books VALUES (6, 'after add', 60, 'isbn-6'); UPDATE Books SET isbn = 'isbn-1' WHERE book_id = 1;", "6|after add|60|isbn-6");
     await migrate(
-      "DROP TABLE scratch;",
-      "INSERT INTO Books VALUES (7, 'after drop table', 70, 'isbn-7');",
-      "7|after drop table|70|isbn-7",
+      "ALTER TABLE Books ADD COLUMN isbn TEXT;",
+      "INSERT INTO Books VALUES (6, 'after add', 60, 'isbn-6'); UPDATE Books SET isbn = 'isbn-1' WHERE book_id = 1;",
+      "6|after add|60|isbn-6",
     );
+    await migrate("DROP TABLE scratch;", "INSERT INTO Books VALUES (7, 'after drop table', 70, 'isbn-7');", "7|after drop table|70|isbn-7");
     // SQLite's recommended way for any other change: a new table, the rows copied, the old one dropped, the new renamed.
     await migrate(
       "BEGIN; CREATE TABLE Books_new (book_id INTEGER PRIMARY KEY, title TEXT NOT NULL, pages INTEGER CHECK (pages >= 0), isbn TEXT, shelf TEXT DEFAULT 'A');" +
@@ -84,7 +99,11 @@ describe("the app's migrations while marmot runs", () => {
     // Marmot's own triggers follow the new table on both nodes; writes keep flowing.
     sqlite3(db2, "INSERT INTO Books VALUES (9, 'from node 2', 90, NULL, 'D');");
     history.push("INSERT INTO Books VALUES (9, 'from node 2', 90, NULL, 'D');");
-    await waitFor(() => rows(db1).includes("9|from node 2|90||D"), 60_000, () => `node 2's row on node 1:\n${rows(db1)}`);
+    await waitFor(
+      () => rows(db1).includes("9|from node 2|90||D"),
+      60_000,
+      () => `node 2's row on node 1:\n${rows(db1)}`,
+    );
     await cluster.waitConverged(["Books", "shelf_log"]);
     assert.equal(sqlite3(db1, "SELECT * FROM shelf_log ORDER BY 1;"), "9|D\n10|E\n");
     for (const node of cluster.nodes) assert.doesNotMatch(node.tail(400), /"level":"(error|fatal)"/);

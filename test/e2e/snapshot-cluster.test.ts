@@ -63,7 +63,9 @@ function appliedOf(dbPath: string): number {
  */
 async function trickleWrites(dbPath: string, witness: string, firstId: number, count: number): Promise<number> {
   const script = fileURLToPath(new URL("../helpers/trickle-writer.js", import.meta.url));
-  const child = spawnTracked(process.execPath, [script, dbPath, witness, "items", String(firstId), String(count)], { stdio: ["ignore", "pipe", "pipe"] });
+  const child = spawnTracked(process.execPath, [script, dbPath, witness, "items", String(firstId), String(count)], {
+    stdio: ["ignore", "pipe", "pipe"],
+  });
   let output = "";
   child.stdout!.on("data", (c: Buffer) => (output += c.toString()));
   child.stderr!.on("data", (c: Buffer) => (output += c.toString()));
@@ -78,7 +80,9 @@ async function withLogs(cluster: TestCluster | undefined, body: () => Promise<vo
   try {
     await body();
   } catch (err) {
-    const logs = (cluster?.nodes ?? []).map((n) => `--- node ${n.spec.id} ---\n${readFileSync(n.spec.logPath, "utf8").split("\n").slice(-40).join("\n")}`);
+    const logs = (cluster?.nodes ?? []).map(
+      (n) => `--- node ${n.spec.id} ---\n${readFileSync(n.spec.logPath, "utf8").split("\n").slice(-40).join("\n")}`,
+    );
     (err as Error).message += `\n${logs.join("\n")}`;
     throw err;
   }
@@ -103,13 +107,19 @@ describe("a node that was away while the streams dropped its messages (R3, max_e
       assert.equal(await n3.stop(), 0);
       const appliedBefore = appliedOf(n3.spec.dbPath);
       // The app on node 3 keeps writing while its marmot is down: the capture triggers log it.
-      sqlite3(n3.spec.dbPath, "INSERT INTO items VALUES (900001, 'written offline on node 3', -1); INSERT INTO kv VALUES ('offline', 9223372036854775807);");
+      sqlite3(
+        n3.spec.dbPath,
+        "INSERT INTO items VALUES (900001, 'written offline on node 3', -1); INSERT INTO kv VALUES ('offline', 9223372036854775807);",
+      );
 
       const ms = await trickleWrites(n1.spec.dbPath, cluster.node(2).spec.dbPath, 1000, 160);
       t.diagnostic(`160 single-row writes, each shipped and applied on node 2 before the next, took ${ms} ms`);
       const firstSeq = await streamFirstSeq(clientUrl(n1));
       t.diagnostic(`node 3 applied ${appliedBefore}; the stream now starts at ${firstSeq}`);
-      assert.ok(firstSeq > appliedBefore + 1, `the stream dropped messages node 3 never applied (first_seq ${firstSeq}, node 3 applied ${appliedBefore})`);
+      assert.ok(
+        firstSeq > appliedBefore + 1,
+        `the stream dropped messages node 3 never applied (first_seq ${firstSeq}, node 3 applied ${appliedBefore})`,
+      );
 
       n3.start();
       await n3.waitRunning();
@@ -131,7 +141,12 @@ describe("a node that was away while the streams dropped its messages (R3, max_e
       try {
         // Its open pull requests expire first: messages the server pushed into its socket before then are not missed.
         const url = clientUrl(n1);
-        await waitFor(async () => (await consumerState(url, 3)).waiting === 0, 30_000, () => "node 3's pull requests to expire", 500);
+        await waitFor(
+          async () => (await consumerState(url, 3)).waiting === 0,
+          30_000,
+          () => "node 3's pull requests to expire",
+          500,
+        );
         sqlite3(n3.spec.dbPath, "INSERT INTO items VALUES (900002, 'written on node 3 while its marmot was frozen', -2);");
         await trickleWrites(n1.spec.dbPath, cluster.node(2).spec.dbPath, 5000, 160);
         const firstSeq = await streamFirstSeq(url);
@@ -148,7 +163,8 @@ describe("a node that was away while the streams dropped its messages (R3, max_e
       );
       assert.match(n3.output, /this node missed changes/);
       await cluster.waitConverged(TABLES, 90_000);
-      for (const out of cluster.query("SELECT body FROM items WHERE id = 900002")) assert.equal(out, "written on node 3 while its marmot was frozen\n");
+      for (const out of cluster.query("SELECT body FROM items WHERE id = 900002"))
+        assert.equal(out, "written on node 3 while its marmot was frozen\n");
       for (const out of cluster.query("SELECT count(*) FROM items")) assert.equal(out.trim(), String(2 + 160 + 1 + 160 + 1));
     }));
 
@@ -167,7 +183,10 @@ describe("a fourth node with an empty database joins a running three-node cluste
     cluster = await TestCluster.create({ schema: SCHEMA, replicas: 3, shards: 2, toml: SNAPSHOT_TOML });
     await cluster.startAll();
     const rows = Array.from({ length: 500 }, (_, i) => `(${i + 1}, 'row ${i + 1} ''quoted''', ${i * 1_000_000_007})`).join(",");
-    sqlite3(cluster.node(1).spec.dbPath, `INSERT INTO items VALUES ${rows}; INSERT INTO kv VALUES ('pi', 3.14159), ('nothing', NULL), ('big', -9223372036854775808);`);
+    sqlite3(
+      cluster.node(1).spec.dbPath,
+      `INSERT INTO items VALUES ${rows}; INSERT INTO kv VALUES ('pi', 3.14159), ('nothing', NULL), ('big', -9223372036854775808);`,
+    );
     sqlite3(cluster.node(2).spec.dbPath, "INSERT INTO kv VALUES ('from-2', x'deadbeef');");
     await cluster.waitConverged(TABLES);
   });
@@ -192,7 +211,10 @@ describe("a fourth node with an empty database joins a running three-node cluste
       const schemaOf = (path: string) => sqlite3(path, "SELECT type, name, sql FROM sqlite_schema WHERE name NOT LIKE '__marmot%' ORDER BY name");
       assert.equal(schemaOf(dbPath), schemaOf(cluster.node(1).spec.dbPath));
       assert.match(node4.output, /restored from a snapshot/);
-      assert.ok(cluster.nodes.slice(0, 3).some((n) => /a node asked for a snapshot/.test(n.output)), "a running node saved one on request");
+      assert.ok(
+        cluster.nodes.slice(0, 3).some((n) => /a node asked for a snapshot/.test(n.output)),
+        "a running node saved one on request",
+      );
     }));
 
   test("then writes travel both ways between node 4 and node 1", async () => {
@@ -200,7 +222,9 @@ describe("a fourth node with an empty database joins a running three-node cluste
     sqlite3(node4.spec.dbPath, "INSERT INTO items VALUES (40001, 'written on node 4', 4); UPDATE items SET body = 'changed on node 4' WHERE id = 7;");
     sqlite3(cluster.node(1).spec.dbPath, "INSERT INTO items VALUES (10001, 'written on node 1 after the join', 1); DELETE FROM kv WHERE k = 'pi';");
     await cluster.waitConverged(TABLES, 60_000);
-    for (const out of cluster.query("SELECT group_concat(body, '|') FROM (SELECT body FROM items WHERE id IN (7, 10001, 40001) ORDER BY id); SELECT count(*) FROM kv WHERE k = 'pi';")) {
+    for (const out of cluster.query(
+      "SELECT group_concat(body, '|') FROM (SELECT body FROM items WHERE id IN (7, 10001, 40001) ORDER BY id); SELECT count(*) FROM kv WHERE k = 'pi';",
+    )) {
       assert.equal(out, "changed on node 4|written on node 1 after the join|written on node 4\n0\n");
     }
   });
@@ -219,7 +243,10 @@ describe("a snapshot store marmot may not use", () => {
       writeFileSync(notAFolder, "");
       const node = cluster.node(1);
       node.spec.args.splice(2); // one node: no cluster flags
-      writeFileSync(node.spec.configPath, `${readFileSync(node.spec.configPath, "utf8")}\n[snapshot]\nstore = "file"\n\n[snapshot.file]\npath = ${JSON.stringify(notAFolder)}\n`);
+      writeFileSync(
+        node.spec.configPath,
+        `${readFileSync(node.spec.configPath, "utf8")}\n[snapshot]\nstore = "file"\n\n[snapshot.file]\npath = ${JSON.stringify(notAFolder)}\n`,
+      );
       node.start();
       assert.equal(await node.exited(), 1);
       assert.match(node.output, /\[snapshot\.file\] path/);
@@ -273,7 +300,12 @@ describe("[snapshot] interval", () => {
       await node.waitRunning();
       const createdAt = () => (JSON.parse(readFileSync(join(folder, "latest.json"), "utf8")) as { createdAt: string }).createdAt;
       const seen = new Set<string>();
-      await waitFor(() => seen.add(createdAt()).size >= 3, 60_000, () => `three snapshots, one every 2 s; saw ${[...seen].join(", ")}\n${node.tail()}`, 200);
+      await waitFor(
+        () => seen.add(createdAt()).size >= 3,
+        60_000,
+        () => `three snapshots, one every 2 s; saw ${[...seen].join(", ")}\n${node.tail()}`,
+        200,
+      );
       assert.equal(await node.stop(), 0);
     } finally {
       await cluster.stopAll();

@@ -36,7 +36,10 @@ test("-status exits 0 when all nodes are ready, non-zero with a parked change or
   });
   t.after(() => cluster.stopAll());
   // Only node 1 has these tables: their changes cannot be applied on nodes 2 and 3, and are parked there.
-  sqlite3(cluster.node(1).spec.dbPath, "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT); CREATE TABLE drafts (id INTEGER PRIMARY KEY, body TEXT);");
+  sqlite3(
+    cluster.node(1).spec.dbPath,
+    "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT); CREATE TABLE drafts (id INTEGER PRIMARY KEY, body TEXT);",
+  );
   await cluster.startAll();
   const config = (id: number) => ["-config", cluster.node(id).spec.configPath];
 
@@ -55,7 +58,11 @@ test("-status exits 0 when all nodes are ready, non-zero with a parked change or
     cluster.node(1).spec.dbPath,
     "INSERT INTO notes (id, body) VALUES (1, 'kept aside'); INSERT INTO drafts (id, body) VALUES (1, 'draft'); INSERT INTO books (id, title) VALUES (1, 'Emma');",
   );
-  await waitFor(() => sqlite3(cluster.node(3).spec.dbPath, "SELECT title FROM books;").trim() === "Emma", 60_000, () => "the book on node 3");
+  await waitFor(
+    () => sqlite3(cluster.node(3).spec.dbPath, "SELECT title FROM books;").trim() === "Emma",
+    60_000,
+    () => "the book on node 3",
+  );
   await waitFor(
     async () => (last = await marmot([...config(2), "-status"])).code === 1 && /node 3 has 2 parked change/.test(last.stdout),
     60_000,
@@ -72,7 +79,10 @@ test("-status exits 0 when all nodes are ready, non-zero with a parked change or
 
   // Node 2: the tables are created while its marmot is down (so nothing retries on its own), then retried by request.
   assert.equal(await cluster.node(2).stop(), 0);
-  sqlite3(cluster.node(2).spec.dbPath, "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT); CREATE TABLE drafts (id INTEGER PRIMARY KEY, body TEXT);");
+  sqlite3(
+    cluster.node(2).spec.dbPath,
+    "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT); CREATE TABLE drafts (id INTEGER PRIMARY KEY, body TEXT);",
+  );
   cluster.node(2).start();
   await cluster.node(2).waitForLog(/marmot is ready/);
   const retried = await marmot([...config(2), "-parked", "-retry"]);
@@ -101,7 +111,12 @@ test("-status exits 0 when all nodes are ready, non-zero with a parked change or
   assert.equal(discarded.code, 0, show(discarded));
   assert.match(discarded.stdout, /discarded 1 parked change/);
   assert.equal((await marmot([...config(3), "-parked"])).stdout.trim(), `no parked changes in ${cluster.node(3).spec.dbPath}`);
-  await waitFor(async () => (last = await marmot([...config(1), "-status"])).code === 0, 60_000, () => `healthy again: ${last && show(last)}`, 500);
+  await waitFor(
+    async () => (last = await marmot([...config(1), "-status"])).code === 0,
+    60_000,
+    () => `healthy again: ${last && show(last)}`,
+    500,
+  );
 
   // One node down: the others report it, and the stopped node's own config finds no NATS to ask.
   assert.equal(await cluster.node(3).stop(), 0);

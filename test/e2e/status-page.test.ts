@@ -47,7 +47,11 @@ test("the status page lists three ready nodes with their lag and shows a stopped
   });
   await cluster.startAll();
   for (const port of httpPorts) {
-    await waitFor(async () => (await fetchReadyz(port)).ready, 120_000, () => `the node on :${port} to be ready`);
+    await waitFor(
+      async () => (await fetchReadyz(port)).ready,
+      120_000,
+      () => `the node on :${port} to be ready`,
+    );
   }
   // Some traffic, so that the plot and the sequences have something to show.
   const values = Array.from({ length: 200 }, (_, i) => `(${i + 1}, 'book ${i + 1}', ${1800 + i})`).join(",");
@@ -71,15 +75,23 @@ test("the status page lists three ready nodes with their lag and shows a stopped
   await page.goto(url);
 
   const states = () => page.$$eval(".node", (els) => els.map((e) => `${e.getAttribute("data-node")}=${e.getAttribute("data-state")}`).join(" "));
-  await waitFor(async () => (await states()) === "1=ready 2=ready 3=ready", 60_000, () => "the page to list three ready nodes");
+  await waitFor(
+    async () => (await states()) === "1=ready 2=ready 3=ready",
+    60_000,
+    () => "the page to list three ready nodes",
+  );
   const lagOf = (node: string) => page.$eval(`.node[data-node="${node}"] .lag`, (e) => e.getAttribute("data-lag"));
   await waitFor(
     async () => (await lagOf("1")) === "0" && (await lagOf("2")) === "0" && (await lagOf("3")) === "0",
     60_000,
     () => "every node to show its lag, 0 once the books are applied",
   );
-  await waitFor(() => sqlite3(cluster.node(3).spec.dbPath, "SELECT count(*) FROM books;").trim() === "200", 60_000, () => "the books on node 3");
-  assert.match(await page.textContent("#summary") ?? "", /all 3 nodes ready/);
+  await waitFor(
+    () => sqlite3(cluster.node(3).spec.dbPath, "SELECT count(*) FROM books;").trim() === "200",
+    60_000,
+    () => "the books on node 3",
+  );
+  assert.match((await page.textContent("#summary")) ?? "", /all 3 nodes ready/);
 
   assert.equal(await cluster.node(3).stop(), 0);
   await waitFor(
@@ -92,7 +104,7 @@ test("the status page lists three ready nodes with their lag and shows a stopped
   assert.deepEqual(elsewhere, [], "the page loads nothing from elsewhere");
   // At least the answer that showed node 3 ready and the one that showed it gone.
   assert.ok(requested.filter((r) => r === `${url}status`).length >= 2, "the page polled /status while open");
-  assert.match(await page.textContent("#summary") ?? "", /1 of 3 nodes not ready/);
+  assert.match((await page.textContent("#summary")) ?? "", /1 of 3 nodes not ready/);
 
   const dir = join(repoRoot, ".test-tmp");
   mkdirSync(dir, { recursive: true });

@@ -36,8 +36,10 @@ describe("the app's own triggers", () => {
       return statements.join("\n");
     };
     await Promise.all([sqlite3Async(db1, writes(1)), sqlite3Async(db2, writes(1001))]);
-    await waitFor(() => sqlite3(db1, "SELECT count(*) FROM Books;").trim() === "300" && sqlite3(db2, "SELECT count(*) FROM Books;").trim() === "300", 90_000, () =>
-      `both nodes to hold 300 books: ${cluster.query("SELECT count(*) FROM Books;").join(", ")}`,
+    await waitFor(
+      () => sqlite3(db1, "SELECT count(*) FROM Books;").trim() === "300" && sqlite3(db2, "SELECT count(*) FROM Books;").trim() === "300",
+      90_000,
+      () => `both nodes to hold 300 books: ${cluster.query("SELECT count(*) FROM Books;").join(", ")}`,
     );
     await cluster.waitConverged(["Books", "audit"], 90_000);
     for (const db of [db1, db2]) {

@@ -261,7 +261,8 @@ export class TestCluster {
         return calm >= 2;
       },
       timeoutMs,
-      () => `nodes to converge; still different:\n${this.differences(tables).slice(0, 3000)}\n${this.nodes.map((n) => `--- node ${n.spec.id}\n${n.tail(15)}`).join("\n")}`,
+      () =>
+        `nodes to converge; still different:\n${this.differences(tables).slice(0, 3000)}\n${this.nodes.map((n) => `--- node ${n.spec.id}\n${n.tail(15)}`).join("\n")}`,
     );
   }
 

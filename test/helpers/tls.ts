@@ -39,9 +39,7 @@ export function makeCertificates(): TestCertificates {
 
   writeFileSync(
     path("client.ext"),
-    ["basicConstraints=critical,CA:FALSE", "keyUsage=critical,digitalSignature,keyEncipherment", "extendedKeyUsage=clientAuth"].join(
-      "\n",
-    ) + "\n",
+    ["basicConstraints=critical,CA:FALSE", "keyUsage=critical,digitalSignature,keyEncipherment", "extendedKeyUsage=clientAuth"].join("\n") + "\n",
   );
   makeLeaf(dir, "client", "marmot-test-client", path("client.ext"));
 

@@ -54,7 +54,8 @@ export function testSeeds(count: number): number[] {
   const fixed = process.env.MARMOT_TEST_SEED;
   if (fixed !== undefined && fixed !== "") {
     const seed = Number(fixed);
-    if (!Number.isInteger(seed) || seed < 0 || seed > 0xffffffff) throw new Error(`MARMOT_TEST_SEED must be an integer in 0..4294967295, not ${fixed}`);
+    if (!Number.isInteger(seed) || seed < 0 || seed > 0xffffffff)
+      throw new Error(`MARMOT_TEST_SEED must be an integer in 0..4294967295, not ${fixed}`);
     return [seed];
   }
   const first = (Date.now() ^ (process.pid << 16)) >>> 0;
@@ -168,10 +169,29 @@ const SLOTS = ["0", "1", "2", "3", "4"];
 const LOOSE_ROWIDS = Array.from({ length: 20 }, (_, i) => String(i + 1));
 const OWNED_KEYS = Array.from({ length: 8 }, (_, i) => String(i));
 const ACCOUNT_IDS = Array.from({ length: 12 }, (_, i) => String(i + 1));
-const EMAILS = ["a@example.com", "b@example.com", "c@example.com", "d@example.com", "ünï@example.com", "NULL"].map((e) => (e === "NULL" ? e : textLiteral(e)));
+const EMAILS = ["a@example.com", "b@example.com", "c@example.com", "d@example.com", "ünï@example.com", "NULL"].map((e) =>
+  e === "NULL" ? e : textLiteral(e),
+);
 const KV_KEYS = [...Array.from({ length: 18 }, (_, i) => `k${i}`), "it's", "日本"].map(textLiteral);
 
-const TEXT_PIECES = ["plain", "it's", '"dq"', "🦫", "Ünïcödé", "日本語", "line\nbreak", "tab\there", "", " ", "%_", "\\", "NULL", "x'00'", "'", "Ω≈ç√"];
+const TEXT_PIECES = [
+  "plain",
+  "it's",
+  '"dq"',
+  "🦫",
+  "Ünïcödé",
+  "日本語",
+  "line\nbreak",
+  "tab\there",
+  "",
+  " ",
+  "%_",
+  "\\",
+  "NULL",
+  "x'00'",
+  "'",
+  "Ω≈ç√",
+];
 const REALS = ["0.1", "-2.5", "1.0", "0.0", "-0.0", "1e308", "-1.5e-300", "3.141592653589793", "1e999", "-1e999", "4.9e-324"];
 const INTS = ["0", "1", "-1", INT64_MAX, INT64_MIN, "9007199254740993", "-9007199254740993", "2147483648"];
 
@@ -381,7 +401,9 @@ export class WorkloadWriter {
         return `UPDATE items SET ${this.set("items", this.someOf(columns))} WHERE ${where};`;
       }
       case 3:
-        return r.chance(0.8) ? `DELETE FROM items WHERE id = ${id()};` : `DELETE FROM items WHERE id BETWEEN ${r.between(1, 18)} AND ${r.between(1, 18)};`;
+        return r.chance(0.8)
+          ? `DELETE FROM items WHERE id = ${id()};`
+          : `DELETE FROM items WHERE id BETWEEN ${r.between(1, 18)} AND ${r.between(1, 18)};`;
       case 4:
         return `UPDATE items SET ${this.set("items", this.someOf(columns))} WHERE id BETWEEN ${r.between(1, 18)} AND ${r.between(1, 18)};`;
       default:
@@ -632,7 +654,9 @@ async function replicationState(cluster: TestCluster): Promise<string> {
       const [applied, unpublished, parked] = out.trim().split("|");
       appliedByNode.add(applied ?? "");
       if (unpublished !== "0" || parked !== "0" || !n.running) idle = false;
-      lines.push(`node ${n.spec.id}${n.running ? "" : " (marmot not running)"}: applied ${applied}; unpublished changes ${unpublished}; parked ${parked}`);
+      lines.push(
+        `node ${n.spec.id}${n.running ? "" : " (marmot not running)"}: applied ${applied}; unpublished changes ${unpublished}; parked ${parked}`,
+      );
     } catch (err) {
       idle = false;
       lines.push(`node ${n.spec.id}: ${(err as Error).message}`);
@@ -708,7 +732,11 @@ export async function verifyWorkload(cluster: TestCluster, record: WorkloadRecor
   const first = dumps[0]!;
   for (let i = 1; i < dumps.length; i++) {
     for (const table of TABLES) {
-      assert.deepEqual(dumps[i]!.get(table.name), first.get(table.name), `table ${table.name} on node ${i + 1} differs from node 1 in value or storage class`);
+      assert.deepEqual(
+        dumps[i]!.get(table.name),
+        first.get(table.name),
+        `table ${table.name} on node ${i + 1} differs from node 1 in value or storage class`,
+      );
     }
   }
 

@@ -33,7 +33,12 @@ function holdLock(dbPath: string, holdMs: number) {
   const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
   return {
     output: () => output,
-    holding: () => waitFor(() => output.includes("holding"), 30_000, () => `the app to take the lock: ${output}`),
+    holding: () =>
+      waitFor(
+        () => output.includes("holding"),
+        30_000,
+        () => `the app to take the lock: ${output}`,
+      ),
     done: async () => {
       const code = await exited;
       untrackPid(child.pid!);
@@ -60,7 +65,11 @@ describe("writing while the app holds the write lock", () => {
         clearInterval(ticker);
       }
       assert.equal(await app.done(), 0, `the app failed: ${app.output()}`);
-      assert.equal(sqlite3(path, "SELECT group_concat(v, ',') FROM (SELECT v FROM t ORDER BY rowid);").trim(), "app,marmot", "the app's write first, then marmot's");
+      assert.equal(
+        sqlite3(path, "SELECT group_concat(v, ',') FROM (SELECT v FROM t ORDER BY rowid);").trim(),
+        "app,marmot",
+        "the app's write first, then marmot's",
+      );
       // A blocked thread would not have run the ticker at all while waiting.
       assert.ok(turns > 5, `the event loop turned while marmot waited (${turns} turns)`);
       assert.equal(logger.lines.filter((l) => /waiting for another connection/.test(l.message)).length, 1, "one line says what it waits for");

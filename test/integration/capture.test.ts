@@ -14,16 +14,7 @@ import { APPLYING_TABLE, changeLogTable, LOG_ID_COLUMN } from "../../src/sqlite/
 import { openDatabase } from "../../src/sqlite/open.js";
 import { quoteIdent, quoteLiteral } from "../../src/sqlite/quote.js";
 import { NOT_MARKER } from "../../src/sqlite/trigger-sql.js";
-import {
-  copyFixture,
-  createDb,
-  recordingLogger,
-  removeTempDirs,
-  sqldiff,
-  sqlite3,
-  sqlite3Async,
-  tempDir,
-} from "../helpers/sqlite.js";
+import { copyFixture, createDb, recordingLogger, removeTempDirs, sqldiff, sqlite3, sqlite3Async, tempDir } from "../helpers/sqlite.js";
 
 after(removeTempDirs);
 
@@ -39,7 +30,9 @@ function captured(schema: string): { path: string; db: Database.Database } {
 
 /** The change log of `table`, oldest first, without the id column. */
 function logOf(db: Database.Database, table: string): Row[] {
-  const rows = db.prepare(`SELECT * FROM ${quoteIdent(changeLogTable(table))} WHERE ${NOT_MARKER} ORDER BY ${quoteIdent(LOG_ID_COLUMN)}`).all() as Row[];
+  const rows = db
+    .prepare(`SELECT * FROM ${quoteIdent(changeLogTable(table))} WHERE ${NOT_MARKER} ORDER BY ${quoteIdent(LOG_ID_COLUMN)}`)
+    .all() as Row[];
   for (const row of rows) delete row[LOG_ID_COLUMN];
   return rows;
 }
@@ -61,7 +54,7 @@ function triggerSql(db: Database.Database): Row[] {
 
 describe("capture of app writes", () => {
   it("ships every storage class exactly: 64-bit integers, REAL (also 1.0 and -0.0), any text, BLOBs, NULL", () => {
-    const text = "it's \"quoted\"\nsecond line\ttab 😀 ünïcødé 中文 e\u0301";
+    const text = 'it\'s "quoted"\nsecond line\ttab 😀 ünïcødé 中文 e\u0301';
     const values: { literal: string; expected: unknown; storage: string }[] = [
       { literal: "9223372036854775807", expected: 9223372036854775807n, storage: "integer" },
       { literal: "-9223372036854775808", expected: -9223372036854775808n, storage: "integer" },
@@ -87,9 +80,13 @@ describe("capture of app writes", () => {
         const [id, v] = shipped[i]!.values;
         assert.equal(id, BigInt(i + 1));
         assert.deepEqual(v, value.expected, `value ${value.literal}`);
-        const storage = (db.prepare("SELECT typeof(v) FROM vals WHERE id = ?").pluck(true).get(BigInt(i + 1)) as string);
+        const storage = db
+          .prepare("SELECT typeof(v) FROM vals WHERE id = ?")
+          .pluck(true)
+          .get(BigInt(i + 1)) as string;
         assert.equal(storage, value.storage, `storage class of ${value.literal}`);
-        const kind = v === null ? "null" : typeof v === "bigint" ? "integer" : typeof v === "number" ? "real" : typeof v === "string" ? "text" : "blob";
+        const kind =
+          v === null ? "null" : typeof v === "bigint" ? "integer" : typeof v === "number" ? "real" : typeof v === "string" ? "text" : "blob";
         assert.equal(kind, storage, `what ships keeps the storage class of ${value.literal}`);
       });
     } finally {
@@ -330,7 +327,10 @@ describe("opening the database", () => {
   it("refuses a file that is not a database", () => {
     const path = join(tempDir(), "notes.txt");
     writeFileSync(path, "this is not a database, just some text that is long enough to have a header".repeat(20));
-    assert.throws(() => openDatabase(path, silentLogger), (err: unknown) => err instanceof SchemaError && err.message.includes(path));
+    assert.throws(
+      () => openDatabase(path, silentLogger),
+      (err: unknown) => err instanceof SchemaError && err.message.includes(path),
+    );
   });
 
   it("reads integers as bigint and leaves foreign key enforcement to the origin", () => {
@@ -453,7 +453,9 @@ describe("keeping capture current", () => {
     try {
       // The logs as the earlier version made them: ids from AUTOINCREMENT, 7 and 3 handed out; u has a change waiting.
       for (const log of [logOfT, logOfU]) {
-        db.exec(`DROP TABLE ${quoteIdent(log)}; CREATE TABLE ${quoteIdent(log)} (__marmot_id INTEGER PRIMARY KEY AUTOINCREMENT, __marmot_op TEXT NOT NULL, v_id, v_v);`);
+        db.exec(
+          `DROP TABLE ${quoteIdent(log)}; CREATE TABLE ${quoteIdent(log)} (__marmot_id INTEGER PRIMARY KEY AUTOINCREMENT, __marmot_op TEXT NOT NULL, v_id, v_v);`,
+        );
       }
       sqlite3(path, "INSERT INTO t VALUES (1, 'a'); INSERT INTO u VALUES (1, 'waits');");
       sqlite3(path, `UPDATE sqlite_sequence SET seq = 7 WHERE name = '${logOfT}'; UPDATE sqlite_sequence SET seq = 3 WHERE name = '${logOfU}';`);
@@ -461,7 +463,11 @@ describe("keeping capture current", () => {
       const logger = recordingLogger();
       installCapture(db, logger);
       assert.doesNotMatch(String(db.prepare("SELECT sql FROM sqlite_master WHERE name = ?").pluck().get(logOfT)), /AUTOINCREMENT/);
-      assert.match(String(db.prepare("SELECT sql FROM sqlite_master WHERE name = ?").pluck().get(logOfU)), /AUTOINCREMENT/, "not while a change waits");
+      assert.match(
+        String(db.prepare("SELECT sql FROM sqlite_master WHERE name = ?").pluck().get(logOfU)),
+        /AUTOINCREMENT/,
+        "not while a change waits",
+      );
       assert.ok(logger.lines.some((l) => l.message === 'rebuilt the change log of table "t" without AUTOINCREMENT'));
       sqlite3(path, "INSERT INTO t VALUES (2, 'b');");
       assert.equal(sqlite3(path, `SELECT max(__marmot_id) FROM ${quoteIdent(logOfT)};`).trim(), "8");
@@ -486,7 +492,13 @@ describe("keeping capture current", () => {
       reader.setTables(installCapture(db, silentLogger).tables);
       const shipped = reader.read(100, 1 << 20);
       assert.deepEqual(shipped[0]!.wireTable.columns, ["id", "new_name"]);
-      assert.deepEqual(shipped.map((c) => c.values), [[1n, "pending"], [2n, "after"]]);
+      assert.deepEqual(
+        shipped.map((c) => c.values),
+        [
+          [1n, "pending"],
+          [2n, "after"],
+        ],
+      );
     } finally {
       db.close();
     }

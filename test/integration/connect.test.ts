@@ -147,7 +147,10 @@ describe("connectNats", { timeout: TEST_TIMEOUT }, () => {
     const nc = await open([server.url], { seedFile }, logger);
     t.after(() => nc.close());
     await assertRoundTrip(nc);
-    assert.ok(logger.lines.some((l) => l.fields?.publicKey === user.getPublicKey()), "the public key in use is logged");
+    assert.ok(
+      logger.lines.some((l) => l.fields?.publicKey === user.getPublicKey()),
+      "the public key in use is logged",
+    );
 
     const stranger = createUser();
     const strangerSeed = join(dir, "stranger.nk");

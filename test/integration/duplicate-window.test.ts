@@ -45,7 +45,12 @@ describe("the duplicate window", { timeout: 90_000 }, () => {
     config.replicationLog.shards = 2;
     // Shard 1: created by an older marmot, with the server's default window. Shard 2: a longer window set by hand.
     await jsm.streams.add({ name: "windows-2-1", subjects: ["windows-log-2-1"], max_msgs: config.replicationLog.maxEntries });
-    await jsm.streams.add({ name: "windows-2-2", subjects: ["windows-log-2-2"], max_msgs: config.replicationLog.maxEntries, duplicate_window: nanos(3_600_000) });
+    await jsm.streams.add({
+      name: "windows-2-2",
+      subjects: ["windows-log-2-2"],
+      max_msgs: config.replicationLog.maxEntries,
+      duplicate_window: nanos(3_600_000),
+    });
     assert.equal(config.replicationLog.updateExisting, false);
     const logger = recordingLogger();
     await ensureStreams(jsm, config, logger);
@@ -111,7 +116,10 @@ describe("the duplicate window", { timeout: 90_000 }, () => {
       const state = (await jsm.streams.info("lossy-1-1")).state;
       assert.equal(state.messages, 1, "the stream holds the batch once");
       assert.equal(decodeBatch((await jsm.streams.getMessage("lossy-1-1", { seq: 1 }))!.data).changes.length, 2);
-      assert.ok(logger.lines.some((l) => /was stored already; its ack was lost/.test(l.message)), JSON.stringify(logger.lines));
+      assert.ok(
+        logger.lines.some((l) => /was stored already; its ack was lost/.test(l.message)),
+        JSON.stringify(logger.lines),
+      );
       assert.equal(sqlite3(path, "SELECT count(*) FROM __marmot__t_change_log WHERE __marmot_op <> 'marker';").trim(), "0");
     } finally {
       db.close();

@@ -110,9 +110,7 @@ describe("embedded nats-server", { timeout: TEST_TIMEOUT }, () => {
     const clusterPorts = await freePorts(3);
     const routes = clusterPorts.map((port) => `nats://127.0.0.1:${port}/`);
     const servers = await Promise.all(
-      clusterPorts.map((port, i) =>
-        startServer({ serverName: `marmot-node-${i + 1}`, clusterAddr: `127.0.0.1:${port}`, clusterPeers: routes }),
-      ),
+      clusterPorts.map((port, i) => startServer({ serverName: `marmot-node-${i + 1}`, clusterAddr: `127.0.0.1:${port}`, clusterPeers: routes })),
     );
     t.after(() => Promise.all(servers.map((s) => s.stop())));
 
@@ -169,7 +167,11 @@ describe("embedded nats-server", { timeout: TEST_TIMEOUT }, () => {
       void placed.finally(() => (settled = true)).catch(() => undefined);
 
       const waiting = () => logger.lines.filter((l) => l.message.startsWith("waiting for JetStream to place the stream"));
-      await waitFor(() => waiting().some((l) => l.fields?.["hint"] !== undefined), 30_000, () => `the placement hint; logged: ${JSON.stringify(waiting())}`);
+      await waitFor(
+        () => waiting().some((l) => l.fields?.["hint"] !== undefined),
+        30_000,
+        () => `the placement hint; logged: ${JSON.stringify(waiting())}`,
+      );
       assert.equal(settled, false, "the stream cannot have been placed on two servers");
       const [first] = waiting();
       assert.match(first!.message, /an R3 stream needs 3 servers up/);

@@ -49,18 +49,29 @@ describe("large-change objects", { timeout: 120_000 }, () => {
   test("a reference to a missing or a corrupt object is parked with its reason; the nodes go on", async () => {
     const js = jetstream(nc!);
     const store = await JetStreamLargeBatches.open(js, largeBatchBucket("marmot-changes"), 1, silentLogger, new AbortController().signal);
-    const batch = encodeBatch({ origin: "99/x", changes: [{ table: { name: "docs", columns: ["id", "data"], keyColumns: ["id"] }, op: "upsert", changeId: 1, values: [7n, Buffer.alloc(10, 1)] }] });
+    const batch = encodeBatch({
+      origin: "99/x",
+      changes: [
+        { table: { name: "docs", columns: ["id", "data"], keyColumns: ["id"] }, op: "upsert", changeId: 1, values: [7n, Buffer.alloc(10, 1)] },
+      ],
+    });
     await store.put("99-x-corrupt", batch, { stream: STREAM });
     const seqs = [
       (await js.publish(SUBJECT, encodeReference({ object: "99-x-missing", size: 100, sha256: Buffer.alloc(32) }))).seq,
       // The object is there, but not what the reference says: a bit flipped in its digest.
-      (await js.publish(SUBJECT, encodeReference({ object: "99-x-corrupt", size: batch.length, sha256: sha256(Buffer.concat([batch, Buffer.from([0])])) }))).seq,
+      (
+        await js.publish(
+          SUBJECT,
+          encodeReference({ object: "99-x-corrupt", size: batch.length, sha256: sha256(Buffer.concat([batch, Buffer.from([0])])) }),
+        )
+      ).seq,
     ];
     for (const node of cluster.nodes) {
       await waitFor(
         () => sqlite3(node.spec.dbPath, "SELECT count(*) FROM __marmot__parked").trim() === "2",
         30_000,
-        () => `node ${node.spec.id} to park 2 messages; parked: ${sqlite3(node.spec.dbPath, "SELECT seq, reason FROM __marmot__parked")}\n${node.tail()}`,
+        () =>
+          `node ${node.spec.id} to park 2 messages; parked: ${sqlite3(node.spec.dbPath, "SELECT seq, reason FROM __marmot__parked")}\n${node.tail()}`,
       );
       assert.ok(node.running);
       assert.match(node.output, /ERROR.*large change's object cannot be read.*object=99-x-missing.*is not in bucket/);

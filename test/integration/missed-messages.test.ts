@@ -35,7 +35,10 @@ test("messages the stream dropped before this node applied them are counted and 
     const js = jetstream(nc);
     const books = { name: "Books", columns: ["id", "title"], keyColumns: ["id"] };
     for (let i = 1; i <= 10; i++) {
-      await js.publish(shard.subject, encodeBatch({ origin: "2/e1", changes: [{ table: books, op: "upsert", changeId: i, values: [BigInt(i), `book ${i}`] }] }));
+      await js.publish(
+        shard.subject,
+        encodeBatch({ origin: "2/e1", changes: [{ table: books, op: "upsert", changeId: i, values: [BigInt(i), `book ${i}`] }] }),
+      );
     }
 
     // Capture first: it creates the internal tables the applier uses.
@@ -46,7 +49,11 @@ test("messages the stream dropped before this node applied them are counted and 
     const logger = recordingLogger();
     const consumer = new ShardConsumer(js, jsm, shard, applier, { durableName: "node-1" }, logger, metrics);
     running = consumer.run(controller.signal);
-    await waitFor(() => applier.appliedSequence(shard.stream) === 10, 30_000, () => `the stream applied to 10, at ${applier.appliedSequence(shard.stream)}`);
+    await waitFor(
+      () => applier.appliedSequence(shard.stream) === 10,
+      30_000,
+      () => `the stream applied to 10, at ${applier.appliedSequence(shard.stream)}`,
+    );
 
     assert.equal(sqlite3(path, "SELECT group_concat(id) FROM Books;").trim(), "8,9,10", "only what the stream still held arrived");
     assert.equal(metrics.missedMessages.get({ stream: shard.stream }), 7);

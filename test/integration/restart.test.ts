@@ -57,9 +57,15 @@ describe("two marmot processes on an external nats-server", () => {
 
   const node = (id: number): MarmotProcess => cluster.node(id);
   const dbOf = (id: number) => node(id).spec.dbPath;
-  const appliedSeq = (id: number) => Number(sqlite3(dbOf(id), `SELECT coalesce(max(seq), 0) FROM __marmot__applied WHERE stream = '${STREAM}'`).trim());
+  const appliedSeq = (id: number) =>
+    Number(sqlite3(dbOf(id), `SELECT coalesce(max(seq), 0) FROM __marmot__applied WHERE stream = '${STREAM}'`).trim());
   const pendingOn = (id: number) =>
-    Number(sqlite3(dbOf(id), `SELECT (SELECT count(*) FROM __marmot__Books_change_log WHERE ${NOT_MARKER}) + (SELECT count(*) FROM __marmot__ratings_change_log WHERE ${NOT_MARKER})`).trim());
+    Number(
+      sqlite3(
+        dbOf(id),
+        `SELECT (SELECT count(*) FROM __marmot__Books_change_log WHERE ${NOT_MARKER}) + (SELECT count(*) FROM __marmot__ratings_change_log WHERE ${NOT_MARKER})`,
+      ).trim(),
+    );
   const lastSeq = async () => (await jsm.streams.info(STREAM)).state.last_seq;
 
   /** Node 1 has shipped everything and both nodes applied the whole stream. */
@@ -155,14 +161,25 @@ describe("two marmot processes on an external nats-server", () => {
     const added = 37;
     sqlite3(dbOf(1), insertBooks(1000, 20, "while down"));
     sqlite3(dbOf(1), insertBooks(1020, 10, "while down"));
-    sqlite3(dbOf(1), "INSERT INTO ratings VALUES ('carl', 1, 1.0), ('carl', 2, 2.0), ('dora', 1, 3.0), ('dora', 2, 4.0), ('eve', 1, 5.0), ('eve', 2, 6.0), ('eve', 3, 7.0);");
-    await waitFor(async () => pendingOn(1) === 0 && (await lastSeq()) > before, 60_000, () => "node 1 to publish the new rows");
+    sqlite3(
+      dbOf(1),
+      "INSERT INTO ratings VALUES ('carl', 1, 1.0), ('carl', 2, 2.0), ('dora', 1, 3.0), ('dora', 2, 4.0), ('eve', 1, 5.0), ('eve', 2, 6.0), ('eve', 3, 7.0);",
+    );
+    await waitFor(
+      async () => pendingOn(1) === 0 && (await lastSeq()) > before,
+      60_000,
+      () => "node 1 to publish the new rows",
+    );
     const last = await lastSeq();
 
     node(2).start();
     await node(2).waitRunning();
     await node(2).waitForLog(new RegExp(`consuming stream .*after_seq=${before}\\b`));
-    await waitFor(() => appliedSeq(2) === last, 60_000, () => `node 2 to apply up to ${last}, at ${appliedSeq(2)}:\n${node(2).tail()}`);
+    await waitFor(
+      () => appliedSeq(2) === last,
+      60_000,
+      () => `node 2 to apply up to ${last}, at ${appliedSeq(2)}:\n${node(2).tail()}`,
+    );
     await cluster.waitConverged(TABLES);
     const page = await scrape(metricsPorts[1]!);
     assert.equal(metricValue(page, `${PREFIX}_applied`), added, `exactly the new changes were applied after the restart:\n${page}`);
@@ -174,15 +191,24 @@ describe("two marmot processes on an external nats-server", () => {
     // Many small transactions, one app process each, so node 1 publishes many messages while node 2 applies them.
     let written = 0;
     const writing = (async () => {
-      for (; written < 300; written++) await sqlite3Async(dbOf(1), `INSERT INTO Books VALUES (${5000 + 2 * written}, 'crash', 'c'), (${5001 + 2 * written}, 'crash', 'c');`);
+      for (; written < 300; written++)
+        await sqlite3Async(dbOf(1), `INSERT INTO Books VALUES (${5000 + 2 * written}, 'crash', 'c'), (${5001 + 2 * written}, 'crash', 'c');`);
     })();
-    await waitFor(() => appliedSeq(2) > start + 20, 60_000, () => "node 2 to start applying");
+    await waitFor(
+      () => appliedSeq(2) > start + 20,
+      60_000,
+      () => "node 2 to start applying",
+    );
     await node(2).crash();
     const writtenAtCrash = written;
     await writing;
     const recorded = appliedSeq(2);
 
-    await waitFor(async () => pendingOn(1) === 0, 60_000, () => "node 1 to publish every row");
+    await waitFor(
+      async () => pendingOn(1) === 0,
+      60_000,
+      () => "node 1 to publish every row",
+    );
     const last = await lastSeq();
     let expected = 0;
     for (let seq = recorded + 1; seq <= last; seq++) {
@@ -194,7 +220,11 @@ describe("two marmot processes on an external nats-server", () => {
     node(2).start();
     await node(2).waitRunning();
     await node(2).waitForLog(new RegExp(`consuming stream .*after_seq=${recorded}\\b`));
-    await waitFor(() => appliedSeq(2) === last, 60_000, () => `node 2 to apply up to ${last}, at ${appliedSeq(2)}:\n${node(2).tail()}`);
+    await waitFor(
+      () => appliedSeq(2) === last,
+      60_000,
+      () => `node 2 to apply up to ${last}, at ${appliedSeq(2)}:\n${node(2).tail()}`,
+    );
     await cluster.waitConverged(TABLES);
     for (const out of cluster.query("SELECT count(*) FROM Books WHERE author = 'c'")) assert.equal(out.trim(), "600");
     const page = await scrape(metricsPorts[1]!);
@@ -218,7 +248,11 @@ describe("two marmot processes on an external nats-server", () => {
     // Meanwhile another node writes the same row; its write is later in the stream.
     const before = await lastSeq();
     sqlite3(dbOf(2), "UPDATE Books SET title = 'node 2, later' WHERE id = 7001;");
-    await waitFor(async () => pendingOn(2) === 0 && (await lastSeq()) > before, 60_000, () => "node 2 to publish its update");
+    await waitFor(
+      async () => pendingOn(2) === 0 && (await lastSeq()) > before,
+      60_000,
+      () => "node 2 to publish its update",
+    );
 
     // Node 1 comes back with the file as the crash left it, and its app writes another row before marmot starts:
     // published again, the left-over change would travel in a new message that JetStream cannot tell is a repeat.
@@ -245,7 +279,11 @@ describe("two marmot processes on an external nats-server", () => {
     );
     const before = await lastSeq();
     sqlite3(dbOf(1), "INSERT INTO Books VALUES (7101, 'older', 'a');");
-    await waitFor(async () => pendingOn(1) === 0 && (await lastSeq()) > before, 60_000, () => "node 1 to publish its insert");
+    await waitFor(
+      async () => pendingOn(1) === 0 && (await lastSeq()) > before,
+      60_000,
+      () => "node 1 to publish its insert",
+    );
     sqlite3(dbOf(1), "UPDATE Books SET title = 'newer' WHERE id = 7101;");
     await quiescent();
     assert.equal(await node(1).stop(), 0);
@@ -256,7 +294,10 @@ describe("two marmot processes on an external nats-server", () => {
     node(1).start();
     await node(1).waitRunning();
     await quiescent();
-    const history = sqlite3(dbOf(1), "SELECT title FROM title_history ORDER BY n").trim().split("\n").filter((t) => t !== "");
+    const history = sqlite3(dbOf(1), "SELECT title FROM title_history ORDER BY n")
+      .trim()
+      .split("\n")
+      .filter((t) => t !== "");
     assert.ok(!history.includes("older"), `the row never went back to 'older' on node 1 (states it took: ${history.join(", ")})`);
     assert.match(node(1).output, /found changes of this node in the stream that it has not applied yet/);
     for (const out of cluster.query("SELECT title FROM Books WHERE id = 7101")) assert.equal(out.trim(), "newer");
@@ -336,12 +377,20 @@ describe("a node that publishes but does not apply (replicate = false)", () => {
     sqlite3(dbOf(1), `.backup '${image}'`);
     node1.start();
     await node1.waitRunning();
-    await waitFor(() => titleOn(2, 7001) === "node 1, first" && pendingOn(1) === 0, 60_000, () => "node 1's insert to reach node 2");
+    await waitFor(
+      () => titleOn(2, 7001) === "node 1, first" && pendingOn(1) === 0,
+      60_000,
+      () => "node 1's insert to reach node 2",
+    );
     assert.equal(await node1.stop(), 0);
 
     // Meanwhile node 2 writes the same row; its write is later in the stream.
     sqlite3(dbOf(2), "UPDATE Books SET title = 'node 2, later' WHERE id = 7001;");
-    await waitFor(() => pendingOn(2) === 0, 60_000, () => "node 2 to publish its update");
+    await waitFor(
+      () => pendingOn(2) === 0,
+      60_000,
+      () => "node 2 to publish its update",
+    );
 
     // Node 1 comes back with the file as the crash left it, its app having written another row meanwhile.
     sqlite3(dbOf(1), `.restore '${image}'`);
@@ -349,7 +398,11 @@ describe("a node that publishes but does not apply (replicate = false)", () => {
     assert.equal(pendingOn(1), 2);
     node1.start();
     await node1.waitRunning();
-    await waitFor(() => titleOn(2, 7002) === "node 1, after the crash" && pendingOn(1) === 0, 60_000, () => `node 1's new row to reach node 2:\n${node1.tail()}`);
+    await waitFor(
+      () => titleOn(2, 7002) === "node 1, after the crash" && pendingOn(1) === 0,
+      60_000,
+      () => `node 1's new row to reach node 2:\n${node1.tail()}`,
+    );
     assert.equal(titleOn(2, 7001), "node 2, later", "the later write stays");
     // The line was logged before the new row went out, but may still be in the pipe from marmot to this process.
     await node1.waitForLog(/changes left by the last run were in the streams already; not sending them again/, 10_000);

@@ -80,7 +80,8 @@ describe("S3 snapshot store on s3rver", () => {
   // wrong secret cannot be caught there. This stand-in answers as S3 does to a bad signature (403,
   // SignatureDoesNotMatch) and shows how the store reports it; the unknown key test below uses the real server.
   test("a wrong secret (S3's 403 SignatureDoesNotMatch) is a SnapshotAccessError naming access_key and secret", async () => {
-    const answer = '<?xml version="1.0" encoding="UTF-8"?><Error><Code>SignatureDoesNotMatch</Code><Message>The request signature we calculated does not match the signature you provided.</Message></Error>';
+    const answer =
+      '<?xml version="1.0" encoding="UTF-8"?><Error><Code>SignatureDoesNotMatch</Code><Message>The request signature we calculated does not match the signature you provided.</Message></Error>';
     const standIn = createServer((request, response) => {
       request.resume();
       response.writeHead(403, { "Content-Type": "application/xml" }).end(answer);
@@ -121,7 +122,10 @@ describe("S3 snapshot store on s3rver", () => {
       await store.writeSmall("from-env.json", new Uint8Array([7]));
       assert.deepEqual(await store.readSmall("from-env.json"), new Uint8Array([7]));
     } finally {
-      for (const [name, value] of [["AWS_ACCESS_KEY_ID", saved.id], ["AWS_SECRET_ACCESS_KEY", saved.secret]] as const) {
+      for (const [name, value] of [
+        ["AWS_ACCESS_KEY_ID", saved.id],
+        ["AWS_SECRET_ACCESS_KEY", saved.secret],
+      ] as const) {
         if (value === undefined) delete process.env[name];
         else process.env[name] = value;
       }
@@ -149,11 +153,14 @@ describe("S3 snapshot store on s3rver", () => {
   });
 
   test("an empty bucket or a bad endpoint is a ConfigError naming the key", () => {
-    assert.throws(() => createS3Store(s3Config({ bucket: "" }), silentLogger), (err: Error) => {
-      assert.ok(err instanceof ConfigError);
-      assert.match(err.message, /\[snapshot\.s3\] bucket is empty/);
-      return true;
-    });
+    assert.throws(
+      () => createS3Store(s3Config({ bucket: "" }), silentLogger),
+      (err: Error) => {
+        assert.ok(err instanceof ConfigError);
+        assert.match(err.message, /\[snapshot\.s3\] bucket is empty/);
+        return true;
+      },
+    );
     assert.throws(() => createS3Store(s3Config({ endpoint: "ftp://host" }), silentLogger), /\[snapshot\.s3\] endpoint/);
     assert.throws(() => createS3Store(s3Config({ secret: "" }), silentLogger), /secret is empty/);
   });

@@ -144,11 +144,14 @@ describe("SFTP snapshot store on OpenSSH sshd", () => {
       [{ keyFile: withPassphrase }, /passphrase are not supported/],
     ];
     for (const [overrides, message] of cases) {
-      assert.throws(() => createSftpStore(sftpConfig(overrides), silentLogger), (err: Error) => {
-        assert.ok(err instanceof ConfigError, `${JSON.stringify(overrides)}: ${err.name}`);
-        assert.match(err.message, message);
-        return true;
-      });
+      assert.throws(
+        () => createSftpStore(sftpConfig(overrides), silentLogger),
+        (err: Error) => {
+          assert.ok(err instanceof ConfigError, `${JSON.stringify(overrides)}: ${err.name}`);
+          assert.match(err.message, message);
+          return true;
+        },
+      );
     }
   });
 });

@@ -72,11 +72,14 @@ describe("WebDAV snapshot store on rclone serve webdav", () => {
 
   test("an empty or malformed url is a ConfigError naming [snapshot.webdav] url", () => {
     for (const text of ["", "not a url", "ftp://host/x", "https://host/x?login=user", "https://user:pass@host/x"]) {
-      assert.throws(() => createWebDavStore({ url: text }, silentLogger), (err: Error) => {
-        assert.ok(err instanceof ConfigError, `${text}: ${err.name}`);
-        assert.match(err.message, /\[snapshot\.webdav\] url/);
-        return true;
-      });
+      assert.throws(
+        () => createWebDavStore({ url: text }, silentLogger),
+        (err: Error) => {
+          assert.ok(err instanceof ConfigError, `${text}: ${err.name}`);
+          assert.match(err.message, /\[snapshot\.webdav\] url/);
+          return true;
+        },
+      );
     }
   });
 });

@@ -87,7 +87,10 @@ function userSchema(path: string): string {
 }
 
 function userTables(path: string): string[] {
-  return sqlite3(path, "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE '\\_\\_marmot%' ESCAPE '\\' AND name <> 'sqlite_sequence'")
+  return sqlite3(
+    path,
+    "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE '\\_\\_marmot%' ESCAPE '\\' AND name <> 'sqlite_sequence'",
+  )
     .trim()
     .split("\n");
 }
@@ -106,9 +109,10 @@ function assertSameUserData(a: string, b: string): void {
 }
 
 function logRows(db: Database.Database, table: string): Record<string, unknown>[] {
-  return db
-    .prepare(`SELECT * FROM ${quoteIdent(changeLogTable(table))} WHERE ${NOT_MARKER} ORDER BY ${quoteIdent(LOG_ID_COLUMN)}`)
-    .all() as Record<string, unknown>[];
+  return db.prepare(`SELECT * FROM ${quoteIdent(changeLogTable(table))} WHERE ${NOT_MARKER} ORDER BY ${quoteIdent(LOG_ID_COLUMN)}`).all() as Record<
+    string,
+    unknown
+  >[];
 }
 
 /** Save `db` into `store`, download the snapshot beside `targetPath` and restore it into marmot's connection there. */
@@ -150,7 +154,10 @@ describe("snapshot into the file store", () => {
     assert.equal(result.tables, userTables(source.path).length);
     // The restored schema is the state schema changes are told from: the node sends none for the restore itself.
     const recorded = sqlite3(targetPath, "SELECT type || ' ' || name FROM __marmot__schema ORDER BY 1");
-    assert.ok(userTables(source.path).every((t) => recorded.split("\n").includes(`table ${t}`)), recorded);
+    assert.ok(
+      userTables(source.path).every((t) => recorded.split("\n").includes(`table ${t}`)),
+      recorded,
+    );
     assert.equal(sqlite3(targetPath, "SELECT count(*) FROM __marmot__schema_outbox"), "0\n");
     assert.equal(metrics.snapshotRestores.get(), 1);
     assertSameUserData(source.path, targetPath);
@@ -162,7 +169,13 @@ describe("snapshot into the file store", () => {
     assert.equal(sqlite3(targetPath, "SELECT rowid, a, b FROM nokey ORDER BY rowid"), "2|y|2\n3|z|3\n");
     assert.equal(sqlite3(targetPath, "SELECT a, b FROM gen"), "21|42\n");
     // The restored node applies from the snapshot's sequence, and captures the app's writes to restored tables.
-    assert.equal(target.prepare(`SELECT seq FROM ${quoteIdent(APPLIED_TABLE)} WHERE stream = ?`).pluck().get(STREAM), 42n);
+    assert.equal(
+      target
+        .prepare(`SELECT seq FROM ${quoteIdent(APPLIED_TABLE)} WHERE stream = ?`)
+        .pluck()
+        .get(STREAM),
+      42n,
+    );
     sqlite3(targetPath, "INSERT INTO composite VALUES ('new', 9, 1.0); INSERT INTO nokey VALUES ('w', 4)");
     assert.equal(logRows(target, "composite").length, 1);
     assert.equal(logRows(target, "nokey").length, 1);
@@ -199,14 +212,20 @@ describe("snapshot into the file store", () => {
     assert.deepEqual(await fetchLatestManifest(store), third);
     assert.deepEqual(readdirSync(folder).sort(), [MANIFEST_NAME, second.object, third.object].sort());
     // No temporary copy is left beside the database; one a crashed run left long ago goes at the next save.
-    assert.deepEqual(readdirSync(join(source.path, "..")).filter((n) => n.includes(".tmp")), []);
+    assert.deepEqual(
+      readdirSync(join(source.path, "..")).filter((n) => n.includes(".tmp")),
+      [],
+    );
     const abandoned = join(source.path, "..", ".chinook.sqlite.snapshot-0badc0de.tmp");
     const recent = join(source.path, "..", ".chinook.sqlite.download-0badf00d.tmp");
     writeFileSync(abandoned, "half a copy");
     writeFileSync(recent, "a download in progress");
     utimesSync(abandoned, new Date(Date.now() - 7 * 3600_000), new Date(Date.now() - 7 * 3600_000));
     await saveSnapshot(source.db, { config, store, logger: silentLogger });
-    assert.deepEqual(readdirSync(join(source.path, "..")).filter((n) => n.includes(".tmp")), [".chinook.sqlite.download-0badf00d.tmp"]);
+    assert.deepEqual(
+      readdirSync(join(source.path, "..")).filter((n) => n.includes(".tmp")),
+      [".chinook.sqlite.download-0badf00d.tmp"],
+    );
     source.db.close();
   });
 });
@@ -352,21 +371,41 @@ describe("restore while an app reads and writes the database", () => {
     const file = await downloadSnapshot(store, saved, configFor(appPath), { dir });
 
     const stopFile = join(dir, "stop");
-    const app = spawnTracked(process.execPath, [fileURLToPath(new URL("../helpers/ledger-app.js", import.meta.url)), appPath, stopFile, "1000,200000"], {
-      stdio: ["ignore", "pipe", "pipe"],
-    });
+    const app = spawnTracked(
+      process.execPath,
+      [fileURLToPath(new URL("../helpers/ledger-app.js", import.meta.url)), appPath, stopFile, "1000,200000"],
+      {
+        stdio: ["ignore", "pipe", "pipe"],
+      },
+    );
     let output = "";
     app.stdout!.on("data", (chunk: Buffer) => (output += chunk.toString("utf8")));
     app.stderr!.on("data", (chunk: Buffer) => (output += chunk.toString("utf8")));
-    await waitFor(() => output.includes("ready"), 30_000, () => `the app did not start: ${output}`);
+    await waitFor(
+      () => output.includes("ready"),
+      30_000,
+      () => `the app did not start: ${output}`,
+    );
     // Some loops before the restore, so that its writes to the captured tables are pending in the change logs.
-    await waitFor(() => logRows(target, "events").length >= 20, 30_000, () => "the app made no writes");
+    await waitFor(
+      () => logRows(target, "events").length >= 20,
+      30_000,
+      () => "the app made no writes",
+    );
     const pendingBefore = logRows(target, "events").length;
 
     const result = restoreSnapshot(target, file, { config: configFor(appPath), logger: silentLogger });
     assert.equal(result.rows, 200010);
-    await waitFor(() => output.includes("restored"), 30_000, () => `the app never saw the restored state: ${output}`);
-    await waitFor(() => logRows(target, "events").length >= pendingBefore + 20, 30_000, () => "the app stopped writing");
+    await waitFor(
+      () => output.includes("restored"),
+      30_000,
+      () => `the app never saw the restored state: ${output}`,
+    );
+    await waitFor(
+      () => logRows(target, "events").length >= pendingBefore + 20,
+      30_000,
+      () => "the app stopped writing",
+    );
     writeFileSync(stopFile, "");
     assert.ok(await waitForExit(app.pid!, 30_000), "the app did not stop");
     const summary = JSON.parse(output.trim().split("\n").at(-1)!) as {
@@ -526,15 +565,21 @@ describe("bad snapshots are refused and change nothing", () => {
       source.close();
       const file = await downloadSnapshot(store, manifest, config, { dir });
 
-      const targetPath = createDb(join(mountPoint, "small.sqlite"), "CREATE TABLE blobs (id INTEGER PRIMARY KEY, data BLOB); INSERT INTO blobs VALUES (1, x'01');");
+      const targetPath = createDb(
+        join(mountPoint, "small.sqlite"),
+        "CREATE TABLE blobs (id INTEGER PRIMARY KEY, data BLOB); INSERT INTO blobs VALUES (1, x'01');",
+      );
       const target = openDatabase(targetPath, silentLogger);
       try {
         installCapture(target, silentLogger);
         const before = sqlite3(targetPath, ".dump");
-        assert.throws(() => restoreSnapshot(target, file, { config: configFor(targetPath), logger: silentLogger }), (err: Error) => {
-          assert.match(String((err as { code?: string }).code), /SQLITE_FULL/);
-          return true;
-        });
+        assert.throws(
+          () => restoreSnapshot(target, file, { config: configFor(targetPath), logger: silentLogger }),
+          (err: Error) => {
+            assert.match(String((err as { code?: string }).code), /SQLITE_FULL/);
+            return true;
+          },
+        );
         assert.equal(sqlite3(targetPath, ".dump"), before);
         // The same connection goes on working: the restore left no transaction or attached file behind.
         sqlite3(targetPath, "INSERT INTO blobs VALUES (2, x'02')");
@@ -548,4 +593,3 @@ describe("bad snapshots are refused and change nothing", () => {
     }
   });
 });
-

@@ -65,7 +65,8 @@ describe("messages marmot did not write", () => {
       await waitFor(
         () => sqlite3(node.spec.dbPath, "SELECT count(*) FROM __marmot__parked").trim() === "5",
         30_000,
-        () => `node ${node.spec.id} to park 5 messages; parked: ${sqlite3(node.spec.dbPath, "SELECT seq, tbl, reason FROM __marmot__parked")}\n${node.tail()}`,
+        () =>
+          `node ${node.spec.id} to park 5 messages; parked: ${sqlite3(node.spec.dbPath, "SELECT seq, tbl, reason FROM __marmot__parked")}\n${node.tail()}`,
       );
       assert.ok(node.running, `node ${node.spec.id} is still running`);
       const out = node.output;
@@ -78,13 +79,22 @@ describe("messages marmot did not write", () => {
       const parked = sqlite3(node.spec.dbPath, "SELECT seq, quote(tbl), substr(reason, 1, 12) FROM __marmot__parked ORDER BY seq").trim();
       assert.equal(
         parked,
-        ["1|NULL|undecodable:", "2|NULL|undecodable:", "3|'nowhere'|table \"nowhe", "4|'authors'|table \"autho", `5|'x"; DROP TABLE Books; --'|table "x"; D`].join("\n"),
+        [
+          "1|NULL|undecodable:",
+          "2|NULL|undecodable:",
+          "3|'nowhere'|table \"nowhe",
+          "4|'authors'|table \"autho",
+          `5|'x"; DROP TABLE Books; --'|table "x"; D`,
+        ].join("\n"),
       );
       // Nothing was executed: the tables and their rows are as they were, and no table "nowhere" appeared.
       assert.equal(sqlite3(node.spec.dbPath, "SELECT id, title FROM Books ORDER BY id").trim(), "1|Emma\n2|Dracula");
       assert.equal(sqlite3(node.spec.dbPath, "SELECT count(*) FROM authors").trim(), "0");
       assert.equal(
-        sqlite3(node.spec.dbPath, "SELECT group_concat(name) FROM (SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE '\\_\\_marmot%' ESCAPE '\\' AND name NOT LIKE 'sqlite%' ORDER BY name)").trim(),
+        sqlite3(
+          node.spec.dbPath,
+          "SELECT group_concat(name) FROM (SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE '\\_\\_marmot%' ESCAPE '\\' AND name NOT LIKE 'sqlite%' ORDER BY name)",
+        ).trim(),
         "Books,authors",
       );
       assert.equal(sqlite3(node.spec.dbPath, "SELECT seq FROM __marmot__applied").trim(), "5", "the sequence advanced past them");

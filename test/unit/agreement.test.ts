@@ -60,12 +60,18 @@ class MemoryBucket {
 
 /** A node's database after applying the same stream: the rows, and the sequences recorded as the applier does. */
 function database(rows: string): string {
-  const path = createDb(join(tempDir(), "app.sqlite"), "CREATE TABLE Books (id INTEGER PRIMARY KEY, title TEXT); CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT UNIQUE);");
+  const path = createDb(
+    join(tempDir(), "app.sqlite"),
+    "CREATE TABLE Books (id INTEGER PRIMARY KEY, title TEXT); CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT UNIQUE);",
+  );
   const db = openDatabase(path, recordingLogger());
   installCapture(db, recordingLogger());
   db.close();
   // Written the way the applier writes: capture off for the transaction, the applied sequences recorded with it.
-  sqlite3(path, `BEGIN; INSERT INTO "${APPLYING_TABLE}" VALUES (1); ${rows} DELETE FROM "${APPLYING_TABLE}"; INSERT INTO "${APPLIED_TABLE}" VALUES ('marmot-changes-2-1', 5), ('marmot-changes-2-2', 7); COMMIT;`);
+  sqlite3(
+    path,
+    `BEGIN; INSERT INTO "${APPLYING_TABLE}" VALUES (1); ${rows} DELETE FROM "${APPLYING_TABLE}"; INSERT INTO "${APPLIED_TABLE}" VALUES ('marmot-changes-2-1', 5), ('marmot-changes-2-2', 7); COMMIT;`,
+  );
   return path;
 }
 
@@ -105,11 +111,22 @@ describe("agreement between nodes", () => {
     const two = start("2", path2, bucket, controller.signal);
     try {
       assert.equal(one.agreement.summary().state, "unknown", "nothing compared yet");
-      await waitFor(() => one.agreement.summary().state === "agree" && two.agreement.summary().state === "agree", 30_000, () => JSON.stringify(one.agreement.summary()));
+      await waitFor(
+        () => one.agreement.summary().state === "agree" && two.agreement.summary().state === "agree",
+        30_000,
+        () => JSON.stringify(one.agreement.summary()),
+      );
       assert.deepEqual(errors(one.lines), []);
 
-      sqlite3(path2, `BEGIN; INSERT INTO "${APPLYING_TABLE}" VALUES (1); UPDATE Books SET title = 'changed' WHERE id = 2; DELETE FROM "${APPLYING_TABLE}"; COMMIT;`);
-      await waitFor(() => one.agreement.summary().state === "disagree", 30_000, () => JSON.stringify(one.agreement.summary()));
+      sqlite3(
+        path2,
+        `BEGIN; INSERT INTO "${APPLYING_TABLE}" VALUES (1); UPDATE Books SET title = 'changed' WHERE id = 2; DELETE FROM "${APPLYING_TABLE}"; COMMIT;`,
+      );
+      await waitFor(
+        () => one.agreement.summary().state === "disagree",
+        30_000,
+        () => JSON.stringify(one.agreement.summary()),
+      );
       const summary: AgreementSummary = one.agreement.summary();
       assert.equal(summary.mismatches.length, 1);
       const [mismatch] = summary.mismatches;
@@ -121,8 +138,15 @@ describe("agreement between nodes", () => {
       assert.equal(line?.fields?.nodes, "1,2");
 
       // Put back: they agree again.
-      sqlite3(path2, `BEGIN; INSERT INTO "${APPLYING_TABLE}" VALUES (1); UPDATE Books SET title = 'Dracula' WHERE id = 2; DELETE FROM "${APPLYING_TABLE}"; COMMIT;`);
-      await waitFor(() => one.agreement.summary().state === "agree", 30_000, () => JSON.stringify(one.agreement.summary()));
+      sqlite3(
+        path2,
+        `BEGIN; INSERT INTO "${APPLYING_TABLE}" VALUES (1); UPDATE Books SET title = 'Dracula' WHERE id = 2; DELETE FROM "${APPLYING_TABLE}"; COMMIT;`,
+      );
+      await waitFor(
+        () => one.agreement.summary().state === "agree",
+        30_000,
+        () => JSON.stringify(one.agreement.summary()),
+      );
     } finally {
       controller.abort(new Error("test over"));
       await Promise.all([one.running, two.running]);
@@ -143,7 +167,11 @@ describe("agreement between nodes", () => {
         30_000,
         () => "node 2 to say why it does not digest",
       );
-      await waitFor(() => one.lines.some((l) => /digested quiet shards/.test(l.message)), 30_000, () => "node 1 to digest");
+      await waitFor(
+        () => one.lines.some((l) => /digested quiet shards/.test(l.message)),
+        30_000,
+        () => "node 1 to digest",
+      );
       assert.equal(one.agreement.summary().state, "unknown", "node 1 has nothing to compare with");
       assert.deepEqual([...errors(one.lines), ...errors(two.lines)], []);
     } finally {

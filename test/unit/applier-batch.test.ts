@@ -17,7 +17,10 @@ const STREAM = "marmot-changes-1-1";
 const BOOKS: WireTable = { name: "Books", columns: ["id", "title"], keyColumns: ["id"] };
 
 function node(): { path: string; db: Database.Database; applier: Applier } {
-  const path = createDb(join(tempDir(), "app.sqlite"), "CREATE TABLE Books (id INTEGER PRIMARY KEY, title TEXT NOT NULL); CREATE TABLE vals (id INTEGER PRIMARY KEY, v);");
+  const path = createDb(
+    join(tempDir(), "app.sqlite"),
+    "CREATE TABLE Books (id INTEGER PRIMARY KEY, title TEXT NOT NULL); CREATE TABLE vals (id INTEGER PRIMARY KEY, v);",
+  );
   const db = openDatabase(path, recordingLogger());
   // Capture first: it creates the internal tables the applier uses.
   const captured = installCapture(db, recordingLogger());
@@ -27,7 +30,10 @@ function node(): { path: string; db: Database.Database; applier: Applier } {
 }
 
 function message(seq: number, ...books: [number, string][]) {
-  const data = encodeBatch({ origin: "2", changes: books.map(([id, title], i) => ({ table: BOOKS, op: "upsert" as const, changeId: seq * 100 + i, values: [BigInt(id), title] })) });
+  const data = encodeBatch({
+    origin: "2",
+    changes: books.map(([id, title], i) => ({ table: BOOKS, op: "upsert" as const, changeId: seq * 100 + i, values: [BigInt(id), title] })),
+  });
   return { seq, data };
 }
 
@@ -39,7 +45,10 @@ describe("applying several messages at once", () => {
     const n = node();
     try {
       const results = n.applier.applyMessages(STREAM, [message(1, [1, "Emma"]), message(2, [2, "Dracula"]), message(3, [1, "Persuasion"])]);
-      assert.deepEqual(results.map((r) => r.outcome), ["applied", "applied", "applied"]);
+      assert.deepEqual(
+        results.map((r) => r.outcome),
+        ["applied", "applied", "applied"],
+      );
       assert.equal(rows(n.path, "SELECT group_concat(id || '=' || title, ',') FROM (SELECT * FROM Books ORDER BY id)"), "1=Persuasion,2=Dracula");
       assert.equal(appliedSeq(n.path), "3");
       assert.equal(n.applier.appliedSequence(STREAM), 3);
@@ -52,11 +61,22 @@ describe("applying several messages at once", () => {
     const n = node();
     try {
       n.applier.applyMessage(STREAM, 2, message(2, [1, "Emma"]).data);
-      const results = n.applier.applyMessages(STREAM, [message(1, [1, "old"]), message(2, [1, "old again"]), message(3, [2, "Dracula"]), message(3, [2, "repeat"])]);
-      assert.deepEqual(results.map((r) => r.outcome), ["duplicate", "duplicate", "applied", "duplicate"]);
+      const results = n.applier.applyMessages(STREAM, [
+        message(1, [1, "old"]),
+        message(2, [1, "old again"]),
+        message(3, [2, "Dracula"]),
+        message(3, [2, "repeat"]),
+      ]);
+      assert.deepEqual(
+        results.map((r) => r.outcome),
+        ["duplicate", "duplicate", "applied", "duplicate"],
+      );
       assert.equal(rows(n.path, "SELECT group_concat(title, ',') FROM (SELECT * FROM Books ORDER BY id)"), "Emma,Dracula");
       assert.equal(appliedSeq(n.path), "3");
-      assert.deepEqual(n.applier.applyMessages(STREAM, [message(3, [9, "x"])]).map((r) => r.outcome), ["duplicate"]);
+      assert.deepEqual(
+        n.applier.applyMessages(STREAM, [message(3, [9, "x"])]).map((r) => r.outcome),
+        ["duplicate"],
+      );
     } finally {
       n.db.close();
     }
@@ -77,7 +97,10 @@ describe("applying several messages at once", () => {
       assert.equal(appliedSeq(n.path), "");
       assert.equal(n.applier.appliedSequence(STREAM), 0);
       armed = false;
-      assert.deepEqual(n.applier.applyMessages(STREAM, messages).map((r) => r.outcome), ["applied", "applied", "applied"]);
+      assert.deepEqual(
+        n.applier.applyMessages(STREAM, messages).map((r) => r.outcome),
+        ["applied", "applied", "applied"],
+      );
       assert.equal(rows(n.path, "SELECT count(*) FROM Books"), "3");
       assert.equal(appliedSeq(n.path), "3");
     } finally {
@@ -88,8 +111,15 @@ describe("applying several messages at once", () => {
   it("parks an undecodable message among good ones and goes on", () => {
     const n = node();
     try {
-      const results = n.applier.applyMessages(STREAM, [message(1, [1, "Emma"]), { seq: 2, data: Buffer.from("not a batch") }, message(3, [2, "Dracula"])]);
-      assert.deepEqual(results.map((r) => r.outcome), ["applied", "parked", "applied"]);
+      const results = n.applier.applyMessages(STREAM, [
+        message(1, [1, "Emma"]),
+        { seq: 2, data: Buffer.from("not a batch") },
+        message(3, [2, "Dracula"]),
+      ]);
+      assert.deepEqual(
+        results.map((r) => r.outcome),
+        ["applied", "parked", "applied"],
+      );
       assert.equal(rows(n.path, "SELECT count(*) FROM Books"), "2");
       assert.equal(rows(n.path, `SELECT seq FROM ${PARKED_TABLE}`), "2");
       assert.equal(appliedSeq(n.path), "3");

@@ -92,7 +92,12 @@ function parked(db: Database.Database): { seq: bigint; tbl: string | null; reaso
 }
 
 function logCount(db: Database.Database, table: string): number {
-  return Number(db.prepare(`SELECT count(*) FROM ${quoteIdent(changeLogTable(table))} WHERE __marmot_op <> 'marker'`).pluck().get());
+  return Number(
+    db
+      .prepare(`SELECT count(*) FROM ${quoteIdent(changeLogTable(table))} WHERE __marmot_op <> 'marker'`)
+      .pluck()
+      .get(),
+  );
 }
 
 describe("applying replicated batches", () => {
@@ -173,7 +178,11 @@ describe("applying replicated batches", () => {
         // Keep applying until the app has finished, so the two writers interleave.
         while (!appDone || seq < 50) {
           seq++;
-          const result = n.applier.applyMessage(STREAM, seq, batch(upsertBook(seq, `replicated ${seq}`, "remote"), upsertBook(seq, `again ${seq}`, "remote", seq + 1)));
+          const result = n.applier.applyMessage(
+            STREAM,
+            seq,
+            batch(upsertBook(seq, `replicated ${seq}`, "remote"), upsertBook(seq, `again ${seq}`, "remote", seq + 1)),
+          );
           assert.equal(result.outcome, "applied");
           await new Promise((r) => setImmediate(r));
         }
@@ -184,7 +193,10 @@ describe("applying replicated batches", () => {
           .pluck()
           .all() as bigint[];
         assert.equal(logged.length, appRows, "exactly the app's writes are in the change log");
-        assert.ok(logged.every((id) => id >= 100_000n), "no applied change is in the change log");
+        assert.ok(
+          logged.every((id) => id >= 100_000n),
+          "no applied change is in the change log",
+        );
         assert.equal(rows(n.path, "SELECT count(*) FROM __marmot__applying"), "0", "the marker is never left behind");
       } finally {
         n.db.close();
@@ -208,7 +220,12 @@ describe("parking what this node cannot apply", () => {
       const second = n.applier.applyMessage(
         STREAM,
         2,
-        batch(change(MISSING, "upsert", 2, [1n, "second"]), change(MISSING, "upsert", 3, [2n, "two"]), change(MISSING, "delete", 4, [3n]), upsertBook(2, "Dracula")),
+        batch(
+          change(MISSING, "upsert", 2, [1n, "second"]),
+          change(MISSING, "upsert", 3, [2n, "two"]),
+          change(MISSING, "delete", 4, [3n]),
+          upsertBook(2, "Dracula"),
+        ),
       );
       assert.deepEqual(second, { outcome: "partly-parked", applied: 1, parked: 3 });
       assert.equal(n.applier.applyMessage(STREAM, 3, batch(upsertBook(3, "Ulysses"))).outcome, "applied");
@@ -348,7 +365,10 @@ describe("parking what this node cannot apply", () => {
       );
       assert.match(set[0]!.reason, /^undecodable: .*bad magic/);
       assert.match(set[1]!.reason, /^undecodable: truncated batch/);
-      const stored = n.db.prepare(`SELECT payload FROM ${quoteIdent(PARKED_TABLE)} WHERE seq = 2`).pluck().get() as Buffer;
+      const stored = n.db
+        .prepare(`SELECT payload FROM ${quoteIdent(PARKED_TABLE)} WHERE seq = 2`)
+        .pluck()
+        .get() as Buffer;
       assert.deepEqual(stored, truncated, "the bytes are kept for inspection");
       const errors = n.lines.filter((l) => l.level === "error");
       assert.equal(errors.length, 3);
@@ -389,7 +409,7 @@ describe("parking what this node cannot apply", () => {
       const hostileTables: WireTable[] = [
         { name: 'x"; DROP TABLE Books; --', columns: ["id"], keyColumns: ["id"] },
         { name: "Books; DELETE FROM Books", columns: ["id"], keyColumns: ["id"] },
-        { name: "Books\" (id) VALUES (1); DROP TABLE Books; --", columns: ["id"], keyColumns: ["id"] },
+        { name: 'Books" (id) VALUES (1); DROP TABLE Books; --', columns: ["id"], keyColumns: ["id"] },
         { name: "x'); DROP TABLE Books; --", columns: ["id"], keyColumns: ["id"] },
       ];
       let seq = 0;
@@ -453,7 +473,18 @@ describe("keys and values", () => {
   it("keeps int64 extremes, integers beyond 2^53 and REAL 1.0 exact", () => {
     const n = node();
     try {
-      const values: SqlValue[] = [9223372036854775807n, -9223372036854775808n, 9007199254740993n, -9007199254740993n, 1.0, -0.0, 0.1, null, "1", Buffer.from([0, 255])];
+      const values: SqlValue[] = [
+        9223372036854775807n,
+        -9223372036854775808n,
+        9007199254740993n,
+        -9007199254740993n,
+        1.0,
+        -0.0,
+        0.1,
+        null,
+        "1",
+        Buffer.from([0, 255]),
+      ];
       n.applier.applyMessage(STREAM, 1, batch(...values.map((v, i) => change(VALS, "upsert", i + 1, [BigInt(i + 1), v]))));
       assert.equal(
         rows(n.path, "SELECT id, typeof(v), quote(v) FROM vals ORDER BY id"),
@@ -498,7 +529,10 @@ describe("rows that clash on a UNIQUE column", () => {
       n.applier.applyMessage(STREAM, 2, fromB);
       const result = n.applier.applyMessage(STREAM, 3, next);
       assert.equal(result.outcome, "applied", "the table is not stalled");
-      assert.equal(rows(n.path, "SELECT group_concat(id || ':' || email, ',') FROM (SELECT * FROM users ORDER BY id)"), "2:x@example.com,3:y@example.com");
+      assert.equal(
+        rows(n.path, "SELECT group_concat(id || ':' || email, ',') FROM (SELECT * FROM users ORDER BY id)"),
+        "2:x@example.com,3:y@example.com",
+      );
       assert.deepEqual(parked(n.db), []);
       assert.ok(n.lines.some((l) => /clashed with it on a UNIQUE column/.test(l.message)));
     }
@@ -526,7 +560,12 @@ describe("rows that clash on a UNIQUE column while the app's newer write is on i
       for (const n of [here, elsewhere]) n.applier.applyMessage(STREAM, 1, batch(change(USERS, "upsert", 1, [7n, "x@example.com", "seven"])));
       // The app here writes row 9; before that reaches the stream, node 2's row 9 takes row 7's email.
       sqlite3(here.path, "INSERT INTO users VALUES (9, 'y@example.com', 'mine');");
-      const mine = Number(here.db.prepare(`SELECT max(__marmot_id) FROM ${quoteIdent(changeLogTable("users"))}`).pluck().get());
+      const mine = Number(
+        here.db
+          .prepare(`SELECT max(__marmot_id) FROM ${quoteIdent(changeLogTable("users"))}`)
+          .pluck()
+          .get(),
+      );
       const clash = batch(change(USERS, "upsert", 2, [9n, "x@example.com", "theirs"]));
       for (const n of [here, elsewhere]) n.applier.applyMessage(STREAM, 2, clash);
       assert.equal(users(elsewhere.path), "9:x@example.com:theirs", "row 7 lost the clash");
@@ -549,7 +588,12 @@ describe("the app's own newer writes", () => {
 
   /** The newest change id in a table's change log: what the shipper would read next. */
   function newestLogId(n: Node, table: string): number {
-    return Number(n.db.prepare(`SELECT max(__marmot_id) FROM ${quoteIdent(changeLogTable(table))}`).pluck().get());
+    return Number(
+      n.db
+        .prepare(`SELECT max(__marmot_id) FROM ${quoteIdent(changeLogTable(table))}`)
+        .pluck()
+        .get(),
+    );
   }
 
   /** What the shipper does once JetStream acknowledged a table's changes up to an id. */
@@ -719,7 +763,12 @@ describe("the node's own changes coming back from the stream", () => {
     const n = node(schema, { origin: "1/e1" });
     try {
       sqlite3(n.path, "INSERT INTO users VALUES (1, 'x@example.com'), (2, 'y@example.com');");
-      const logged = Number(n.db.prepare(`SELECT max(__marmot_id) FROM ${quoteIdent(changeLogTable("users"))}`).pluck().get());
+      const logged = Number(
+        n.db
+          .prepare(`SELECT max(__marmot_id) FROM ${quoteIdent(changeLogTable("users"))}`)
+          .pluck()
+          .get(),
+      );
       // The shipper published both rows; JetStream stored them at 2; they left the change log.
       n.applier.noteStored(STREAM, 2, [userKey(1n), userKey(2n)]);
       n.db.prepare(`DELETE FROM ${quoteIdent(changeLogTable("users"))} WHERE __marmot_id <= ?`).run(BigInt(logged));
@@ -733,10 +782,16 @@ describe("the node's own changes coming back from the stream", () => {
       const result = n.applier.applyMessage(
         STREAM,
         2,
-        encodeBatch({ origin: "1/e1", changes: [change(USERS, "upsert", logged - 1, [1n, "x@example.com"]), change(USERS, "upsert", logged, [2n, "y@example.com"])] }),
+        encodeBatch({
+          origin: "1/e1",
+          changes: [change(USERS, "upsert", logged - 1, [1n, "x@example.com"]), change(USERS, "upsert", logged, [2n, "y@example.com"])],
+        }),
       );
       assert.equal(result.outcome, "applied");
-      assert.equal(rows(n.path, "SELECT group_concat(id || ':' || email, ',') FROM (SELECT * FROM users ORDER BY id)"), "1:x@example.com,2:y@example.com");
+      assert.equal(
+        rows(n.path, "SELECT group_concat(id || ':' || email, ',') FROM (SELECT * FROM users ORDER BY id)"),
+        "1:x@example.com,2:y@example.com",
+      );
       assert.equal(appliedSeq(n.path), "2");
     } finally {
       n.db.close();
@@ -748,25 +803,30 @@ describe("the node's own changes coming back, with an app trigger", () => {
   const TRIGGER = "CREATE TRIGGER app_touch AFTER INSERT ON ratings BEGIN UPDATE Books SET title = 'touched' WHERE id = NEW.book; END;";
 
   for (const when of ["before marmot started", "while marmot runs, not noticed yet"]) {
-  it(`are written again when the app's trigger (created ${when}) changed their row while applying another node's change`, () => {
-    const n = node(when.startsWith("before") ? `${SCHEMA}\n${TRIGGER}` : SCHEMA, { origin: "1/e1" });
-    try {
-      if (!when.startsWith("before")) sqlite3(n.path, TRIGGER);
-      sqlite3(n.path, "INSERT INTO Books VALUES (1, 'Emma', 'Austen');");
-      const logged = Number(n.db.prepare(`SELECT max(__marmot_id) FROM ${quoteIdent(changeLogTable("Books"))}`).pluck().get());
-      n.applier.noteStored(STREAM, 2, [rowKeyString(rowKeyBytes("Books", [1n]))]);
-      n.db.prepare(`DELETE FROM ${quoteIdent(changeLogTable("Books"))} WHERE __marmot_id <= ?`).run(BigInt(logged));
-      // Another node's rating, sequenced first. A trigger marmot has seen carries its guard and does not fire on
-      // apply (its effect comes from the node that wrote the rating); one it has not seen yet rewrites book 1 here.
-      n.applier.applyMessage(STREAM, 1, batch(change(RATINGS, "upsert", 3, ["ann", 1n, 4.5])));
-      assert.equal(rows(n.path, "SELECT title FROM Books WHERE id = 1"), when.startsWith("before") ? "Emma" : "touched");
-      // The app's own write comes after it in the stream: every node ends with it, this one too.
-      n.applier.applyMessage(STREAM, 2, ownBatch(upsertBook(1, "Emma", "Austen", logged)));
-      assert.equal(rows(n.path, "SELECT title FROM Books WHERE id = 1"), "Emma");
-    } finally {
-      n.db.close();
-    }
-  });
+    it(`are written again when the app's trigger (created ${when}) changed their row while applying another node's change`, () => {
+      const n = node(when.startsWith("before") ? `${SCHEMA}\n${TRIGGER}` : SCHEMA, { origin: "1/e1" });
+      try {
+        if (!when.startsWith("before")) sqlite3(n.path, TRIGGER);
+        sqlite3(n.path, "INSERT INTO Books VALUES (1, 'Emma', 'Austen');");
+        const logged = Number(
+          n.db
+            .prepare(`SELECT max(__marmot_id) FROM ${quoteIdent(changeLogTable("Books"))}`)
+            .pluck()
+            .get(),
+        );
+        n.applier.noteStored(STREAM, 2, [rowKeyString(rowKeyBytes("Books", [1n]))]);
+        n.db.prepare(`DELETE FROM ${quoteIdent(changeLogTable("Books"))} WHERE __marmot_id <= ?`).run(BigInt(logged));
+        // Another node's rating, sequenced first. A trigger marmot has seen carries its guard and does not fire on
+        // apply (its effect comes from the node that wrote the rating); one it has not seen yet rewrites book 1 here.
+        n.applier.applyMessage(STREAM, 1, batch(change(RATINGS, "upsert", 3, ["ann", 1n, 4.5])));
+        assert.equal(rows(n.path, "SELECT title FROM Books WHERE id = 1"), when.startsWith("before") ? "Emma" : "touched");
+        // The app's own write comes after it in the stream: every node ends with it, this one too.
+        n.applier.applyMessage(STREAM, 2, ownBatch(upsertBook(1, "Emma", "Austen", logged)));
+        assert.equal(rows(n.path, "SELECT title FROM Books WHERE id = 1"), "Emma");
+      } finally {
+        n.db.close();
+      }
+    });
   }
 });
 
@@ -787,7 +847,12 @@ describe("settling changes parked for a schema that did not come", () => {
       assert.equal(n.applier.retryParked(Date.now() + 1), 3);
       assert.equal(parked(n.db).length, 0);
       assert.equal(rows(n.path, "SELECT id, v, typeof(v) FROM vals ORDER BY id"), "7|later|text\n8|9007199254740993|integer");
-      assert.ok(n.lines.some((l) => /will not get/.test(l.message) && l.fields?.["dropped_with_their_table"] === 1 && l.fields?.["applied_without_missing_columns"] === 1));
+      assert.ok(
+        n.lines.some(
+          (l) =>
+            /will not get/.test(l.message) && l.fields?.["dropped_with_their_table"] === 1 && l.fields?.["applied_without_missing_columns"] === 1,
+        ),
+      );
     } finally {
       n.db.close();
     }

@@ -7,7 +7,7 @@ import { DecodeError } from "../../src/errors.js";
 import { decodeBatch, decodeReference, encodeBatch, encodeReference, type ChangeBatch, type WireTable } from "../../src/wire/codec.js";
 import type { SqlValue } from "../../src/wire/value.js";
 
-const table: WireTable = { name: "t \"quoted\" ✓", columns: ["id", "v"], keyColumns: ["id"] };
+const table: WireTable = { name: 't "quoted" ✓', columns: ["id", "v"], keyColumns: ["id"] };
 
 const edgeValues: SqlValue[] = [
   null,
@@ -83,7 +83,12 @@ test("a change with the wrong number of values is refused when encoding", () => 
 });
 
 test("compression shrinks repetitive batches and is flagged", () => {
-  const changes = Array.from({ length: 500 }, (_, i) => ({ table, op: "upsert" as const, changeId: i + 1, values: [BigInt(i), "same text ".repeat(10)] }));
+  const changes = Array.from({ length: 500 }, (_, i) => ({
+    table,
+    op: "upsert" as const,
+    changeId: i + 1,
+    values: [BigInt(i), "same text ".repeat(10)],
+  }));
   const plain = encodeBatch({ origin: "1", changes });
   const packed = encodeBatch({ origin: "1", changes }, { compress: true });
   assert.ok(packed.length < plain.length / 3, `${packed.length} < ${plain.length}/3`);
@@ -137,7 +142,10 @@ test("a large-change reference round-trips, and a batch is never taken for one",
 
 test("a reference decoded as a batch is refused with the object it names, not taken for changes", () => {
   const encoded = encodeReference({ object: "1-e1-abc", size: 10, sha256: Buffer.alloc(32) });
-  assert.throws(() => decodeBatch(encoded), (err: unknown) => err instanceof DecodeError && /large object "1-e1-abc" \(10 bytes\)/.test(err.message));
+  assert.throws(
+    () => decodeBatch(encoded),
+    (err: unknown) => err instanceof DecodeError && /large object "1-e1-abc" \(10 bytes\)/.test(err.message),
+  );
 });
 
 test("a malformed reference is refused, never read as a reference to something else", () => {
@@ -151,14 +159,23 @@ test("a malformed reference is refused, never read as a reference to something e
   // both flags: a reference is never compressed
   const both = Buffer.from(good);
   both[5] = 3;
-  assert.throws(() => decodeBatch(both), (err: unknown) => isDecodeError(err) && /cannot be compressed/.test((err as Error).message));
+  assert.throws(
+    () => decodeBatch(both),
+    (err: unknown) => isDecodeError(err) && /cannot be compressed/.test((err as Error).message),
+  );
   assert.equal(decodeReference(both), undefined);
   // an unknown flag is still refused (bit 2 marks a schema message, which no batch reader takes either)
   const unknown = Buffer.from(good);
   unknown[5] = 8;
-  assert.throws(() => decodeBatch(unknown), (err: unknown) => isDecodeError(err) && /unknown batch flags 0x8/.test((err as Error).message));
+  assert.throws(
+    () => decodeBatch(unknown),
+    (err: unknown) => isDecodeError(err) && /unknown batch flags 0x8/.test((err as Error).message),
+  );
   unknown[5] = 4;
-  assert.throws(() => decodeBatch(unknown), (err: unknown) => isDecodeError(err) && /schema message/.test((err as Error).message));
+  assert.throws(
+    () => decodeBatch(unknown),
+    (err: unknown) => isDecodeError(err) && /schema message/.test((err as Error).message),
+  );
   // empty object name
   assert.throws(() => decodeReference(encodeReference({ object: "", size: 1, sha256: Buffer.alloc(32) })), isDecodeError);
 });

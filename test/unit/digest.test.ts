@@ -44,9 +44,17 @@ async function digests(sql: string, shards = 4): Promise<Map<string, ShardDigest
 describe("table digests", () => {
   it("are equal for the same rows written in another order", async () => {
     const forward = await digests(ROWS.join("\n"));
-    const backward = await digests([...ROWS].reverse().join("\n").replace("(1, 9223372036854775807), (2, -9223372036854775808)", "(2, -9223372036854775808), (1, 9223372036854775807)"));
+    const backward = await digests(
+      [...ROWS]
+        .reverse()
+        .join("\n")
+        .replace("(1, 9223372036854775807), (2, -9223372036854775808)", "(2, -9223372036854775808), (1, 9223372036854775807)"),
+    );
     assert.deepEqual(backward, forward);
-    assert.equal(forward.get("vals")!.reduce((sum, d) => sum + d.rows, 0), 8);
+    assert.equal(
+      forward.get("vals")!.reduce((sum, d) => sum + d.rows, 0),
+      8,
+    );
   });
 
   it("differ when one value differs, even only in its storage class or the sign of a zero", async () => {
@@ -73,10 +81,17 @@ describe("table digests", () => {
     const d = await digests(ROWS.join("\n"), shards);
     const expected = new Array<number>(shards).fill(0);
     for (const id of [1n, 2n, 3n, 4n, 5n, 6n, 7n, 8n]) expected[shardOfRow("vals", rowKeyBytes("vals", [id]), shards, false) - 1]!++;
-    assert.deepEqual(d.get("vals")!.map((s) => s.rows), expected);
+    assert.deepEqual(
+      d.get("vals")!.map((s) => s.rows),
+      expected,
+    );
     const usersShard = shardOfRow("users", new Uint8Array(), shards, true);
     const onUsersShard = [1, 2, 3, 4].map((s) => (s === usersShard ? 3 : 0));
-    assert.deepEqual(d.get("users")!.map((s) => s.rows), onUsersShard, "a table with a UNIQUE column sits on one shard");
+    assert.deepEqual(
+      d.get("users")!.map((s) => s.rows),
+      onUsersShard,
+      "a table with a UNIQUE column sits on one shard",
+    );
   });
 
   it("let the event loop run while a large table is read", async () => {

@@ -12,7 +12,14 @@ import { startHttpServer } from "../../src/http/server.js";
 
 test("the listener serves the page, /status, /readyz (200 or 503 with the reason) and /metrics", async (t) => {
   let readiness: Readiness = { ready: false, reason: "starting: connecting to NATS at nats://127.0.0.1:4222" };
-  const status: ClusterStatus = { generatedAt: 1, self: "7", heartbeatsReadAt: 0, nodes: [], nats: disconnectedHealth("not connected yet"), history: [] };
+  const status: ClusterStatus = {
+    generatedAt: 1,
+    self: "7",
+    heartbeatsReadAt: 0,
+    nodes: [],
+    nats: disconnectedHealth("not connected yet"),
+    history: [],
+  };
   const metrics = new Metrics("marmot", "");
   metrics.applied.inc(3);
   const server = await startHttpServer("127.0.0.1:0", metrics, { clusterStatus: () => status, readiness: () => readiness }, silentLogger);

@@ -51,7 +51,10 @@ describe("json format", () => {
     const quiet = capture("json");
     quiet.logger.debug("detail");
     quiet.logger.info("shown");
-    assert.deepEqual(quiet.lines.map((line) => JSON.parse(line).msg), ["shown"]);
+    assert.deepEqual(
+      quiet.lines.map((line) => JSON.parse(line).msg),
+      ["shown"],
+    );
 
     const verbose = capture("json", true);
     verbose.logger.debug("detail");

@@ -56,7 +56,11 @@ test("starting, catching up to where the stream ended at the first look, ready o
     await tracker.stop();
   });
 
-  await waitFor(() => tracker.readiness().reason === "catching up: marmot-changes-1-1 applied 3 of 10", 5000, () => JSON.stringify(tracker.readiness()));
+  await waitFor(
+    () => tracker.readiness().reason === "catching up: marmot-changes-1-1 applied 3 of 10",
+    5000,
+    () => JSON.stringify(tracker.readiness()),
+  );
   const catching = tracker.selfStatus();
   assert.equal(catching.state, "catching up");
   assert.deepEqual(catching.shards, [{ shard: 1, stream: "marmot-changes-1-1", applied: 3, lastSeq: 10, lag: 7, agreement: "unknown" }]);
@@ -65,15 +69,27 @@ test("starting, catching up to where the stream ended at the first look, ready o
   // Messages published meanwhile do not move the goal: reaching the end seen at the first look is enough.
   end = 50;
   applied = 10;
-  await waitFor(() => tracker.readiness().ready, 5000, () => JSON.stringify(tracker.readiness()));
+  await waitFor(
+    () => tracker.readiness().ready,
+    5000,
+    () => JSON.stringify(tracker.readiness()),
+  );
   assert.equal(tracker.selfStatus().state, "ready");
   assert.equal(readyCalls, 1);
 
   emit({ type: "disconnect", server: "127.0.0.1:4222" });
-  await waitFor(() => !tracker.readiness().ready, 5000, () => "not ready without NATS");
+  await waitFor(
+    () => !tracker.readiness().ready,
+    5000,
+    () => "not ready without NATS",
+  );
   assert.match(tracker.readiness().reason, /lost the connection to NATS at 127\.0\.0\.1:4222/);
   emit({ type: "reconnect", server: "127.0.0.1:4222" });
-  await waitFor(() => tracker.readiness().ready, 5000, () => "ready again");
+  await waitFor(
+    () => tracker.readiness().ready,
+    5000,
+    () => "ready again",
+  );
   assert.equal(readyCalls, 1, "the ready line is logged once");
 
   tracker.setRestoring(true);

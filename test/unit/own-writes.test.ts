@@ -94,9 +94,17 @@ describe("the own-writes record", () => {
     const { path, db, books, own } = setup();
     try {
       sqlite3(path, "INSERT INTO Books VALUES (1, 'Emma');");
-      const id = Number(db.prepare(`SELECT max(__marmot_id) FROM ${quoteIdent(changeLogTable("Books"))}`).pluck().get());
+      const id = Number(
+        db
+          .prepare(`SELECT max(__marmot_id) FROM ${quoteIdent(changeLogTable("Books"))}`)
+          .pluck()
+          .get(),
+      );
       db.transaction(() => assert.equal(own.supersedes(books, [1n], upsert(1, id), from(1, true), scan()), false))();
-      const left = db.prepare(`SELECT count(*) FROM ${quoteIdent(changeLogTable("Books"))} WHERE __marmot_op <> 'marker'`).pluck().get();
+      const left = db
+        .prepare(`SELECT count(*) FROM ${quoteIdent(changeLogTable("Books"))} WHERE __marmot_op <> 'marker'`)
+        .pluck()
+        .get();
       assert.equal(Number(left), 0);
     } finally {
       db.close();
@@ -110,9 +118,17 @@ describe("the own-writes record", () => {
       sqlite3(path, "INSERT INTO Books VALUES (1, 'Emma');");
       own.noteStored(STREAM, 5, [rowKey(1)], 0);
       assert.equal(own.supersedes(users, [1n], upsert(1, 99), from(3), scan()), false, "another node's change of the row applies");
-      const id = Number(db.prepare(`SELECT max(__marmot_id) FROM ${quoteIdent(changeLogTable("Books"))}`).pluck().get());
+      const id = Number(
+        db
+          .prepare(`SELECT max(__marmot_id) FROM ${quoteIdent(changeLogTable("Books"))}`)
+          .pluck()
+          .get(),
+      );
       assert.equal(own.supersedes(users, [1n], upsert(1, id), from(4, true), scan()), false);
-      const left = db.prepare(`SELECT count(*) FROM ${quoteIdent(changeLogTable("Books"))} WHERE __marmot_op <> 'marker'`).pluck().get();
+      const left = db
+        .prepare(`SELECT count(*) FROM ${quoteIdent(changeLogTable("Books"))} WHERE __marmot_op <> 'marker'`)
+        .pluck()
+        .get();
       assert.equal(Number(left), 0, "its own change came back: it left the change log");
     } finally {
       db.close();

@@ -43,9 +43,7 @@ describe("quoteIdent", () => {
         const row = db.prepare(`SELECT ${key} AS k, ${other} AS v FROM ${table} WHERE ${key} = ?`).get(7n);
         assert.deepEqual(row, { k: 7n, v: "seven" });
 
-        const created = db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name = ?").get(name) as
-          | { name: string }
-          | undefined;
+        const created = db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name = ?").get(name) as { name: string } | undefined;
         assert.equal(created?.name, name, "the table is stored under exactly the given name");
         const columns = (db.prepare("SELECT name FROM pragma_table_info(?)").all(name) as { name: string }[]).map((c) => c.name);
         assert.deepEqual(columns, [name, `${name}_2`]);

@@ -63,8 +63,10 @@ test("DROP COLUMN, RENAME COLUMN and the twelve-step rebuild arrive as the origi
 });
 
 test("RENAME COLUMN alone keeps the column's values on the other node (no row needs to travel)", () => {
-  const [a, b] = twoFiles("CREATE TABLE t (id INTEGER PRIMARY KEY, \"old name\" TEXT, n REAL CHECK (n >= 0)); INSERT INTO t VALUES (1, 'x', 0.5), (2, NULL, 2.25);");
-  carry(a, b, "ALTER TABLE t RENAME COLUMN \"old name\" TO label; ALTER TABLE t RENAME COLUMN n TO weight;");
+  const [a, b] = twoFiles(
+    "CREATE TABLE t (id INTEGER PRIMARY KEY, \"old name\" TEXT, n REAL CHECK (n >= 0)); INSERT INTO t VALUES (1, 'x', 0.5), (2, NULL, 2.25);",
+  );
+  carry(a, b, 'ALTER TABLE t RENAME COLUMN "old name" TO label; ALTER TABLE t RENAME COLUMN n TO weight;');
   assert.equal(userSchema(b), userSchema(a));
   assert.equal(sqlite3(b, "SELECT id, label, weight FROM t ORDER BY id"), "1|x|0.5\n2||2.25\n");
 });
@@ -93,7 +95,11 @@ test("an object already defined the same way is left alone; dropped objects go",
 test("a changed table whose new definition refuses some old rows keeps the others", () => {
   const [a, b] = twoFiles("CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER); INSERT INTO t VALUES (1, 5), (2, -1);");
   sqlite3(b, "INSERT INTO t VALUES (3, 7);");
-  carry(a, b, "BEGIN; CREATE TABLE n (id INTEGER PRIMARY KEY, v INTEGER CHECK (v > 0)); INSERT INTO n SELECT * FROM t WHERE v > 0; DROP TABLE t; ALTER TABLE n RENAME TO t; COMMIT;");
+  carry(
+    a,
+    b,
+    "BEGIN; CREATE TABLE n (id INTEGER PRIMARY KEY, v INTEGER CHECK (v > 0)); INSERT INTO n SELECT * FROM t WHERE v > 0; DROP TABLE t; ALTER TABLE n RENAME TO t; COMMIT;",
+  );
   assert.equal(userSchema(b), userSchema(a));
   assert.equal(sqlite3(b, "SELECT id, v FROM t ORDER BY id"), "1|5\n3|7\n");
 });

@@ -11,7 +11,7 @@ const message: SchemaMessage = {
   origin: "1/abcdef",
   id: 300,
   changes: [
-    { type: "table", name: "Bücher \"x\"", tblName: "Bücher \"x\"", sql: "CREATE TABLE \"Bücher \"\"x\"\"\" (id INTEGER PRIMARY KEY, -- note ✓\n v)" },
+    { type: "table", name: 'Bücher "x"', tblName: 'Bücher "x"', sql: 'CREATE TABLE "Bücher ""x""" (id INTEGER PRIMARY KEY, -- note ✓\n v)' },
     { type: "index", name: "i", tblName: "t", sql: "CREATE INDEX i ON t (v DESC)" },
     { type: "view", name: "old", tblName: "old", sql: null },
     { type: "trigger", name: "tr", tblName: "t", sql: "CREATE TRIGGER tr AFTER INSERT ON t BEGIN SELECT 1; END" },
@@ -25,7 +25,10 @@ test("a schema message round-trips with its SQL text byte for byte", () => {
 });
 
 test("a row batch reader refuses a schema message, and a schema reader a row batch (so either is parked, not misread)", () => {
-  assert.throws(() => decodeBatch(encodeSchemaMessage(message)), (err: unknown) => err instanceof DecodeError && /schema message/.test(err.message));
+  assert.throws(
+    () => decodeBatch(encodeSchemaMessage(message)),
+    (err: unknown) => err instanceof DecodeError && /schema message/.test(err.message),
+  );
   assert.throws(() => decodeSchemaMessage(Buffer.from("not marmot")), DecodeError);
 });
 
@@ -44,7 +47,12 @@ test("truncated, trailing and unknown contents are refused with what is wrong", 
 test("RENAME COLUMN is told apart from other table changes by the text alone", () => {
   const before = 'CREATE TABLE t (id INTEGER PRIMARY KEY, "my col" TEXT CHECK ("my col" <> \'\'), n)';
   assert.deepEqual(
-    renamedColumns(before, 'CREATE TABLE t (id INTEGER PRIMARY KEY, "new name" TEXT CHECK ("new name" <> \'\'), n)', ["id", "my col", "n"], ["id", "new name", "n"]),
+    renamedColumns(
+      before,
+      'CREATE TABLE t (id INTEGER PRIMARY KEY, "new name" TEXT CHECK ("new name" <> \'\'), n)',
+      ["id", "my col", "n"],
+      ["id", "new name", "n"],
+    ),
     new Map([["new name", "my col"]]),
   );
   assert.deepEqual(renamedColumns(before, before.replace("TABLE t", 'TABLE "t"'), ["id", "my col", "n"], ["id", "my col", "n"]), new Map());

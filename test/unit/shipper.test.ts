@@ -162,17 +162,26 @@ describe("shipping the change log", () => {
   it("reads rows under the schema of the moment when the app altered the table before marmot's next look", async () => {
     const s = setup();
     try {
-      sqlite3(s.path, "INSERT INTO Books VALUES (1, 't1', 'a1'); ALTER TABLE Books ADD COLUMN isbn TEXT; INSERT INTO Books VALUES (2, 't2', 'a2', 'x-2');");
+      sqlite3(
+        s.path,
+        "INSERT INTO Books VALUES (1, 't1', 'a1'); ALTER TABLE Books ADD COLUMN isbn TEXT; INSERT INTO Books VALUES (2, 't2', 'a2', 'x-2');",
+      );
       const fake = new FakePublisher();
       assert.equal(await s.shipper(fake).shipRound(new AbortController().signal), 2);
-      assert.deepEqual(fake.changes().map(({ change }) => change.table.columns), [
-        ["id", "title", "author", "isbn"],
-        ["id", "title", "author", "isbn"],
-      ]);
-      assert.deepEqual(fake.changes().map(({ change }) => change.values), [
-        [1n, "t1", "a1", null],
-        [2n, "t2", "a2", "x-2"],
-      ]);
+      assert.deepEqual(
+        fake.changes().map(({ change }) => change.table.columns),
+        [
+          ["id", "title", "author", "isbn"],
+          ["id", "title", "author", "isbn"],
+        ],
+      );
+      assert.deepEqual(
+        fake.changes().map(({ change }) => change.values),
+        [
+          [1n, "t1", "a1", null],
+          [2n, "t2", "a2", "x-2"],
+        ],
+      );
       sqlite3(s.path, "ALTER TABLE Books DROP COLUMN author; INSERT INTO Books VALUES (3, 't3', 'x-3');");
       assert.equal(await s.shipper(fake).shipRound(new AbortController().signal), 1);
       assert.deepEqual(fake.changes().at(-1)!.change.values, [3n, "t3", "x-3"]);
@@ -191,12 +200,15 @@ describe("shipping the change log", () => {
       const shipper = s.shipper(fake);
       assert.equal(await shipper.shipRound(new AbortController().signal), 13);
       const shipped = fake.changes().map(({ change }) => `${change.table.name}:${change.op}:${change.values.map(String).join(",")}`);
-      assert.deepEqual(shipped.sort(), [
-        ...Array.from({ length: 9 }, (_, i) => `Books:upsert:${i + 1},title ${i + 1},author ${i + 1}`),
-        "Books:delete:10",
-        "notes:upsert:1,hello,t",
-        "ratings:upsert:ann,1,4.5",
-      ].sort());
+      assert.deepEqual(
+        shipped.sort(),
+        [
+          ...Array.from({ length: 9 }, (_, i) => `Books:upsert:${i + 1},title ${i + 1},author ${i + 1}`),
+          "Books:delete:10",
+          "notes:upsert:1,hello,t",
+          "ratings:upsert:ann,1,4.5",
+        ].sort(),
+      );
       assert.equal(pendingInFile(s.path), 0);
       assert.equal(await shipper.shipRound(new AbortController().signal), 0, "nothing is sent twice");
       assert.equal(fake.acknowledged.length, 1);
@@ -256,11 +268,20 @@ describe("shipping the change log", () => {
         tries.map((t) => t.ok),
         [false, false, false, true],
       );
-      assert.ok(tries.every((t) => t.msgId === doomedMsgId), "every retry carries the same message id");
-      assert.ok(tries.every((t) => t.payload.equals(tries[0]!.payload)), "and the same bytes");
+      assert.ok(
+        tries.every((t) => t.msgId === doomedMsgId),
+        "every retry carries the same message id",
+      );
+      assert.ok(
+        tries.every((t) => t.payload.equals(tries[0]!.payload)),
+        "and the same bytes",
+      );
       const otherIds = new Set(fake.acknowledged.map((a) => a.msgId));
       assert.equal(otherIds.size, 4, "distinct batches have distinct message ids");
-      assert.ok(s.lines.some((l) => l.level === "warn" && /waiting for JetStream/.test(l.message)), "the wait is logged");
+      assert.ok(
+        s.lines.some((l) => l.level === "warn" && /waiting for JetStream/.test(l.message)),
+        "the wait is logged",
+      );
     } finally {
       s.db.close();
     }
@@ -284,7 +305,10 @@ describe("shipping the change log", () => {
       const maxPayload = 16 * 1024;
       await s.shipper(sized, { batchMaxChanges: 512, maxPayload: () => maxPayload }).shipRound(new AbortController().signal);
       const counts = sized.acknowledged.map((a) => decodeBatch(a.payload).changes.length);
-      assert.equal(counts.reduce((a, b) => a + b, 0), 60);
+      assert.equal(
+        counts.reduce((a, b) => a + b, 0),
+        60,
+      );
       assert.ok(counts.length > 1, `more than one message: ${counts.join(",")}`);
       for (const a of sized.acknowledged) assert.ok(a.payload.length <= maxPayload, `payload of ${a.payload.length} bytes fits`);
       assert.equal(pendingInFile(s.path), 0);
@@ -302,7 +326,10 @@ describe("shipping the change log", () => {
       sqlite3(s.path, "INSERT INTO files VALUES ('small-1', x'01'), ('huge', zeroblob(200000)), ('small-2', x'02');");
       assert.equal(await shipper.shipRound(new AbortController().signal), 3);
       assert.deepEqual(
-        fake.changes().map(({ change }) => change.values[0]).sort(),
+        fake
+          .changes()
+          .map(({ change }) => change.values[0])
+          .sort(),
         ["small-1", "small-2"],
       );
       const errors = s.lines.filter((l) => l.level === "error");
@@ -351,7 +378,11 @@ describe("shipping the change log", () => {
       s.reader.rewind();
       const again = new FakePublisher();
       assert.equal(await s.shipper(again, { batchMaxChanges: 10 }).shipRound(new AbortController().signal), 30);
-      for (const id of idsBefore) assert.ok(again.acknowledged.some((a) => a.msgId === id), "the same batches get the same ids");
+      for (const id of idsBefore)
+        assert.ok(
+          again.acknowledged.some((a) => a.msgId === id),
+          "the same batches get the same ids",
+        );
       assert.equal(pendingInFile(s.path), 0);
     } finally {
       s.db.close();
@@ -409,7 +440,10 @@ describe("shipping the change log", () => {
         const keys = decodeBatch(attempt.payload).changes.map((c) => rowKeyString(rowKeyBytes(c.table.name, keyOf(c))));
         assert.deepEqual(note.rowKeys, keys);
       }
-      assert.equal(stored.reduce((n, note) => n + note.rowKeys.length, 0), 25);
+      assert.equal(
+        stored.reduce((n, note) => n + note.rowKeys.length, 0),
+        25,
+      );
     } finally {
       s.db.close();
     }
@@ -440,7 +474,10 @@ describe("shipping the change log", () => {
       await assert.rejects(s.shipper(failing, { batchMaxChanges: 4, shards: 3, streamOf }).shipRound(stop.signal));
       assert.ok(failing.acknowledged.length >= 1, "some batches of the round were stored");
       assert.equal(pendingInFile(s.path), 20);
-      assert.deepEqual([1, 2, 3].map((shard) => s.reader.lastStoredSeq(streamOf(shard))), recorded);
+      assert.deepEqual(
+        [1, 2, 3].map((shard) => s.reader.lastStoredSeq(streamOf(shard))),
+        recorded,
+      );
     } finally {
       s.db.close();
     }
@@ -629,10 +666,10 @@ describe("shipping the change log", () => {
       assert.equal(stream.stored.length, 1);
       assert.equal(decodeBatch(stream.stored[0]!.payload).changes.length, 3);
       assert.equal(pendingInFile(s.path), 0);
-      } finally {
-        s.db.close();
-      }
-    });
+    } finally {
+      s.db.close();
+    }
+  });
 
   it("keeps every row of a table with a UNIQUE value besides its key on one shard, so one stream orders their clashes", async () => {
     const s = setup(`${SCHEMA}
@@ -651,7 +688,13 @@ describe("shipping the change log", () => {
       const shards = 4;
       const fake = new FakePublisher();
       await s.shipper(fake, { shards }).shipRound(new AbortController().signal);
-      const shardsOf = (table: string) => new Set(fake.changes().filter(({ change }) => change.table.name === table).map(({ shard }) => shard));
+      const shardsOf = (table: string) =>
+        new Set(
+          fake
+            .changes()
+            .filter(({ change }) => change.table.name === table)
+            .map(({ shard }) => shard),
+        );
       assert.deepEqual([...shardsOf("users")], [shardOfRow("users", new Uint8Array(), shards, true)]);
       assert.deepEqual([...shardsOf("handles")], [shardOfRow("handles", new Uint8Array(), shards, true)]);
       assert.equal(shardsOf("Books").size, shards, "a table without such a constraint still spreads");
@@ -683,7 +726,15 @@ describe("shipping the change log", () => {
       while ((await shipper.shipRound(new AbortController().signal)) > 0);
       // Each change carries its row as it is when shipped (row 1 is gone by then): the key-only change log.
       const emails = fake.changes().map(({ change }) => `${change.op} ${change.values[0]}${change.op === "upsert" ? `:${change.values[1]}` : ""}`);
-      assert.deepEqual(emails, ["delete 1", "upsert 3:c@example.com", "upsert 4:d@example.com", "upsert 5:e@example.com", "delete 1", "upsert 2:b@example.com", "upsert 2:b@example.com"]);
+      assert.deepEqual(emails, [
+        "delete 1",
+        "upsert 3:c@example.com",
+        "upsert 4:d@example.com",
+        "upsert 5:e@example.com",
+        "delete 1",
+        "upsert 2:b@example.com",
+        "upsert 2:b@example.com",
+      ]);
       assert.equal(sqlite3(s.path, `SELECT count(*) FROM "__marmot__users_change_log" WHERE __marmot_op <> 'marker';`).trim(), "0");
     } finally {
       s.db.close();

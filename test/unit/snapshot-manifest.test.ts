@@ -59,12 +59,15 @@ describe("snapshot manifest", () => {
       [[good], /not a JSON object/],
     ];
     for (const [value, pattern] of cases) {
-      assert.throws(() => parseManifest(bytes(value), "latest.json in folder /x"), (err: Error) => {
-        assert.ok(err instanceof SnapshotInvalidError);
-        assert.match(err.message, pattern);
-        assert.match(err.message, /latest\.json in folder \/x/);
-        return true;
-      });
+      assert.throws(
+        () => parseManifest(bytes(value), "latest.json in folder /x"),
+        (err: Error) => {
+          assert.ok(err instanceof SnapshotInvalidError);
+          assert.match(err.message, pattern);
+          assert.match(err.message, /latest\.json in folder \/x/);
+          return true;
+        },
+      );
     }
     assert.throws(() => parseManifest(new Uint8Array([0xff, 0xfe]), "m"), /not valid JSON/);
   });

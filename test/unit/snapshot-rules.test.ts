@@ -72,8 +72,14 @@ describe("snapshot freshness", () => {
     const streams = [{ stream: "a", lastSeq: 1, maxMessages: 1024 }];
     const snapshot = { a: 1 };
     assert.equal(snapshotDue({ streams, snapshot, snapshotCreatedAt: 995_000, intervalMs: 10_000, now: 1_000_000 }), undefined);
-    assert.match(snapshotDue({ streams, snapshot, snapshotCreatedAt: 989_000, intervalMs: 10_000, now: 1_000_000 }) ?? "", /older than \[snapshot\] interval/);
-    assert.match(snapshotDue({ streams, snapshot: null, snapshotCreatedAt: null, intervalMs: 10_000, now: 1_000_000 }) ?? "", /no snapshot is stored/);
+    assert.match(
+      snapshotDue({ streams, snapshot, snapshotCreatedAt: 989_000, intervalMs: 10_000, now: 1_000_000 }) ?? "",
+      /older than \[snapshot\] interval/,
+    );
+    assert.match(
+      snapshotDue({ streams, snapshot: null, snapshotCreatedAt: null, intervalMs: 10_000, now: 1_000_000 }) ?? "",
+      /no snapshot is stored/,
+    );
   });
 });
 
@@ -167,7 +173,16 @@ describe("snapshot request parsing", () => {
   });
 
   it("ignores anything else on the subject, never throwing", () => {
-    for (const text of ["", "not json", "[]", '{"from":4,"needs":{}}', '{"from":"4"}', '{"from":"4","needs":{"s":-1}}', '{"from":"4","needs":{"s":"9"}}', '{"from":"4","needs":{"s":1.5}}']) {
+    for (const text of [
+      "",
+      "not json",
+      "[]",
+      '{"from":4,"needs":{}}',
+      '{"from":"4"}',
+      '{"from":"4","needs":{"s":-1}}',
+      '{"from":"4","needs":{"s":"9"}}',
+      '{"from":"4","needs":{"s":1.5}}',
+    ]) {
       assert.equal(parseSnapshotRequest(bytes(text)), undefined, text);
     }
   });

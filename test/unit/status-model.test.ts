@@ -25,7 +25,14 @@ function node(id: string, overrides: Partial<NodeStatus> = {}): NodeStatus {
   };
 }
 
-const cluster = (nodes: NodeStatus[]): ClusterStatus => ({ generatedAt: 0, self: "", heartbeatsReadAt: 0, nodes, nats: disconnectedHealth("test"), history: [] });
+const cluster = (nodes: NodeStatus[]): ClusterStatus => ({
+  generatedAt: 0,
+  self: "",
+  heartbeatsReadAt: 0,
+  nodes,
+  nats: disconnectedHealth("test"),
+  history: [],
+});
 
 describe("status model", () => {
   test("a node whose heartbeat is older than three beats is unreachable; a stopped one stays stopped", () => {

@@ -6,7 +6,10 @@ import { test } from "node:test";
 import { placementHint, serverVersionRisk, shardStreams } from "../../src/stream/streams.js";
 
 test("each shard gets its own stream and subject, named with the shard count", () => {
-  const streams = shardStreams({ nats: { streamPrefix: "marmot-changes", subjectPrefix: "marmot-change-log" }, replicationLog: { shards: 2 } } as never);
+  const streams = shardStreams({
+    nats: { streamPrefix: "marmot-changes", subjectPrefix: "marmot-change-log" },
+    replicationLog: { shards: 2 },
+  } as never);
   assert.deepEqual(streams, [
     { shard: 1, stream: "marmot-changes-2-1", subject: "marmot-change-log-2-1" },
     { shard: 2, stream: "marmot-changes-2-2", subject: "marmot-change-log-2-2" },

@@ -133,11 +133,14 @@ describe("generated capture SQL", () => {
   it("refuses, naming the table, a table without primary key whose columns hide every name of the rowid", () => {
     const { marmot, close } = setup('CREATE TABLE hidden ("rowid", "_rowid_", "oid")');
     try {
-      assert.throws(() => installCapture(marmot, silentLogger), (err: unknown) => {
-        assert.ok(err instanceof SchemaError);
-        assert.match(err.message, /"hidden"/);
-        return true;
-      });
+      assert.throws(
+        () => installCapture(marmot, silentLogger),
+        (err: unknown) => {
+          assert.ok(err instanceof SchemaError);
+          assert.match(err.message, /"hidden"/);
+          return true;
+        },
+      );
     } finally {
       close();
     }
@@ -152,7 +155,10 @@ describe("generated capture SQL", () => {
       assert.doesNotMatch(createChangeLogSql(info), /'/);
       for (const trigger of captureTriggers(info)) {
         const literals = trigger.sql.match(/'[^']*'/g) ?? [];
-        assert.ok(literals.every((literal) => literal === "'upsert'" || literal === "'delete'"), trigger.sql);
+        assert.ok(
+          literals.every((literal) => literal === "'upsert'" || literal === "'delete'"),
+          trigger.sql,
+        );
         const stored = marmot.prepare("SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = ?").get(trigger.name) as
           | { sql: string }
           | undefined;
@@ -185,7 +191,10 @@ describe("generated capture SQL", () => {
       // The next look renames the log's key column after the table's and keeps the pending changes.
       installCapture(marmot, silentLogger);
       app.exec("UPDATE books SET title = 'T4' WHERE book_id = 4");
-      assert.deepEqual(logRows(marmot, "books").map((row) => row.v_book_id), [1n, 2n, 2n, 3n, 4n, 1n, 4n]);
+      assert.deepEqual(
+        logRows(marmot, "books").map((row) => row.v_book_id),
+        [1n, 2n, 2n, 3n, 4n, 1n, 4n],
+      );
     } finally {
       close();
     }
@@ -239,8 +248,15 @@ describe("generated capture SQL", () => {
         ["upsert 1", "upsert 2", "upsert 1", "upsert 3", "upsert 2", "upsert 3", "upsert 3", "upsert 3"],
       );
       assert.equal(app.prepare("SELECT group_concat(id) FROM users").pluck(true).get(), "3");
-      app.exec("ALTER TABLE users RENAME COLUMN email TO mail; ALTER TABLE users ADD COLUMN extra; INSERT OR REPLACE INTO users (id, mail, nick, note) VALUES (5, 'a', 'n5', 'q');");
-      assert.deepEqual(logRows(marmot, "users").slice(-2).map((row) => `${row.__marmot_op} ${row.v_id}`), ["upsert 3", "upsert 5"]);
+      app.exec(
+        "ALTER TABLE users RENAME COLUMN email TO mail; ALTER TABLE users ADD COLUMN extra; INSERT OR REPLACE INTO users (id, mail, nick, note) VALUES (5, 'a', 'n5', 'q');",
+      );
+      assert.deepEqual(
+        logRows(marmot, "users")
+          .slice(-2)
+          .map((row) => `${row.__marmot_op} ${row.v_id}`),
+        ["upsert 3", "upsert 5"],
+      );
       app.exec("ALTER TABLE users DROP COLUMN extra");
     } finally {
       close();

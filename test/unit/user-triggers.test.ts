@@ -119,10 +119,7 @@ describe("guarding the app's triggers", () => {
     } finally {
       db.close();
     }
-    assert.equal(
-      sqlite3(path, "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND name <> 'later' ORDER BY name;"),
-      original,
-    );
+    assert.equal(sqlite3(path, "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND name <> 'later' ORDER BY name;"), original);
     assert.equal(
       sqlite3(path, "SELECT sql FROM sqlite_master WHERE name = 'later';").trim(),
       "CREATE TRIGGER later AFTER DELETE ON Books BEGIN DELETE FROM audit WHERE book_id = OLD.id; END",

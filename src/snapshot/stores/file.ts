@@ -20,10 +20,14 @@ export class FileSnapshotStore implements SnapshotStore {
   }
 
   async upload(name: string, localPath: string, options: TransferOptions = {}): Promise<void> {
-    await this.replace(name, async (temporary) => {
-      const { size } = await stat(localPath);
-      await pipeline(createReadStream(localPath), progressCounter(options, size), createWriteStream(temporary), { signal: options.signal });
-    }, "upload");
+    await this.replace(
+      name,
+      async (temporary) => {
+        const { size } = await stat(localPath);
+        await pipeline(createReadStream(localPath), progressCounter(options, size), createWriteStream(temporary), { signal: options.signal });
+      },
+      "upload",
+    );
   }
 
   async download(name: string, localPath: string, options: TransferOptions = {}): Promise<void> {
@@ -49,14 +53,18 @@ export class FileSnapshotStore implements SnapshotStore {
   }
 
   async writeSmall(name: string, content: Uint8Array): Promise<void> {
-    await this.replace(name, async (temporary) => {
-      const handle = await open(temporary, "w");
-      try {
-        await handle.writeFile(content);
-      } finally {
-        await handle.close();
-      }
-    }, "write");
+    await this.replace(
+      name,
+      async (temporary) => {
+        const handle = await open(temporary, "w");
+        try {
+          await handle.writeFile(content);
+        } finally {
+          await handle.close();
+        }
+      },
+      "write",
+    );
   }
 
   async readSmall(name: string): Promise<Uint8Array | null> {

@@ -29,7 +29,10 @@ function hashedPatternMatches(pattern: string, name: string): boolean {
 
 /** OpenSSH's wildcards: "*" any run, "?" one character. */
 function globMatches(pattern: string, name: string): boolean {
-  const regex = pattern.replace(/[.+^${}()|[\]\\]/g, "\\$&").replace(/\*/g, ".*").replace(/\?/g, ".");
+  const regex = pattern
+    .replace(/[.+^${}()|[\]\\]/g, "\\$&")
+    .replace(/\*/g, ".*")
+    .replace(/\?/g, ".");
   return new RegExp(`^${regex}$`, "i").test(name);
 }
 

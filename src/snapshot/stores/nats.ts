@@ -54,9 +54,12 @@ export class NatsSnapshotStore implements SnapshotStore {
         // An existing bucket is opened as it is: a changed [snapshot.nats] replicas does not apply to it.
         const { replicas } = await bucket.status();
         if (replicas !== this.options.replicas) {
-          this.logger.warn(`bucket ${this.options.bucket} exists with ${replicas} replicas; [snapshot.nats] replicas = ${this.options.replicas} applies only to a new bucket`, {
-            hint: `change it with: nats stream edit OBJ_${this.options.bucket} --replicas ${this.options.replicas}`,
-          });
+          this.logger.warn(
+            `bucket ${this.options.bucket} exists with ${replicas} replicas; [snapshot.nats] replicas = ${this.options.replicas} applies only to a new bucket`,
+            {
+              hint: `change it with: nats stream edit OBJ_${this.options.bucket} --replicas ${this.options.replicas}`,
+            },
+          );
         }
         return bucket;
       })

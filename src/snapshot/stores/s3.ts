@@ -5,12 +5,7 @@ import type { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import type { S3Client, S3ClientConfig } from "@aws-sdk/client-s3";
 import type { SnapshotConfig } from "../../config/types.js";
-import {
-  ConfigError,
-  SnapshotAccessError,
-  SnapshotNotFoundError,
-  SnapshotStoreError,
-} from "../../errors.js";
+import { ConfigError, SnapshotAccessError, SnapshotNotFoundError, SnapshotStoreError } from "../../errors.js";
 import type { Logger } from "../../log.js";
 import type { SnapshotStore, TransferOptions } from "../store.js";
 import { progressCounter } from "../progress.js";
@@ -159,12 +154,9 @@ class S3Store implements SnapshotStore {
       const response = await client.send(new sdk.GetObjectCommand({ Bucket: this.bucket, Key: this.key(name) }), {
         abortSignal: options?.signal,
       });
-      await pipeline(
-        response.Body as Readable,
-        progressCounter(options ?? {}, response.ContentLength),
-        createWriteStream(localPath),
-        { signal: options?.signal },
-      );
+      await pipeline(response.Body as Readable, progressCounter(options ?? {}, response.ContentLength), createWriteStream(localPath), {
+        signal: options?.signal,
+      });
     } catch (err) {
       throw this.translate(err, name, "download", options?.signal);
     }

@@ -55,18 +55,22 @@ export async function sftpUpload(
   let position = 0;
   let written = 0;
   try {
-    await windowed(async () => {
-      const { value, done } = await chunks.next();
-      if (done) return undefined;
-      const chunk = value as Buffer;
-      const at = position;
-      position += chunk.length;
-      return async () => {
-        await call((finished) => sftp.write(handle, chunk, 0, chunk.length, at, finished));
-        written += chunk.length;
-        options?.onProgress?.({ bytes: written, total });
-      };
-    }, inFlight, options?.signal);
+    await windowed(
+      async () => {
+        const { value, done } = await chunks.next();
+        if (done) return undefined;
+        const chunk = value as Buffer;
+        const at = position;
+        position += chunk.length;
+        return async () => {
+          await call((finished) => sftp.write(handle, chunk, 0, chunk.length, at, finished));
+          written += chunk.length;
+          options?.onProgress?.({ bytes: written, total });
+        };
+      },
+      inFlight,
+      options?.signal,
+    );
   } finally {
     await chunks.return?.();
     await call((done) => sftp.close(handle, done)).catch(() => undefined);
@@ -80,27 +84,32 @@ export async function sftpDownload(sftp: SFTPWrapper, remotePath: string, localP
   let position = 0;
   let received = 0;
   try {
-    await windowed(async () => {
-      if (position >= size) return undefined;
-      const at = position;
-      const length = Math.min(CHUNK, size - at);
-      position += length;
-      return async () => {
-        const buffer = Buffer.allocUnsafe(length);
-        let filled = 0;
-        // A server may answer with fewer bytes than asked: ask again for the rest.
-        while (filled < length) {
-          const got = await new Promise<number>((resolve, reject) =>
-            sftp.read(handle, buffer, filled, length - filled, at + filled, (err, bytesRead) => (err ? reject(err) : resolve(bytesRead))),
-          );
-          if (got === 0) throw new Error(`${remotePath} ended at ${at + filled} bytes, before its size of ${size} (did it change during the download?)`);
-          filled += got;
-        }
-        await local.write(buffer, 0, length, at);
-        received += length;
-        options?.onProgress?.({ bytes: received, total: size });
-      };
-    }, PIPELINED, options?.signal);
+    await windowed(
+      async () => {
+        if (position >= size) return undefined;
+        const at = position;
+        const length = Math.min(CHUNK, size - at);
+        position += length;
+        return async () => {
+          const buffer = Buffer.allocUnsafe(length);
+          let filled = 0;
+          // A server may answer with fewer bytes than asked: ask again for the rest.
+          while (filled < length) {
+            const got = await new Promise<number>((resolve, reject) =>
+              sftp.read(handle, buffer, filled, length - filled, at + filled, (err, bytesRead) => (err ? reject(err) : resolve(bytesRead))),
+            );
+            if (got === 0)
+              throw new Error(`${remotePath} ended at ${at + filled} bytes, before its size of ${size} (did it change during the download?)`);
+            filled += got;
+          }
+          await local.write(buffer, 0, length, at);
+          received += length;
+          options?.onProgress?.({ bytes: received, total: size });
+        };
+      },
+      PIPELINED,
+      options?.signal,
+    );
   } finally {
     await local.close();
     await call((done) => sftp.close(handle, done)).catch(() => undefined);

@@ -51,7 +51,9 @@ function parseWebDavUrl(text: string): WebDavTarget {
   const login = url.searchParams.get(LOGIN_PARAM) ?? "";
   const secret = url.searchParams.get(SECRET_PARAM) ?? "";
   if (url.username !== "" || url.password !== "") {
-    throw new ConfigError(`[snapshot.webdav] url: put the login and password in its query (...?dir=/snapshots&login=user&secret=pass), not before the host`);
+    throw new ConfigError(
+      `[snapshot.webdav] url: put the login and password in its query (...?dir=/snapshots&login=user&secret=pass), not before the host`,
+    );
   }
   if ((login === "") !== (secret === "")) {
     throw new ConfigError(
@@ -170,7 +172,9 @@ class WebDavStore implements SnapshotStore {
 
   private async failure(response: Response, action: string): Promise<SnapshotStoreError> {
     const text = (await response.text().catch(() => "")).slice(0, 200).replace(/\s+/g, " ");
-    return new SnapshotStoreError(`cannot ${action} at ${this.description}: the server answered ${response.status} ${response.statusText} ${text}`.trim());
+    return new SnapshotStoreError(
+      `cannot ${action} at ${this.description}: the server answered ${response.status} ${response.statusText} ${text}`.trim(),
+    );
   }
 
   /** MKCOL each missing folder of dir, like `mkdir -p`; once per store. */
