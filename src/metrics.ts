@@ -76,7 +76,7 @@ class Histogram {
 
   render(): string {
     const lines = [`# HELP ${this.name} ${this.help}`, `# TYPE ${this.name} histogram`];
-    this.buckets.forEach((le, i) => lines.push(`${this.name}_bucket{${renderLabels({ le })}} ${this.counts[i]}`));
+    for (const [i, le] of this.buckets.entries()) lines.push(`${this.name}_bucket{${renderLabels({ le })}} ${this.counts[i]}`);
     lines.push(`${this.name}_bucket{le="+Inf"} ${this.count}`, `${this.name}_sum ${this.sum}`, `${this.name}_count ${this.count}`);
     return lines.join("\n");
   }

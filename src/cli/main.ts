@@ -1,7 +1,8 @@
 // The marmot executable: parse flags, load the config, and run the chosen command.
 
 import { ConfigError } from "../errors.js";
-import { loadConfig } from "../config/load.js";
+import { type LoadedConfig, loadConfig } from "../config/load.js";
+import type { CliOptions } from "../config/types.js";
 import { checkDatabaseFile } from "../config/validate.js";
 import { createLogger } from "../logger.js";
 import { parseArgs } from "./args.js";
@@ -14,8 +15,8 @@ import { usage } from "./usage.js";
 import { marmotVersion } from "../version.js";
 
 export async function main(argv: string[]): Promise<number> {
-  let cli;
-  let loaded;
+  let cli: CliOptions;
+  let loaded: LoadedConfig;
   try {
     cli = parseArgs(argv);
     if (cli.help) {

@@ -63,15 +63,13 @@ export async function saveSnapshot(db: Database.Database, options: SaveSnapshotO
     // The new manifest names the previous object as its fallback; the one before that is no longer referenced.
     const stale = previous?.previous;
     if (stale !== undefined && stale !== object && stale !== previous?.object) {
-      await store
-        .remove(stale)
-        .catch((err: unknown) =>
-          logger.warn("could not remove an older snapshot object; it stays in the store", {
-            object: stale,
-            store: store.description,
-            reason: (err as Error).message,
-          }),
-        );
+      await store.remove(stale).catch((err: unknown) =>
+        logger.warn("could not remove an older snapshot object; it stays in the store", {
+          object: stale,
+          store: store.description,
+          reason: (err as Error).message,
+        }),
+      );
     }
     const seconds = (Date.now() - started) / 1000;
     options.metrics?.snapshotSizeBytes.set(size);

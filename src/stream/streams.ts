@@ -1,6 +1,6 @@
 // One JetStream stream per shard: names, subjects, and creating or updating them to match the config.
 
-import { DiscardPolicy, RetentionPolicy, StorageType, type JetStreamManager, type StreamConfig } from "@nats-io/jetstream";
+import { DiscardPolicy, RetentionPolicy, StorageType, type JetStreamManager, type StreamConfig, type StreamInfo } from "@nats-io/jetstream";
 import { nanos } from "@nats-io/transport-node";
 import type { Logger } from "../log.js";
 import type { Config } from "../config/types.js";
@@ -116,7 +116,7 @@ export async function ensureStreams(
     let hinted = false;
     for (;;) {
       try {
-        let info;
+        let info: StreamInfo | undefined;
         try {
           info = await jsm.streams.info(s.stream);
         } catch (err) {

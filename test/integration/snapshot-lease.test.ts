@@ -42,7 +42,15 @@ describe("snapshot lease and requests on a real nats-server", () => {
     const request: SnapshotRequest = { from: "4", needs: { "marmot-changes-1-1": 98 } };
     assert.equal(await askForSnapshot(asker, "req-test", request), undefined);
     const seen: SnapshotRequest[] = [];
-    const listener = new SnapshotRequestListener(answerer, "req-test", (r) => (seen.push(r), { node: "1", accepted: true }), recordingLogger());
+    const listener = new SnapshotRequestListener(
+      answerer,
+      "req-test",
+      (r) => {
+        seen.push(r);
+        return { node: "1", accepted: true };
+      },
+      recordingLogger(),
+    );
     listener.start();
     await answerer.flush();
     assert.deepEqual(await askForSnapshot(asker, "req-test", request), { node: "1", accepted: true });

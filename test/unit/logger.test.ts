@@ -66,7 +66,7 @@ describe("console format", () => {
   test("time, padded level, message, then key=value", () => {
     const { logger, lines } = capture("console");
     logger.info("applied batch", { stream: "marmot-changes-1-1", seq: 42, rows: 500 });
-    assert.match(lines[0]!, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z INFO  applied batch stream=marmot-changes-1-1 seq=42 rows=500$/);
+    assert.match(lines[0]!, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z INFO {2}applied batch stream=marmot-changes-1-1 seq=42 rows=500$/);
   });
 
   test("component comes first, strings with spaces are quoted, errors show their message", () => {
