@@ -14,38 +14,13 @@ import { fetchLatestManifest } from "../../src/snapshot/manifest.js";
 import { openSnapshotStore } from "../../src/snapshot/open-store.js";
 import { restoreSnapshot } from "../../src/snapshot/restore.js";
 import { openDatabase } from "../../src/sqlite/open.js";
-import { marmotBin, MarmotProcess, repoRoot, tableDiff, TestCluster, waitFor } from "../helpers/marmot.js";
+import { MarmotProcess, repoRoot, runMarmotCommand, tableDiff, TestCluster, waitFor } from "../helpers/marmot.js";
 import { startNatsServer, type TestNatsServer } from "../helpers/nats.js";
 import { freePorts } from "../helpers/ports.js";
-import { killPid, spawnTracked, untrackPid, useProcessCleanup } from "../helpers/processes.js";
+import { useProcessCleanup } from "../helpers/processes.js";
 import { copyFixture, createDb, sqldiff, sqlite3, tempDir } from "../helpers/sqlite.js";
 
 useProcessCleanup();
-
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-/** Runs bin/marmot to completion; a run that hangs is killed by its pid and fails the test. */
-async function runMarmot(args: string[], timeoutMs = 60_000): Promise<Run> {
-  const child = spawnTracked(process.execPath, [marmotBin, ...args], { cwd: repoRoot, stdio: ["ignore", "pipe", "pipe"] });
-  let stdout = "";
-  let stderr = "";
-  child.stdout!.on("data", (c: Buffer) => (stdout += c.toString("utf8")));
-  child.stderr!.on("data", (c: Buffer) => (stderr += c.toString("utf8")));
-  const closed = new Promise<number | null>((resolve) => child.once("close", (code) => resolve(code)));
-  let timer: NodeJS.Timeout | undefined;
-  const timedOut = new Promise<"timeout">((resolve) => (timer = setTimeout(() => resolve("timeout"), timeoutMs)));
-  const result = await Promise.race([closed, timedOut]).finally(() => clearTimeout(timer));
-  if (result === "timeout") {
-    await killPid(child.pid!, 0);
-    throw new Error(`marmot ${args.join(" ")} did not exit within ${timeoutMs} ms:\n${stdout}${stderr}`);
-  }
-  untrackPid(child.pid!);
-  return { code: result, stdout, stderr };
-}
 
 function sha1(path: string): string {
   return createHash("sha1").update(readFileSync(path)).digest("hex");
@@ -99,7 +74,7 @@ describe("marmot on the command line", () => {
 
   test("-help and --help print the usage and exit 0", async () => {
     for (const flag of ["-help", "--help", "-h"]) {
-      const run = await runMarmot([flag]);
+      const run = await runMarmotCommand([flag]);
       assert.equal(run.code, 0, flag);
       assert.match(run.stdout, /^Usage: marmot -config FILE/, flag);
       for (const listed of ["-config", "-cleanup", "-save-snapshot", "-cluster-addr", "-cluster-peers", "-leaf-servers"]) {
@@ -111,21 +86,21 @@ describe("marmot on the command line", () => {
   test("-version prints the version and exits 0", async () => {
     const version = (JSON.parse(readFileSync(join(repoRoot, "package.json"), "utf8")) as { version: string }).version;
     for (const flag of ["-version", "--version"]) {
-      const run = await runMarmot([flag]);
+      const run = await runMarmotCommand([flag]);
       assert.equal(run.code, 0);
       assert.equal(run.stdout.trim(), `marmot ${version}`);
     }
   });
 
   test("an unknown flag is refused with a hint", async () => {
-    const run = await runMarmot(["-confg", "x.toml"]);
+    const run = await runMarmotCommand(["-confg", "x.toml"]);
     assert.notEqual(run.code, 0);
     assert.match(run.stderr, /unknown flag -confg.*marmot -help/);
   });
 
   test("a -config path that does not exist exits non-zero naming it", async () => {
     const missing = join(tempDir(), "nowhere", "marmot.toml");
-    const run = await runMarmot(["-config", missing]);
+    const run = await runMarmotCommand(["-config", missing]);
     assert.notEqual(run.code, 0);
     assert.ok(run.stderr.includes(missing), run.stderr);
     assert.match(run.stderr, /does not exist/);
@@ -136,7 +111,7 @@ describe("marmot on the command line", () => {
     const db = createDb(join(dir, "app.db"), "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'a');");
     const hash = sha1(db);
     const cfg = config(dir, db, "[replication_log]\nshards = 0\n");
-    const run = await runMarmot(["-config", cfg]);
+    const run = await runMarmotCommand(["-config", cfg]);
     assert.notEqual(run.code, 0);
     assert.match(run.stderr, /replication_log\.shards must be an integer from 1 to 1024, got 0/);
     assert.ok(run.stderr.includes(cfg), "the message names the config file");
@@ -151,7 +126,7 @@ describe("marmot on the command line", () => {
     const db = createDb(join(dir, "app.db"), "CREATE TABLE t (id INTEGER PRIMARY KEY);");
     const cfg = join(dir, "broken.toml");
     writeFileSync(cfg, `db_path = ${JSON.stringify(db)}\nnode_id = 1\nscan_max_changes = = 5\n`);
-    const run = await runMarmot(["-config", cfg]);
+    const run = await runMarmotCommand(["-config", cfg]);
     assert.notEqual(run.code, 0);
     assert.ok(run.stderr.includes(`${cfg}:3:20:`), run.stderr);
     assert.equal(marmotObjects(db), "0");
@@ -170,7 +145,7 @@ describe("marmot on the command line", () => {
       [text, /is not a SQLite database/],
     ];
     for (const [dbPath, reason] of cases) {
-      const run = await runMarmot(["-config", config(dir, dbPath)]);
+      const run = await runMarmotCommand(["-config", config(dir, dbPath)]);
       assert.notEqual(run.code, 0, dbPath);
       assert.ok(run.stderr.includes(`db_path ${dbPath}`), run.stderr);
       assert.match(run.stderr, reason);
@@ -258,7 +233,7 @@ describe("marmot on the command line", () => {
   test("a user table with marmot's reserved prefix is refused by name", async () => {
     const dir = tempDir();
     const db = createDb(join(dir, "app.db"), "CREATE TABLE __marmot_users (id INTEGER PRIMARY KEY); CREATE TABLE t (id INTEGER PRIMARY KEY);");
-    const run = await runMarmot(["-config", config(dir, db)]);
+    const run = await runMarmotCommand(["-config", config(dir, db)]);
     assert.notEqual(run.code, 0);
     const output = run.stdout + run.stderr;
     assert.match(output, /table "__marmot_users" uses marmot's reserved prefix/);
@@ -272,7 +247,7 @@ describe("marmot on the command line", () => {
     sqlite3(db, "CREATE TABLE wide (id INTEGER PRIMARY KEY, big INTEGER, b BLOB); INSERT INTO wide VALUES (1, 9223372036854775807, x'00ff');");
     const folder = join(dir, "snapshots");
     const configPath = config(dir, db, `[snapshot]\nstore = "file"\n[snapshot.file]\npath = ${JSON.stringify(folder)}\n`);
-    const run = await runMarmot(["-config", configPath, "-save-snapshot"]);
+    const run = await runMarmotCommand(["-config", configPath, "-save-snapshot"]);
     assert.equal(run.code, 0, run.stdout + run.stderr);
     const match = /saved snapshot (snapshot-\S+\.db) to folder (\S+): [\d.]+ [KMG]iB \((\d+) bytes\), (\d+) tables/.exec(run.stdout);
     assert.ok(match, run.stdout);
@@ -312,14 +287,14 @@ describe("marmot on the command line", () => {
     node.start();
     try {
       await node.waitForLog(/marmot is running/);
-      const refused = await runMarmot(["-config", configPath, "-save-snapshot"]);
+      const refused = await runMarmotCommand(["-config", configPath, "-save-snapshot"]);
       assert.notEqual(refused.code, 0);
       assert.match(refused.stdout + refused.stderr, /embedded nats-server of node 7 is running \(pid \d+/);
       assert.ok(node.running, "the refused command must leave the running node alone");
     } finally {
       await node.stop();
     }
-    const run = await runMarmot(["-config", configPath, "-save-snapshot"], 120_000);
+    const run = await runMarmotCommand(["-config", configPath, "-save-snapshot"], 120_000);
     assert.equal(run.code, 0, run.stdout + run.stderr);
     assert.match(
       run.stdout,
@@ -400,7 +375,7 @@ describe("marmot on the command line", () => {
     }
     sqlite3(pristine, writes);
 
-    const run = await runMarmot(["-config", cfg, "-cleanup"]);
+    const run = await runMarmotCommand(["-config", cfg, "-cleanup"]);
     assert.equal(run.code, 0, run.stdout + run.stderr);
     assert.equal(marmotObjects(db), "0");
     assert.equal(sqldiff(pristine, db), "");
