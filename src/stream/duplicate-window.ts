@@ -8,6 +8,7 @@
 // is stored and is not sent again; not found, none of those attempts landed, and a new window starts.
 
 import { DeliverPolicy, type JetStreamClient, type JetStreamManager } from "@nats-io/jetstream";
+import { scanHeaders } from "./header-scan.js";
 
 /**
  * The duplicate window marmot sets on its streams. Longer costs the server memory (it keeps every id of the window);
@@ -19,9 +20,6 @@ export const DUPLICATE_WINDOW_MS = 5 * 60 * 1000;
 export function checkMarginMs(windowMs: number): number {
   return Math.min(60_000, Math.floor(windowMs / 4));
 }
-
-/** How long the read waits for the next header before it gives up (the look fails and is tried again). */
-const IDLE_MS = 5000;
 
 /**
  * The sequence of the message with id `msgId` stored in `stream` at or after `sinceMs` (epoch milliseconds), or
@@ -44,29 +42,16 @@ export async function findStoredMessage(
   });
   // Nothing stored since then: the consumer would deliver nothing, and waiting for it would prove nothing.
   if ((await consumer.info()).num_pending === 0) return undefined;
-  const messages = await consumer.consume({ max_messages: 1024 });
-  let idle: NodeJS.Timeout | undefined;
-  const arm = () => {
-    clearTimeout(idle);
-    idle = setTimeout(() => void messages.close(), IDLE_MS);
-  };
-  const onAbort = () => void messages.close();
-  signal.addEventListener("abort", onAbort, { once: true });
-  arm();
-  let reached = 0;
-  try {
-    for await (const m of messages) {
-      arm();
-      reached = m.seq;
-      if (m.headers?.get("Nats-Msg-Id") === msgId) return m.seq;
-      if (m.seq >= end) break;
-    }
-  } finally {
-    clearTimeout(idle);
-    signal.removeEventListener("abort", onAbort);
-    await messages.close().catch(() => undefined);
-  }
-  if (signal.aborted) throw signal.reason ?? new Error("stopped");
-  if (reached < end) throw new Error(`read the message ids of ${stream} only to sequence ${reached} of ${end}`);
-  return undefined;
+  let found: number | undefined;
+  await scanHeaders(
+    consumer,
+    stream,
+    end,
+    (seq, headers) => {
+      if (headers?.get("Nats-Msg-Id") === msgId) found = seq;
+      return found !== undefined;
+    },
+    signal,
+  );
+  return found;
 }

@@ -2,9 +2,7 @@
 // fetching just those messages. Used at start, to learn what the last run stored but did not finish with.
 
 import { DeliverPolicy, type JetStreamClient, type JetStreamManager } from "@nats-io/jetstream";
-
-/** How long the read waits for the next header before it gives up on the stretch. */
-const IDLE_MS = 5000;
+import { scanHeaders } from "./header-scan.js";
 
 export interface OwnMessagesRange {
   stream: string;
@@ -30,30 +28,16 @@ export async function readOwnMessages(
   if (upTo <= after) return 0;
   const own: number[] = [];
   const consumer = await js.consumers.get(stream, { opt_start_seq: after + 1, deliver_policy: DeliverPolicy.StartSequence, headers_only: true });
-  const messages = await consumer.consume({ max_messages: 1024 });
-  let idle: NodeJS.Timeout | undefined;
-  const arm = () => {
-    clearTimeout(idle);
-    idle = setTimeout(() => void messages.close(), IDLE_MS);
-  };
-  const onAbort = () => void messages.close();
-  signal.addEventListener("abort", onAbort, { once: true });
-  arm();
-  let reached = after;
-  try {
-    for await (const m of messages) {
-      arm();
-      reached = m.seq;
-      if (m.seq <= upTo && m.headers?.get("Nats-Msg-Id")?.startsWith(msgIdPrefix)) own.push(m.seq);
-      if (m.seq >= upTo) break;
-    }
-  } finally {
-    clearTimeout(idle);
-    signal.removeEventListener("abort", onAbort);
-    await messages.close().catch(() => undefined);
-  }
-  if (signal.aborted) throw signal.reason ?? new Error("stopped");
-  if (reached < upTo) throw new Error(`read the headers of ${stream} only to sequence ${reached} of ${upTo}`);
+  await scanHeaders(
+    consumer,
+    stream,
+    upTo,
+    (seq, headers) => {
+      if (seq <= upTo && headers?.get("Nats-Msg-Id")?.startsWith(msgIdPrefix)) own.push(seq);
+      return false;
+    },
+    signal,
+  );
   for (const seq of own) {
     const stored = await jsm.streams.getMessage(stream, { seq });
     if (stored) onMessage(seq, stored.data);
