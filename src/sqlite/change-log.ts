@@ -37,6 +37,9 @@ interface LogReader {
   cursor: number;
 }
 
+/** Change logs one probe statement asks about at most (SQLite allows 500 terms in a compound SELECT). */
+const PROBE_TABLES = 100;
+
 /** The wire description of a captured table: rowid-keyed tables carry their rowid first. */
 export function wireTableOf(table: TableInfo): WireTable {
   const columns = table.columns.map((c) => c.name);
@@ -73,6 +76,11 @@ export class ChangeLogReader {
   private startAt = 0;
 
   private recordStored?: Statement;
+  /**
+   * Which logs hold a change past their cursor, PROBE_TABLES logs a statement: one step instead of a query per
+   * table. Most reads find nothing (a look after a file event), so this is what a look usually costs.
+   */
+  private probes: { readers: LogReader[]; statement: Statement }[] = [];
   /** PRAGMA schema_version when the readers were built */
   private schemaVersion = -1;
   /** see holdOnSchemaChange */
@@ -93,8 +101,31 @@ export class ChangeLogReader {
   setTables(tables: readonly TableInfo[]): void {
     const next = new Map<string, LogReader>();
     for (const table of tables) next.set(table.name, this.logReader(table, this.readers.get(table.name)?.cursor ?? 0));
-    this.readers = next;
+    this.useReaders(next);
     this.schemaVersion = schemaVersion(this.db);
+  }
+
+  private useReaders(readers: Map<string, LogReader>): void {
+    this.readers = readers;
+    const all = [...readers.values()];
+    this.probes = [];
+    for (let i = 0; i < all.length; i += PROBE_TABLES) {
+      const chunk = all.slice(i, i + PROBE_TABLES);
+      const id = quoteIdent(LOG_ID_COLUMN);
+      const terms = chunk.map(
+        (r, j) => `SELECT ${j} WHERE EXISTS (SELECT 1 FROM ${quoteIdent(changeLogTable(r.table.name))} WHERE ${id} > ? AND ${NOT_MARKER})`,
+      );
+      this.probes.push({ readers: chunk, statement: this.db.prepare(terms.join(" UNION ALL ")).pluck(true) });
+    }
+  }
+
+  /** The logs holding a change not handed out yet. */
+  private logsWithNews(): Set<LogReader> {
+    const found = new Set<LogReader>();
+    for (const { readers, statement } of this.probes) {
+      for (const j of statement.all(...readers.map((r) => BigInt(r.cursor))) as bigint[]) found.add(readers[Number(j)]!);
+    }
+    return found;
   }
 
   /**
@@ -150,7 +181,7 @@ export class ChangeLogReader {
       if (!changeLogKeyColumns(table).every((k) => logColumns.includes(k))) continue;
       next.set(table.name, this.logReader(table, reader.cursor));
     }
-    this.readers = next;
+    this.useReaders(next);
     this.schemaVersion = version;
   }
 
@@ -178,11 +209,14 @@ export class ChangeLogReader {
   private readLogs(limit: number, maxBytes: number): PendingChange[] {
     const out: PendingChange[] = [];
     let bytes = 0;
+    const withNews = this.logsWithNews();
+    if (withNews.size === 0) return out;
     const all = [...this.readers.values()];
     this.startAt = all.length === 0 ? 0 : (this.startAt + 1) % all.length;
     const ordered = [...all.slice(this.startAt), ...all.slice(0, this.startAt)];
     for (const reader of ordered) {
       if (out.length >= limit || bytes >= maxBytes) break;
+      if (!withNews.has(reader)) continue;
       const keyCount = reader.wireTable.keyColumns.length;
       // Row by row: a log holding several large rows must not be read into memory whole when the round's bytes are full.
       const rows = reader.select.iterate(BigInt(reader.cursor), limit - out.length) as IterableIterator<unknown[]>;
