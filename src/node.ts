@@ -30,7 +30,7 @@ import { countParked, parkedRequestPending, takeParkedRequest } from "./sqlite/p
 import { openDatabase } from "./sqlite/open.js";
 import { SchemaSync } from "./sqlite/schema-sync.js";
 import type { TableInfo } from "./sqlite/table.js";
-import { commitWatch, DatabaseWatcher } from "./sqlite/watcher.js";
+import { commitWatch, DatabaseWatcher, ownWrites } from "./sqlite/watcher.js";
 import { catchUp } from "./stream/catch-up.js";
 import { connectNats } from "./stream/connect.js";
 import { batchOrigin } from "./wire/codec.js";
@@ -120,7 +120,7 @@ export class MarmotNode {
     this.done.catch(() => undefined);
     // One listener per consumer (the shards' and the schema stream's), the loops and the agreement: more than 10.
     setMaxListeners(64, this.abort.signal);
-    this.db = openDatabase(config.dbPath, logger);
+    this.db = openDatabase(config.dbPath, logger, { replicating: true });
     failFastWhenBusy(this.db);
     this.reader = new ChangeLogReader(this.db);
     this.reader.holdOnSchemaChange();
@@ -142,6 +142,7 @@ export class MarmotNode {
         pollingInterval: config.pollingInterval,
         onChange: () => this.onDatabaseChange(),
         committedElsewhere: commitWatch(this.db),
+        wroteHere: ownWrites(this.db),
       },
       logger,
     );

@@ -11,11 +11,22 @@ import type { Logger } from "../log.js";
 export const BUSY_TIMEOUT_MS = 10_000;
 
 /**
+ * How marmot's running node commits: `synchronous = NORMAL`, so its commits (applied changes, shipped changes leaving
+ * the change log) do not wait for an fsync of the WAL; the app's connection keeps its own setting. In WAL mode that
+ * never corrupts the file; a power loss can only take back marmot's last commits, and each is redone from what stays
+ * durable elsewhere: an applied change is recorded with its stream sequence in the same transaction, so the next
+ * start applies it again from the stream; a change taken back into the change log is found in the stream before it
+ * is shipped again (Node.catchUpBeforeShipping). One fsync fewer on every node for every message.
+ */
+export const REPLICATION_SYNCHRONOUS = "NORMAL";
+
+/**
  * Open `path` for marmot: every INTEGER comes back as a bigint (bind integers as bigint too: a JS number binds
  * as REAL), foreign keys are off (cascades already happened at the origin and were captured there), and the
- * file is in WAL mode so the app's readers and marmot's writer do not block each other.
+ * file is in WAL mode so the app's readers and marmot's writer do not block each other. A running node passes
+ * `replicating` (see REPLICATION_SYNCHRONOUS); the one-shot commands keep SQLite's durable default.
  */
-export function openDatabase(path: string, logger: Logger): Database.Database {
+export function openDatabase(path: string, logger: Logger, options: { replicating?: boolean } = {}): Database.Database {
   let db: Database.Database;
   try {
     db = new Database(path, { timeout: BUSY_TIMEOUT_MS });
@@ -32,6 +43,7 @@ export function openDatabase(path: string, logger: Logger): Database.Database {
     db.prepare("SELECT count(*) FROM sqlite_master").get();
     db.pragma("foreign_keys = OFF");
     ensureWal(db, path, logger);
+    if (options.replicating) db.pragma(`synchronous = ${REPLICATION_SYNCHRONOUS}`);
     return db;
   } catch (err) {
     db.close();

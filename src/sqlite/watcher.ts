@@ -16,6 +16,8 @@ export interface DatabaseWatcherOptions {
    * event is followed by a few quick looks, and onChange runs when one of them sees a commit.
    */
   committedElsewhere?: () => boolean;
+  /** Whether marmot's own connection wrote since the last call (see ownWrites): its file events need no quick looks. */
+  wroteHere?: () => boolean;
 }
 
 /** Without polling configured, still look once a second: a missed file event must not strand a change. */
@@ -28,6 +30,15 @@ const SAFETY_POLL_MS = 1000;
  * app's next write or the safety poll (bench/commit-visibility.ts measures it).
  */
 const FOLLOW_UP_MS = [1, 1, 2, 4, 8, 16, 32, 64, 128];
+
+/**
+ * Before the first follow-up, a look at every turn of the event loop for up to this long: the fsync that makes an
+ * app's commit visible takes about half a millisecond here, and a timer cannot fire sooner than 1 ms. The loop
+ * spins meanwhile, so such a spell starts at most once every QUICK_LOOK_REST_MS: a long transaction's WAL writes
+ * (no commit to see) cost a few percent of a core, not one.
+ */
+const QUICK_LOOK_MS = 1.5;
+const QUICK_LOOK_REST_MS = 10;
 
 /**
  * Whether a connection other than `db` committed since the last call: PRAGMA data_version reads the wal-index
@@ -49,11 +60,30 @@ export function commitWatch(db: Database): () => boolean {
   };
 }
 
+/** Whether `db` itself wrote since the last call: total_changes() counts the rows its own statements changed. */
+export function ownWrites(db: Database): () => boolean {
+  const totalChanges = db.prepare("SELECT total_changes()").pluck(true);
+  let last: unknown;
+  return () => {
+    try {
+      const now = totalChanges.get();
+      const changed = now !== last;
+      last = now;
+      return changed;
+    } catch {
+      return false;
+    }
+  };
+}
+
 export class DatabaseWatcher {
   private watcher: FSWatcher | undefined;
   private timer: NodeJS.Timeout | undefined;
   private followUp: NodeJS.Timeout | undefined;
   private followUpStep = 0;
+  private quickLook: NodeJS.Immediate | undefined;
+  /** when the last spell of quick looks ended (process.hrtime in ms) */
+  private quickLookEnded = -Infinity;
 
   constructor(
     private readonly options: DatabaseWatcherOptions,
@@ -84,15 +114,35 @@ export class DatabaseWatcher {
 
   private onFileEvent(): void {
     const { committedElsewhere } = this.options;
-    // Takes in what is visible now, so a follow-up reports only commits that show later.
-    committedElsewhere?.();
-    this.options.onChange();
+    // Looks only when another connection committed since the last look: the event may be the WAL write of a commit
+    // not visible yet (the follow-ups catch it), or marmot's own commit. Every commit is seen by one look or another,
+    // and the timer looks regardless.
+    if (committedElsewhere === undefined || committedElsewhere()) this.options.onChange();
     if (committedElsewhere === undefined || this.watcher === undefined) return;
     // Each event starts the sequence again, with one timer: a longer pause left from an earlier event must not
     // delay the look at this one.
     if (this.followUp) clearTimeout(this.followUp);
     this.followUpStep = 0;
     this.scheduleFollowUp();
+    // Marmot's own commit writes the WAL too; an app's commit at the same moment waits for the follow-ups.
+    const ours = this.options.wroteHere?.() ?? false;
+    if (!ours && this.quickLook === undefined && now() - this.quickLookEnded >= QUICK_LOOK_REST_MS) this.startQuickLooks();
+  }
+
+  private startQuickLooks(): void {
+    const until = now() + QUICK_LOOK_MS;
+    const look = () => {
+      if (this.watcher === undefined) return;
+      if (this.options.committedElsewhere!()) {
+        this.options.onChange();
+      } else if (now() < until) {
+        this.quickLook = setImmediate(look);
+        return;
+      }
+      this.quickLook = undefined;
+      this.quickLookEnded = now();
+    };
+    this.quickLook = setImmediate(look);
   }
 
   private scheduleFollowUp(): void {
@@ -116,5 +166,11 @@ export class DatabaseWatcher {
     this.timer = undefined;
     if (this.followUp) clearTimeout(this.followUp);
     this.followUp = undefined;
+    if (this.quickLook) clearImmediate(this.quickLook);
+    this.quickLook = undefined;
   }
+}
+
+function now(): number {
+  return performance.now();
 }
