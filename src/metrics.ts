@@ -117,6 +117,9 @@ export class Metrics {
   readonly storedUnapplied: Metric;
   /** (table, shard, other node) whose digest differs from this node's at the same stream sequence */
   readonly digestMismatches: Metric;
+  /** the process's resident memory and the JavaScript heap in use, read when the metrics are rendered */
+  readonly residentMemory: Metric;
+  readonly heapUsed: Metric;
 
   constructor(namespace = "marmot", subsystem = "") {
     const name = (n: string) => [namespace, subsystem, n].filter((p) => p !== "").join("_");
@@ -148,6 +151,8 @@ export class Metrics {
       "Tables of a shard whose rows differ from another node's at the same stream sequence.",
       "gauge",
     );
+    this.residentMemory = new Metric(name("resident_memory_bytes"), "Resident memory of the marmot process.", "gauge");
+    this.heapUsed = new Metric(name("heap_used_bytes"), "JavaScript heap in use by the marmot process.", "gauge");
     this.all = [
       this.published,
       this.pendingPublish,
@@ -167,10 +172,15 @@ export class Metrics {
       this.missedMessages,
       this.storedUnapplied,
       this.digestMismatches,
+      this.residentMemory,
+      this.heapUsed,
     ];
   }
 
   render(): string {
+    const memory = process.memoryUsage();
+    this.residentMemory.set(memory.rss);
+    this.heapUsed.set(memory.heapUsed);
     return this.all.map((m) => m.render()).join("\n") + "\n";
   }
 }

@@ -44,7 +44,12 @@ test("the listener serves the page, /status, /readyz (200 or 503 with the reason
   assert.doesNotMatch(page, /(src|href)=["']?(https?:)?\/\//i, "nothing is loaded from elsewhere");
 
   res = await fetch(`${base}/metrics`);
-  assert.match(await res.text(), /^marmot_applied 3$/m);
+  const text = await res.text();
+  assert.match(text, /^marmot_applied 3$/m);
+  // The process's own memory, read at each scrape: some megabytes, not the 0 of a gauge never set.
+  const rss = Number(/^marmot_resident_memory_bytes (\d+)$/m.exec(text)?.[1]);
+  assert.ok(rss > 10 * 1024 * 1024, `resident memory ${rss}`);
+  assert.ok(Number(/^marmot_heap_used_bytes (\d+)$/m.exec(text)?.[1]) > 1024 * 1024);
 
   res = await fetch(`${base}/nothing`);
   assert.equal(res.status, 404);
