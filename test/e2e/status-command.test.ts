@@ -4,7 +4,7 @@
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import { test } from "node:test";
-import { marmotBin, repoRoot, TestCluster, waitFor } from "../helpers/marmot.js";
+import { marmotCommand, repoRoot, TestCluster, waitFor } from "../helpers/marmot.js";
 import { useProcessCleanup } from "../helpers/processes.js";
 import { sqlite3 } from "../helpers/sqlite.js";
 
@@ -18,7 +18,7 @@ interface CommandResult {
 
 function marmot(args: string[]): Promise<CommandResult> {
   return new Promise((resolve) => {
-    execFile(process.execPath, [marmotBin, ...args], { cwd: repoRoot, timeout: 60_000 }, (err, stdout, stderr) => {
+    execFile(marmotCommand[0]!, [...marmotCommand.slice(1), ...args], { cwd: repoRoot, timeout: 60_000 }, (err, stdout, stderr) => {
       const code = err ? (typeof err.code === "number" ? err.code : -1) : 0;
       resolve({ code, stdout, stderr });
     });

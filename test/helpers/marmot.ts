@@ -11,9 +11,25 @@ import { createDb, sqlite3, tempDir } from "./sqlite.js";
 export const repoRoot = resolve(fileURLToPath(new URL(".", import.meta.url)), "../../..");
 export const marmotBin = join(repoRoot, "bin", "marmot");
 
+/**
+ * The command that runs bin/marmot with this test's Node: the flags its first line gives node (`#!/usr/bin/env -S
+ * node FLAGS`), so a node runs as it does when a user starts bin/marmot.
+ */
+export const marmotCommand: readonly string[] = [process.execPath, ...nodeFlagsOf(marmotBin), marmotBin];
+
+function nodeFlagsOf(script: string): string[] {
+  const first = readFileSync(script, "utf8").split("\n", 1)[0]!;
+  const match = /^#!\/usr\/bin\/env(?: -S)? node((?: --\S+)*)$/.exec(first);
+  if (!match) throw new Error(`unexpected first line in ${script}: ${first}`);
+  return match[1]!.split(" ").filter((f) => f !== "");
+}
+
 /** `marmot -config FILE -cleanup`, run to its end: its exit code and everything it printed. */
 export async function runCleanup(configPath: string): Promise<{ code: number | null; output: string }> {
-  const child = spawnTracked(process.execPath, [marmotBin, "-config", configPath, "-cleanup"], { cwd: repoRoot, stdio: ["ignore", "pipe", "pipe"] });
+  const child = spawnTracked(marmotCommand[0]!, [...marmotCommand.slice(1), "-config", configPath, "-cleanup"], {
+    cwd: repoRoot,
+    stdio: ["ignore", "pipe", "pipe"],
+  });
   let output = "";
   child.stdout!.on("data", (c: Buffer) => (output += c.toString("utf8")));
   child.stderr!.on("data", (c: Buffer) => (output += c.toString("utf8")));
@@ -75,7 +91,7 @@ export class MarmotProcess {
   start(): void {
     this.output = "";
     const log = createWriteStream(this.spec.logPath, { flags: "a" });
-    const command = [...(this.spec.launcher ?? []), process.execPath, marmotBin, ...this.spec.args];
+    const command = [...(this.spec.launcher ?? []), ...marmotCommand, ...this.spec.args];
     const child = spawnTracked(command[0]!, command.slice(1), { cwd: repoRoot, stdio: ["ignore", "pipe", "pipe"] });
     this.child = child;
     const collect = (chunk: Buffer) => {
@@ -293,7 +309,7 @@ export interface MarmotRun {
 
 /** Runs bin/marmot with `args` to its exit (a one-shot command such as -save-snapshot); killed by pid after timeoutMs. */
 export async function runMarmotCommand(args: string[], timeoutMs = 60_000): Promise<MarmotRun> {
-  const child = spawnTracked(process.execPath, [marmotBin, ...args], { cwd: repoRoot, stdio: ["ignore", "pipe", "pipe"] });
+  const child = spawnTracked(marmotCommand[0]!, [...marmotCommand.slice(1), ...args], { cwd: repoRoot, stdio: ["ignore", "pipe", "pipe"] });
   let stdout = "";
   let stderr = "";
   child.stdout!.on("data", (chunk: Buffer) => (stdout += chunk.toString("utf8")));
