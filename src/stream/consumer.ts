@@ -1,6 +1,6 @@
 // Consumes one shard's stream with this node's durable consumer and hands every message, in order, to the applier.
 
-import { AckPolicy, DeliverPolicy, type JetStreamClient, type JetStreamManager, type JsMsg } from "@nats-io/jetstream";
+import { AckPolicy, type ConsumerNotification, DeliverPolicy, type JetStreamClient, type JetStreamManager, type JsMsg } from "@nats-io/jetstream";
 import type { Logger } from "../log.js";
 import type { Metrics } from "../metrics.js";
 import type { ApplyResult, StreamMessage } from "../sqlite/applier.js";
@@ -213,6 +213,7 @@ export class ShardConsumer {
     const consumer = await this.js.consumers.get(stream, this.options.durableName);
     const messages = await consumer.consume({ max_messages: this.options.prefetch ?? 256, expires: PULL_EXPIRES_MS });
     this.current = messages;
+    void this.stopWhenLost(messages);
     const onAbort = () => void messages.stop();
     signal.addEventListener("abort", onAbort, { once: true });
     // A stop that came while the consumer was being set up fired before this listener existed.
@@ -241,6 +242,25 @@ export class ShardConsumer {
       messages.stop();
     }
     if (!signal.aborted) throw new Error("consumer stopped delivering");
+  }
+
+  /**
+   * The consumer lives on one server (see the class comment): when that server goes away, the client only hears
+   * that the consumer is gone or that its heartbeats stopped, and would keep pulling from nothing. Stopping ends
+   * consumeOnce, and run() creates the consumer again, on a server that is up, after the last applied message.
+   */
+  private async stopWhenLost(messages: { status(): AsyncIterable<ConsumerNotification>; stop(): void }): Promise<void> {
+    for await (const event of messages.status()) {
+      const lost =
+        event.type === "consumer_deleted" || event.type === "consumer_not_found" || (event.type === "heartbeats_missed" && event.count >= 2);
+      if (!lost) continue;
+      this.logger.warn("this node's consumer is gone (its server may be down); creating it again", {
+        stream: this.shard.stream,
+        reason: event.type,
+      });
+      messages.stop();
+      return;
+    }
   }
 
   /**
