@@ -74,8 +74,16 @@ describe("large-change objects", { timeout: 120_000 }, () => {
           `node ${node.spec.id} to park 2 messages; parked: ${sqlite3(node.spec.dbPath, "SELECT seq, reason FROM __marmot__parked")}\n${node.tail()}`,
       );
       assert.ok(node.running);
-      assert.match(node.output, /ERROR.*large change's object cannot be read.*object=99-x-missing.*is not in bucket/);
-      assert.match(node.output, /ERROR.*large change's object cannot be read.*object=99-x-corrupt.*does not match the sha-256/);
+      // The log is read from the node's stderr pipe, which can trail the commit the test just saw.
+      const said = [
+        /ERROR.*large change's object cannot be read.*object=99-x-missing.*is not in bucket/,
+        /ERROR.*large change's object cannot be read.*object=99-x-corrupt.*does not match the sha-256/,
+      ];
+      await waitFor(
+        () => said.every((line) => line.test(node.output)),
+        10_000,
+        () => `node ${node.spec.id} to log why each object cannot be read:\n${node.tail()}`,
+      );
       const parked = sqlite3(node.spec.dbPath, "SELECT seq, reason FROM __marmot__parked ORDER BY seq").trim().split("\n");
       assert.match(parked[0]!, new RegExp(`^${seqs[0]}\\|undecodable: .*large object "99-x-missing" \\(100 bytes\\)`));
       assert.match(parked[1]!, new RegExp(`^${seqs[1]}\\|undecodable: .*large object "99-x-corrupt"`));
