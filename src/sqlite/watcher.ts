@@ -3,7 +3,7 @@
 
 import { watch, type FSWatcher } from "node:fs";
 import { basename, dirname } from "node:path";
-import type { Database } from "better-sqlite3";
+import type { Database, Statement } from "better-sqlite3";
 import type { Logger } from "../log.js";
 
 export interface DatabaseWatcherOptions {
@@ -45,33 +45,29 @@ const QUICK_LOOK_REST_MS = 10;
  * header, microseconds, no lock; marmot's own commits on `db` do not change it. True when it cannot tell.
  */
 export function commitWatch(db: Database): () => boolean {
-  // Prepared once: the watcher asks after every file event, thousands of times a second under a busy writer.
-  const dataVersion = db.prepare("PRAGMA data_version").pluck(true);
-  let last: unknown;
-  return () => {
-    try {
-      const now = dataVersion.get();
-      const changed = now !== last;
-      last = now;
-      return changed;
-    } catch {
-      return true;
-    }
-  };
+  return movedSinceLastCall(db.prepare("PRAGMA data_version").pluck(true), true);
 }
 
 /** Whether `db` itself wrote since the last call: total_changes() counts the rows its own statements changed. */
 export function ownWrites(db: Database): () => boolean {
-  const totalChanges = db.prepare("SELECT total_changes()").pluck(true);
+  return movedSinceLastCall(db.prepare("SELECT total_changes()").pluck(true), false);
+}
+
+/**
+ * Whether the value `statement` reads differs from the one it read at the last call (`whenUnreadable` when it
+ * cannot be read). Prepared once by the caller: the watcher asks after every file event, thousands of times a second under
+ * a busy writer.
+ */
+function movedSinceLastCall(statement: Statement, whenUnreadable: boolean): () => boolean {
   let last: unknown;
   return () => {
     try {
-      const now = totalChanges.get();
-      const changed = now !== last;
+      const now = statement.get();
+      const moved = now !== last;
       last = now;
-      return changed;
+      return moved;
     } catch {
-      return false;
+      return whenUnreadable;
     }
   };
 }
