@@ -11,14 +11,7 @@ import { silentLogger } from "../src/log.js";
 import { installCapture } from "../src/sqlite/capture.js";
 import { tempDir } from "../test/helpers/sqlite.js";
 import { bulkInsertSql, bulkRow, bulkTableSql, nowNs } from "./workload.js";
-
-function option(name: string, fallback: number): number {
-  const i = process.argv.indexOf(name);
-  if (i < 0) return fallback;
-  const value = Number(process.argv[i + 1]);
-  if (!Number.isInteger(value) || value <= 0) throw new Error(`${name} needs a positive integer, got ${process.argv[i + 1]}`);
-  return value;
-}
+import { positiveIntegerOption as option } from "./options.js";
 
 const rows = option("--rows", 1_000_000);
 const shards = option("--shards", 4);

@@ -10,14 +10,12 @@ import { sleep, TestCluster, waitFor } from "../test/helpers/marmot.js";
 import { killAll } from "../test/helpers/processes.js";
 import { sqlite3, sqlite3Async } from "../test/helpers/sqlite.js";
 import { table } from "./stats.js";
+import { textOption } from "./options.js";
 
 const SCHEMA = "CREATE TABLE docs (id INTEGER PRIMARY KEY, kind TEXT, body TEXT, data BLOB);";
 const MB = 1024 * 1024;
 
-function option(name: string, fallback: string): string {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 ? process.argv[i + 1]! : fallback;
-}
+const option = (name: string, fallback: string) => textOption(`--${name}`, fallback);
 
 function peakRssMb(pid: number): number {
   const match = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"));

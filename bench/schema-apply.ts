@@ -10,14 +10,7 @@ import { silentLogger } from "../src/log.js";
 import { applySchemaChanges } from "../src/sqlite/schema-apply.js";
 import type { SchemaChange } from "../src/wire/schema-message.js";
 import { removeTempDirs, tempDir } from "../test/helpers/sqlite.js";
-
-function option(name: string, fallback: number): number {
-  const i = process.argv.indexOf(name);
-  if (i < 0) return fallback;
-  const value = Number(process.argv[i + 1]);
-  if (!Number.isInteger(value) || value <= 0) throw new Error(`${name} needs a positive integer, got ${process.argv[i + 1]}`);
-  return value;
-}
+import { positiveIntegerOption as option } from "./options.js";
 
 const TABLE = "CREATE TABLE t (id INTEGER PRIMARY KEY, a TEXT, b REAL, c BLOB)";
 

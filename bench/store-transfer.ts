@@ -25,13 +25,11 @@ import {
   WEBDAV_USER,
 } from "../test/helpers/store-servers.js";
 import { fixed, table } from "./stats.js";
+import { textOption } from "./options.js";
 
 const MB = 1024 * 1024;
 
-function option(name: string, fallback: string): string {
-  const at = process.argv.indexOf(`--${name}`);
-  return at >= 0 && process.argv[at + 1] !== undefined ? process.argv[at + 1]! : fallback;
-}
+const option = (name: string, fallback: string) => textOption(`--${name}`, fallback);
 
 /** Writes `size` random bytes in 1 MB pieces, so that making the file does not raise this process's memory. */
 async function randomFile(path: string, size: number): Promise<void> {
