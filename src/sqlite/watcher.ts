@@ -113,16 +113,18 @@ export class DatabaseWatcher {
     // Looks only when another connection committed since the last look: the event may be the WAL write of a commit
     // not visible yet (the follow-ups catch it), or marmot's own commit. Every commit is seen by one look or another,
     // and the timer looks regardless.
-    if (committedElsewhere === undefined || committedElsewhere()) this.options.onChange();
+    const seen = committedElsewhere === undefined || committedElsewhere();
+    if (seen) this.options.onChange();
     if (committedElsewhere === undefined || this.watcher === undefined) return;
     // Each event starts the sequence again, with one timer: a longer pause left from an earlier event must not
     // delay the look at this one.
     if (this.followUp) clearTimeout(this.followUp);
     this.followUpStep = 0;
     this.scheduleFollowUp();
+    // A commit this look saw needs no quick looks (a writer at synchronous = NORMAL is visible at its WAL write).
     // Marmot's own commit writes the WAL too; an app's commit at the same moment waits for the follow-ups.
     const ours = this.options.wroteHere?.() ?? false;
-    if (!ours && this.quickLook === undefined && now() - this.quickLookEnded >= QUICK_LOOK_REST_MS) this.startQuickLooks();
+    if (!seen && !ours && this.quickLook === undefined && now() - this.quickLookEnded >= QUICK_LOOK_REST_MS) this.startQuickLooks();
   }
 
   private startQuickLooks(): void {
