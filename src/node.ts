@@ -7,7 +7,7 @@ import { dirname, join } from "node:path";
 import type Database from "better-sqlite3";
 import { jetstream, type JetStreamClient, type JetStreamManager } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
-import type { NatsConnection } from "@nats-io/transport-node";
+import type { NatsConnection, Status } from "@nats-io/transport-node";
 import { NodeStatusTracker } from "./cluster/node-status.js";
 import type { NodeStatus } from "./cluster/status-model.js";
 import { Agreement, digestBucketName } from "./cluster/agreement.js";
@@ -242,6 +242,22 @@ export class MarmotNode {
     this.tasks.push(agreement.run(signal));
     // The status page shows, for this node, what its own comparisons say about each shard.
     this.statusTracker.setAgreementSource({ summary: () => ({ [this.config.nodeId]: agreement.byShard() }) });
+  }
+
+  /**
+   * A reconnect can mean that the server this node was on is gone, and with it the consumers it held (they live on
+   * one server, see ShardConsumer). The client's heartbeat tracking starts afresh after a reconnect, so without
+   * this a lost consumer was noticed only as a stall, 15 s later: each is started again at once instead.
+   */
+  private restartConsumersOnReconnect(nc: NatsConnection, signal: AbortSignal): void {
+    const events = nc.status() as AsyncIterable<Status> & { stop?: () => void };
+    signal.addEventListener("abort", () => events.stop?.(), { once: true });
+    void (async () => {
+      for await (const event of events) {
+        if (event.type !== "reconnect") continue;
+        for (const consumer of [this.schemaConsumer, ...this.consumers]) consumer?.restart(`reconnected to NATS at ${event.server}`);
+      }
+    })().catch((err: unknown) => this.logger.debug(`stopped watching for reconnects: ${String(err)}`));
   }
 
   /** Whether stop() was called (by a signal, say). */
@@ -480,6 +496,7 @@ export class MarmotNode {
       );
       if (config.publish) await this.recallOwnMessages(this.consumers, msgIdPrefix(config.nodeId, this.epoch), signal);
       for (const c of this.consumers) tasks.push(c.run(signal));
+      this.restartConsumersOnReconnect(this.nc!, signal);
     }
     if (config.publish) {
       const nc = this.nc!;

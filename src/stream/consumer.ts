@@ -183,6 +183,16 @@ export class ShardConsumer {
     this.current.stop();
   }
 
+  /**
+   * Start the consumer again now, after the last applied message: the client reconnected, possibly to another
+   * server, and the consumer may have lived on the one it left (see the class comment).
+   */
+  restart(reason: string): void {
+    if (this.current === undefined) return;
+    this.logger.info("starting the consumer again", { stream: this.shard.stream, reason });
+    this.current.stop();
+  }
+
   get lastKnownLag(): number {
     return this.lastLag;
   }
